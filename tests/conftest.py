@@ -1,0 +1,7 @@
+"""Suite-wide settings. Subsystem fixtures live in each test folder's own conftest.py."""
+
+import os
+
+# Ray and MLflow must never phone home or touch the user's home directory from tests.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
