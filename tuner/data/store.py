@@ -1,0 +1,327 @@
+"""On-disk dataset store: layout, metadata, content digest, and memory-mapped loading.
+
+Layout of a dataset folder ``<root>``::
+
+    meta.json                 DatasetMeta (preset, seed, class names, counts, digests, ...)
+    <split>/images.npy        float32 (N, 1, H, W)
+    <split>/labels.npy        int64 (N,), index into meta.class_names
+    <split>/params.npz        per-image parameters, each array of shape (N,)
+
+for each split in ``SPLITS``. The digest is a SHA-256 over the arrays' dtype, shape and bytes
+(not the file bytes, which depend on the numpy version and zip timestamps), so two datasets
+with the same digest hold the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+ARRAY_FILES: tuple[str, ...] = ("images.npy", "labels.npy", "params.npz")
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+# Rows hashed per read: bounds memory while digesting datasets larger than RAM.
+_DIGEST_ROWS = 1024
+
+
+class DatasetError(ValueError):
+    """Missing, corrupt or inconsistent dataset; the message names the file and what is wrong."""
+
+
+class DatasetMeta(BaseModel):
+    """Contents of ``meta.json``.
+
+    ``counts[split][class_name]`` is the number of images; ``image_size`` is H = W in pixels.
+    ``split_digests`` hold one SHA-256 per split, ``digest`` the SHA-256 over them in SPLITS order.
+    ``block_size`` and ``native_image_size`` are set for simulated data: images were simulated in
+    blocks of ``block_size`` (one generator per block) at the preset's ``native_image_size`` and
+    resized to ``image_size`` when they differ.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    source: Literal["simulated", "deeplense"]
+    preset: str | None
+    seed: int | None
+    class_names: tuple[str, ...]
+    image_size: int
+    counts: dict[str, dict[str, int]]
+    param_names: tuple[str, ...]
+    digest: str
+    split_digests: dict[str, str]
+    version: str
+    device: str | None = None
+    block_size: int | None = None
+    native_image_size: int | None = None
+    source_path: str | None = None
+
+    def n_images(self, split: str) -> int:
+        """Total number of images in ``split``."""
+        return sum(self.counts[split].values())
+
+
+@dataclass(frozen=True)
+class Split:
+    """One loaded split. ``images`` (N, 1, H, W) float32 is memory-mapped (copy-on-write, the
+    file is never modified); ``labels`` (N,) int64; ``params`` name -> (N,) array."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    params: dict[str, np.ndarray]
+    meta: DatasetMeta
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def package_version() -> str:
+    """Installed lenstune version, recorded in every dataset's meta."""
+    from tuner import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------- digest
+
+
+def _hash_array(h: "hashlib._Hash", name: str, array: np.ndarray) -> None:
+    """Feed name, dtype, shape and C-order bytes of ``array`` into ``h`` in row chunks."""
+    header = json.dumps([name, array.dtype.str, list(array.shape)]).encode()
+    h.update(len(header).to_bytes(8, "little") + header)
+    if array.ndim == 0 or array.shape[0] == 0:
+        h.update(np.ascontiguousarray(array).tobytes())
+        return
+    for start in range(0, array.shape[0], _DIGEST_ROWS):
+        h.update(np.ascontiguousarray(array[start : start + _DIGEST_ROWS]).tobytes())
+
+
+def split_digest(images: np.ndarray, labels: np.ndarray, params: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) over a split's arrays; params in sorted name order."""
+    h = hashlib.sha256()
+    _hash_array(h, "images", images)
+    _hash_array(h, "labels", labels)
+    for key in sorted(params):
+        _hash_array(h, f"params/{key}", params[key])
+    return h.hexdigest()
+
+
+def combine_digests(split_digests: dict[str, str]) -> str:
+    """The dataset digest: SHA-256 over the per-split digests in SPLITS order."""
+    h = hashlib.sha256()
+    for split in SPLITS:
+        h.update(f"{split}:{split_digests[split]};".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_meta(root: str | Path) -> DatasetMeta:
+    """Read and validate ``<root>/meta.json``; DatasetError if missing or malformed."""
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        raise DatasetError(f"no dataset at {Path(root)}: {path} does not exist")
+    try:
+        meta = DatasetMeta.model_validate_json(path.read_text())
+    except (ValidationError, UnicodeDecodeError, OSError) as exc:
+        raise DatasetError(f"{path} is not a valid lenstune dataset meta file: {exc}") from exc
+    if meta.format_version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version {meta.format_version} is not supported (allowed: {FORMAT_VERSION})"
+        )
+    missing = [s for s in SPLITS if s not in meta.counts or s not in meta.split_digests]
+    if missing:
+        raise DatasetError(f"{path}: splits {missing} missing from counts/split_digests")
+    return meta
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"missing file {path}")
+    try:
+        # Copy-on-write mapping: tensors built on it are writable without touching the file.
+        return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"corrupt array file {path}: {exc}") from exc
+
+
+def _load_params(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DatasetError(f"missing file {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"corrupt parameter file {path}: {exc}") from exc
+
+
+def load_split(root: str | Path, split: str, *, verify: bool = False) -> Split:
+    """Memory-map one split of the dataset at ``root`` and validate it against ``meta.json``.
+
+    Checks dtypes, shapes (N, 1, H, W) with H = W = meta.image_size, labels in range and
+    per-class counts. ``verify=True`` also recomputes the split's digest (reads every byte).
+    Raises DatasetError naming the file and the problem.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    root = Path(root)
+    meta = read_meta(root)
+    folder = root / split
+    images = _load_npy(folder / "images.npy", mmap=True)
+    labels = _load_npy(folder / "labels.npy", mmap=False)
+    params = _load_params(folder / "params.npz")
+
+    n = meta.n_images(split)
+    size = meta.image_size
+    if images.dtype != np.float32 or images.shape != (n, 1, size, size):
+        raise DatasetError(
+            f"{folder / 'images.npy'}: expected float32 {(n, 1, size, size)}, "
+            f"found {images.dtype} {images.shape}"
+        )
+    if labels.dtype != np.int64 or labels.shape != (n,):
+        raise DatasetError(
+            f"{folder / 'labels.npy'}: expected int64 ({n},), found {labels.dtype} {labels.shape}"
+        )
+    n_classes = len(meta.class_names)
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DatasetError(
+            f"{folder / 'labels.npy'}: labels must lie in [0, {n_classes - 1}], "
+            f"found [{labels.min()}, {labels.max()}]"
+        )
+    found = np.bincount(labels, minlength=n_classes)
+    expected = [meta.counts[split].get(name, 0) for name in meta.class_names]
+    if found.tolist() != expected:
+        raise DatasetError(
+            f"{folder / 'labels.npy'}: per-class counts {found.tolist()} differ from meta.json {expected}"
+        )
+    for key, value in params.items():
+        if value.shape != (n,):
+            raise DatasetError(
+                f"{folder / 'params.npz'}: parameter {key!r} has shape {value.shape}, expected ({n},)"
+            )
+    if verify:
+        digest = split_digest(images, labels, params)
+        if digest != meta.split_digests[split]:
+            raise DatasetError(
+                f"{folder}: content digest {digest[:16]}... does not match meta.json "
+                f"{meta.split_digests[split][:16]}...; the dataset was modified or is corrupt"
+            )
+    return Split(split, torch.from_numpy(images), torch.from_numpy(labels), params, meta)
+
+
+# ---------------------------------------------------------------- writing
+
+
+class SplitWriter:
+    """Writes one split into a (temporary) dataset folder, images in chunks via a memory map.
+
+    ``images`` is an ``np.lib.format.open_memmap`` of shape (n, 1, size, size): callers fill
+    rows ``[start, stop)`` with ``write`` and the memory map pages them out, so the whole split
+    is never in memory. Labels and params (a few numbers per image) stay in memory.
+    """
+
+    def __init__(self, folder: Path, n: int, image_size: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.n = n
+        self.images = np.lib.format.open_memmap(
+            folder / "images.npy", mode="w+", dtype=np.float32, shape=(n, 1, image_size, image_size)
+        )
+        self.labels = np.zeros(n, dtype=np.int64)
+        self.params: dict[str, list[tuple[int, np.ndarray]]] = {}
+
+    def write(self, start: int, images: np.ndarray, labels: np.ndarray, params: dict[str, np.ndarray]) -> None:
+        """Store rows ``[start, start + len(images))``; images (b, 1, H, W), labels (b,)."""
+        stop = start + images.shape[0]
+        self.images[start:stop] = images
+        self.labels[start:stop] = labels
+        for key, value in params.items():
+            self.params.setdefault(key, []).append((start, np.asarray(value)))
+
+    def close(self) -> str:
+        """Flush everything to disk and return the split digest."""
+        self.images.flush()
+        params: dict[str, np.ndarray] = {}
+        for key, parts in self.params.items():
+            parts.sort(key=lambda part: part[0])
+            params[key] = np.concatenate([p for _, p in parts]) if parts else np.zeros(0)
+            if params[key].shape != (self.n,):
+                raise DatasetError(f"parameter {key!r} covers {params[key].shape[0]} of {self.n} images")
+        np.save(self.folder / "labels.npy", self.labels)
+        np.savez(self.folder / "params.npz", **params)
+        digest = split_digest(self.images, self.labels, params)
+        del self.images  # close the memory map before the folder is renamed
+        return digest
+
+
+def write_meta(folder: Path, meta: DatasetMeta) -> None:
+    """Write ``meta.json`` (sorted keys so identical datasets give identical files)."""
+    text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True)
+    (folder / META_FILE).write_text(text + "\n")
+
+
+@contextmanager
+def staged_dataset(root: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``root``; on success move it to ``root``.
+
+    Refuses (DatasetError) if ``root`` exists and ``force`` is False. With ``force`` an existing
+    dataset is replaced by two renames (old aside, new in place), so readers see either the old
+    or the new dataset, never a mix. On any exception the temporary folder is removed and
+    ``root`` is left as it was.
+    """
+    root = Path(root)
+    _check_replaceable(root, force)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        yield tmp
+        _move_into_place(tmp, root, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_replaceable(root: Path, force: bool) -> None:
+    """Refuse to replace anything but a lenstune dataset or an empty folder, even with force."""
+    if not root.exists():
+        return
+    if not force:
+        raise DatasetError(f"{root} already exists; pass --force (force=True) to replace it")
+    if root.is_dir() and ((root / META_FILE).is_file() or not any(root.iterdir())):
+        return
+    raise DatasetError(
+        f"{root} exists and is not a lenstune dataset (no {META_FILE}); refusing to replace it"
+    )
+
+
+def _move_into_place(tmp: Path, root: Path, force: bool) -> None:
+    if not root.exists():
+        os.rename(tmp, root)  # atomic on one filesystem; fails if another writer got there first
+        return
+    if not force:
+        raise DatasetError(f"{root} appeared while writing; pass --force (force=True) to replace it")
+    _check_replaceable(root, force)
+    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+    os.rename(root, old / "dataset")
+    try:
+        os.rename(tmp, root)
+    except BaseException:
+        os.rename(old / "dataset", root)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
