@@ -1,0 +1,192 @@
+"""simulate_batch: draw, ray-trace, observe. Tensors in, tensors out, any device and dtype."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from tuner.lensing.instrument import (
+    FWHM_TO_SIGMA,
+    add_noise,
+    bin_supersampled,
+    convolve_gaussian_psf,
+    magnitude_to_cps,
+    pixel_grid,
+    survey_background_rms,
+)
+from tuner.lensing.populations import (
+    AXION,
+    CDM,
+    Draws,
+    axion_point_masses,
+    cdm_point_masses,
+    draw_systems,
+    host_theta_e_arcsec,
+)
+from tuner.lensing.presets import CLASS_NAMES, Preset, get_preset
+from tuner.lensing.profiles import (
+    point_mass_deflection,
+    sersic_ellipse,
+    sersic_total_flux,
+    shear_deflection,
+    sie_deflection,
+)
+
+
+def source_amplitude(preset: Preset) -> float:
+    """Sersic amplitude (surface brightness at R_sersic, counts/s per arcsec^2) of the preset.
+
+    With a magnitude, amp = 10^(-0.4 (m - zp)) / total_flux(amp=1), as lenstronomy's
+    ``SimAPI.magnitude2amplitude``.
+    """
+    src = preset.source
+    if src.amp is not None:
+        return src.amp
+    zp = preset.instrument.zero_point_mag
+    if src.magnitude is None or zp is None:
+        raise ValueError(f"preset {preset.name!r}: source needs amp, or magnitude and a zero point")
+    unit = sersic_total_flux(
+        torch.tensor(1.0, dtype=torch.float64),
+        torch.tensor(src.r_sersic_arcsec, dtype=torch.float64),
+        torch.tensor(src.n_sersic, dtype=torch.float64),
+    )
+    return magnitude_to_cps(src.magnitude, zp) / float(unit)
+
+
+def background_rms(preset: Preset) -> float:
+    """Gaussian background rms per pixel in image units (counts/s)."""
+    inst = preset.instrument
+    if inst.noise_model == "background_poisson":
+        return float(inst.background_rms)
+    return survey_background_rms(
+        read_noise_e=inst.read_noise_e, exposure_s=inst.exposure_s, num_exposures=inst.num_exposures,
+        sky_mag=inst.sky_mag_per_arcsec2, zero_point=inst.zero_point_mag, pixel_scale=inst.pixel_scale_arcsec,
+    )
+
+
+def _subhalo_groups(preset: Preset, draws: Draws, labels: Tensor) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """Per substructure class: (rows, theta_E, x, y, mass); each class keeps its own fixed N."""
+    groups = []
+    for cls, make in ((CDM, cdm_point_masses), (AXION, axion_point_masses)):
+        rows = torch.nonzero(labels == cls).squeeze(1)
+        if rows.numel():
+            groups.append((rows, *make(preset, draws, rows)))
+    return groups
+
+
+def lensed_surface_brightness(
+    x: Tensor, y: Tensor, preset: Preset, draws: Draws, groups, *, substructure: bool
+) -> Tensor:
+    """Source surface brightness seen at the image-plane points (x, y) [arcsec]: (B, P)."""
+    b = draws.source_x.shape[0]
+    kw = dict(device=x.device, dtype=x.dtype)
+    host, src = preset.host, preset.source
+
+    def full(v: float) -> Tensor:
+        return torch.full((b,), v, **kw)
+
+    ax, ay = sie_deflection(x, y, full(host_theta_e_arcsec(preset)), full(host.e1), full(host.e2), full(0.0), full(0.0))
+    sx, sy = shear_deflection(x, y, full(host.gamma1), full(host.gamma2))
+    ax, ay = ax + sx, ay + sy
+    if substructure:
+        for rows, theta_e, cx, cy, _ in groups:
+            px, py = point_mass_deflection(x, y, theta_e, cx, cy)
+            ax.index_add_(0, rows, px)
+            ay.index_add_(0, rows, py)
+    return sersic_ellipse(
+        x - ax, y - ay, full(source_amplitude(preset)), full(src.r_sersic_arcsec), full(src.n_sersic),
+        full(src.e1), full(src.e2), draws.source_x, draws.source_y,
+    )
+
+
+def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.device) -> None:
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.dtype != torch.int64:
+        raise ValueError(f"labels must be a 1-D int64 tensor, got {getattr(labels, 'dtype', type(labels))} "
+                         f"of shape {tuple(getattr(labels, 'shape', ()))}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(CLASS_NAMES)):
+        raise ValueError(f"labels must be in 0..{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)}), "
+                         f"got values {sorted(set(labels.tolist()))}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator lives on {generator.device}, but device is {device}: "
+                         "create it with torch.Generator(device=device)")
+
+
+def simulate_batch(
+    preset: str | Preset,
+    labels: Tensor,
+    *,
+    generator: torch.Generator,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    substructure: bool = True,
+    noise: bool = True,
+    normalize: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Simulate one lensing image per label.
+
+    Args:
+        preset: preset name ("model_i", "model_ii", "model_iii") or a Preset.
+        labels: (B,) int64 class indices into CLASS_NAMES.
+        generator: torch.Generator on ``device``; the only source of randomness.
+        substructure: False renders the same systems without subhalos/vortex (same draws).
+        noise: False returns the noise-free model (same draws consumed).
+        normalize: min-max normalise each image to [0, 1] (DeepLense convention).
+
+    Returns:
+        images (B, 1, H, W) on ``device`` in ``dtype`` (counts/s per pixel unless normalised),
+        and per-image parameters, each (B,): label, m_axion_ev (NaN unless axion), n_subhalos,
+        subhalo_mass_msun (total), source_x_arcsec, source_y_arcsec, exposure_s,
+        theta_e_arcsec, vortex_half_length_arcsec (NaN unless axion), vortex_angle_rad
+        (NaN unless axion), background_rms.
+    """
+    p = get_preset(preset)
+    device = torch.device(device)
+    _check_inputs(labels, generator, device)
+    labels = labels.to(device)
+    inst = p.instrument
+    b = labels.shape[0]
+    draws = draw_systems(p, b, generator, device=device, dtype=dtype)
+    groups = _subhalo_groups(p, draws, labels)
+
+    x, y = pixel_grid(inst.num_pix, inst.pixel_scale_arcsec, inst.supersampling, device=device, dtype=dtype)
+    sb = lensed_surface_brightness(x, y, p, draws, groups, substructure=substructure)
+    image = bin_supersampled(sb, inst.num_pix, inst.supersampling) * inst.pixel_scale_arcsec**2
+    sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
+    image = convolve_gaussian_psf(image, sigma_px, inst.psf_truncation_sigma)
+    bkg = torch.full((b,), background_rms(p), device=device, dtype=dtype)
+    if noise:
+        image = add_noise(image, background_rms=bkg, exposure_s=draws.exposure_s, normals=draws.normals)
+    if normalize:
+        lo = image.amin(dim=(1, 2, 3), keepdim=True)
+        hi = image.amax(dim=(1, 2, 3), keepdim=True)
+        image = (image - lo) / (hi - lo).clamp(min=torch.finfo(dtype).tiny)
+    return image, _parameters(p, labels, draws, groups, bkg, substructure)
+
+
+def _parameters(p: Preset, labels, draws: Draws, groups, bkg: Tensor, substructure: bool) -> dict[str, Tensor]:
+    b = labels.shape[0]
+    kw = dict(device=labels.device, dtype=draws.source_x.dtype)
+    n_sub = torch.zeros(b, device=labels.device, dtype=torch.int64)
+    m_sub = torch.zeros(b, **kw)
+    if substructure:
+        for rows, theta_e, _, _, mass in groups:
+            n_sub[rows] = theta_e.shape[1]
+            m_sub[rows] = mass.sum(dim=1)
+    is_axion = labels == AXION
+    nan = torch.full((b,), math.nan, **kw)
+    half = p.axion.length_coeff_arcsec * 1e-22 / draws.m_axion_ev
+    return {
+        "label": labels.clone(),
+        "m_axion_ev": torch.where(is_axion, draws.m_axion_ev, nan),
+        "n_subhalos": n_sub,
+        "subhalo_mass_msun": m_sub,
+        "source_x_arcsec": draws.source_x,
+        "source_y_arcsec": draws.source_y,
+        "exposure_s": draws.exposure_s,
+        "theta_e_arcsec": torch.full((b,), host_theta_e_arcsec(p), **kw),
+        "vortex_half_length_arcsec": torch.where(is_axion, half, nan),
+        "vortex_angle_rad": torch.where(is_axion, draws.vortex_angle_rad, nan),
+        "background_rms": bkg,
+    }
