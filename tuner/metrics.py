@@ -137,3 +137,15 @@ def classification_report(probs, labels, class_names: list[str]) -> dict[str, fl
     out.update({f"auc_{name}": value for name, value in auc.items()})
     out.update(nll=nll(probs, labels), brier=brier(probs, labels), ece=ece(probs, labels))
     return out
+
+
+def fpr_at_tpr(scores, positives, tpr: float = 0.95) -> float:
+    """Lowest false-positive rate among thresholds reaching a true-positive rate >= ``tpr``
+    (e.g. FPR95 for out-of-distribution detection with in-distribution as positive)."""
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    pos = np.asarray(positives, dtype=bool)
+    if pos.all() or not pos.any():
+        return float("nan")
+    fpr, tprs = roc_curve(scores, pos)
+    return float(fpr[np.flatnonzero(tprs >= tpr - 1e-12)[0]])
