@@ -80,6 +80,12 @@ def write_deeplense(root: Path, splits=("train",), names=("no", "sphere", "vort"
 
 
 @pytest.fixture
+def make_deeplense():
+    """Factory ``make_deeplense(root, splits=..., names=..., n=..., size=..., leading_axis=...)``."""
+    return write_deeplense
+
+
+@pytest.fixture
 def deeplense_dir(tmp_path):
     """DeepLense-format source with train/ and val/, 4 images per class each, 8 px."""
     return write_deeplense(tmp_path / "src", splits=("train", "val"))

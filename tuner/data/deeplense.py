@@ -75,7 +75,7 @@ def read_deeplense_file(path: Path) -> tuple[np.ndarray, float]:
             elif version == (2, 0):
                 _, _, dtype = np.lib.format.read_array_header_2_0(fh)
             else:
-                raise DatasetError(f"{path}: .npy format version {version} not supported (allowed 1.0, 2.0)")
+                raise DatasetError(f"corrupt or unsupported file {path}: .npy format version {version}; allowed 1.0, 2.0")
             if dtype.hasobject:
                 obj = _ArrayOnlyUnpickler(fh).load()
             else:
