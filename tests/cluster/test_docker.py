@@ -106,7 +106,7 @@ def test_compose_stack_takes_every_secret_from_the_environment():
             if secret_keys.search(key):
                 assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(value)), f"{name}.{key} must come from the environment"
     command = " ".join(compose["services"]["mlflow"]["command"])
-    assert "--app-name basic-auth" in command and "postgresql://" in command and "s3://" in command
+    assert "--app-name basic-auth" in command and "postgresql+psycopg2://" in command and "s3://" in command
 
 
 # Things that look like credentials: AWS keys, private keys, passwords/tokens given a literal value.
