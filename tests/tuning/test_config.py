@@ -1,0 +1,44 @@
+import pytest
+
+from tuner.config import ConfigError, StudyConfig, flatten, parse_family_list, resolve_study_config
+
+
+def test_defaults_then_profile_then_file_then_flags(tmp_path):
+    assert resolve_study_config({}).profile == "gpu"
+    micro = resolve_study_config({"profile": "micro"})
+    assert micro.img_size == 32 and micro.samples == 4
+    user = tmp_path / "study.yaml"
+    user.write_text("samples: 7\nseed: 3\n")
+    cfg = resolve_study_config({"profile": "micro", "seed": 5, "samples": None}, user)
+    assert cfg.samples == 7 and cfg.seed == 5 and cfg.img_size == 32
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ConfigError, match="samples"):
+        resolve_study_config({"samples": 0})
+    with pytest.raises(ConfigError, match="profile"):
+        resolve_study_config({"profile": "tpu"})
+    with pytest.raises(ConfigError, match="bogus"):
+        resolve_study_config({"bogus": 1})
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_study_config({}, config_file=__import__("pathlib").Path("/nonexistent.yaml"))
+
+
+def test_family_list_parsing():
+    known = ["vit", "swin", "resnet18"]
+    assert parse_family_list("all", known) == known
+    assert parse_family_list("swin, vit", known) == ["swin", "vit"]
+    with pytest.raises(ConfigError, match=r"'nope'.*allowed: all, vit, swin"):
+        parse_family_list("vit,nope", known)
+
+
+def test_embedded_tracking_and_storage_are_absolute(tmp_path):
+    cfg = StudyConfig(runs_dir=tmp_path / "runs")
+    assert cfg.resolved_tracking_uri() == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert cfg.resolved_storage() == str(tmp_path / "runs" / "studies")
+    assert StudyConfig(storage="s3://bucket/x").resolved_storage() == "s3://bucket/x"
+    assert StudyConfig(tracking_uri="http://127.0.0.1:5000").resolved_tracking_uri().startswith("http")
+
+
+def test_flatten_names_params_like_mlflow():
+    assert flatten({"model": {"depth": 4}, "train": {"lr": 1e-3}}) == {"model.depth": 4, "train.lr": 1e-3}

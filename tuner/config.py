@@ -1,0 +1,147 @@
+"""Configuration of a tuning study: pydantic models, YAML defaults, flag overrides.
+
+Precedence, lowest first: field defaults here < ``tuner/defaults.yaml`` (and its
+``profile_defaults`` section for the chosen profile) < a YAML file passed as ``--config``
+< command-line flags. :func:`resolve_study_config` returns the resolved, validated config,
+which is logged with the study's MLflow parent run and saved in every trial checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+METRIC = "val_auc_macro"  # the study's objective, maximised
+MODE = "max"
+
+
+class ConfigError(ValueError):
+    """A study configuration value is invalid; the message names the value and what is allowed."""
+
+
+class StudyConfig(BaseModel):
+    """Everything a study run needs; units in field descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    families: list[str] = Field(default_factory=lambda: ["vit"], min_length=1)
+    data: Path | None = Field(None, description="dataset store root; None = simulate from preset")
+    preset: str = "model_ii"
+    n_per_class: int = Field(1000, ge=3, description="train images per class when simulating")
+    img_size: int | None = Field(None, ge=8, description="pixels of a simulated image side")
+    profile: Literal["gpu", "micro"] = "gpu"
+    samples: int = Field(16, ge=1, description="trials per family")
+    max_epochs: int | None = Field(None, ge=1, description="overrides the search-space budget")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0, description="fractional GPUs allowed")
+    max_concurrent: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(None, gt=0, description="seconds per family")
+    experiment: str = Field("lenstune", min_length=1)
+    study_name: str | None = Field(None, description="Ray Tune run name; None = derived")
+    resume: bool = False
+    tracking_uri: str | None = None
+    runs_dir: Path = Path("runs")
+    storage: str | None = None
+    seed: int = 0
+    max_failures: int = Field(0, ge=0)
+    num_cpus: int | None = Field(None, ge=1)
+
+    @field_validator("families")
+    @classmethod
+    def _no_duplicates(cls, families: list[str]) -> list[str]:
+        if len(set(families)) != len(families):
+            raise ValueError(f"families listed twice: {families}")
+        return families
+
+    @model_validator(mode="after")
+    def _gpu_fraction(self) -> StudyConfig:
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ValueError(f"gpus_per_trial={self.gpus_per_trial}: fractions only below 1")
+        return self
+
+    # Derived paths. Relative paths resolve against the working directory at run time.
+    def resolved_runs_dir(self) -> Path:
+        return self.runs_dir.expanduser().resolve()
+
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow tracking URI; embedded sqlite under the runs folder when none is given."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.resolved_runs_dir() / 'mlflow.db'}"
+
+    def resolved_storage(self) -> str:
+        """Ray Tune storage root: an absolute path or a URI such as ``s3://bucket/prefix``."""
+        if self.storage is None:
+            return str(self.resolved_runs_dir() / "studies")
+        if "://" in self.storage:
+            return self.storage
+        return str(Path(self.storage).expanduser().resolve())
+
+    def embedded_tracking(self) -> bool:
+        return self.tracking_uri is None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; ConfigError when the file is missing or not a mapping."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def resolve_study_config(
+    overrides: dict[str, Any], config_file: Path | None = None, defaults_file: Path = DEFAULTS_PATH
+) -> StudyConfig:
+    """Merge defaults, the profile's defaults, an optional YAML file and ``overrides``
+    (flags; ``None`` values mean "not given") into a validated :class:`StudyConfig`."""
+    base = load_yaml(defaults_file)
+    profile_defaults = base.pop("profile_defaults", {}) or {}
+    user = load_yaml(config_file) if config_file else {}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    profile = flags.get("profile", user.get("profile", base.get("profile", "gpu")))
+    if profile not in profile_defaults and profile not in ("gpu", "micro"):
+        raise ConfigError(f"profile {profile!r} is not allowed; allowed: gpu, micro")
+    merged = {**base, **(profile_defaults.get(profile) or {}), **user, **flags}
+    try:
+        return StudyConfig(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid study config: {problems}") from None
+
+
+def parse_family_list(text: str, known: list[str]) -> list[str]:
+    """``"all"`` or a comma list -> family names, checked against ``known``."""
+    if text.strip() == "all":
+        return list(known)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if not names or unknown:
+        raise ConfigError(
+            f"unknown family {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"allowed: all, {', '.join(known)}"
+        )
+    return names
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"model.depth": 4, "train.lr": 1e-3}`` (MLflow param names)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,92 @@
+"""The tuning entry point: ``python tuner/run.py --family swin`` or ``lenstune tune``.
+
+Flags -> :class:`tuner.config.StudyConfig` -> :func:`tuner.study.run_study`. Every input is
+checked (families, search spaces, dataset, tracking server) before anything is written to
+MLflow or Ray is started. Under ``ray job submit`` (RAY_ADDRESS set) it joins that cluster,
+otherwise it starts a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file: make the repository root importable and keep this folder off sys.path,
+    # where config.py, search.py, ... would shadow other packages' modules.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lenstune tune",
+        description="Tune transformer families on lensing images with Ray Tune (Optuna TPE + "
+        "ASHA) and track every trial in MLflow. Defaults: tuner/defaults.yaml.",
+    )
+    p.add_argument("--family", help="family name, comma list, or 'all' (default: vit)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data", type=Path, help="dataset store root (tuner.data format)")
+    data.add_argument("--preset", help="simulate this preset when no dataset is given (model_ii)")
+    p.add_argument("--n-per-class", type=int, help="train images per class when simulating")
+    p.add_argument("--img-size", type=int, help="simulated image side in pixels")
+    p.add_argument("--profile", choices=["gpu", "micro"], help="search-space profile")
+    p.add_argument("--samples", type=int, help="trials per family")
+    p.add_argument("--max-epochs", type=int, help="override the search space's epoch budget")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions below 1 share a GPU")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once per family")
+    p.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds per family")
+    p.add_argument("--experiment", help="MLflow experiment name")
+    p.add_argument("--study-name", help="name of the study (Ray Tune run); default derived")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue an interrupted study (the latest one, or --study-name)")
+    p.add_argument("--tracking-uri", help="MLflow server (http://...) or sqlite:///...; "
+                   "default: embedded sqlite under --runs-dir")
+    p.add_argument("--runs-dir", type=Path, help="local folder for embedded MLflow and studies")
+    p.add_argument("--storage", help="Ray Tune storage: a path or s3://bucket/prefix")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-failures", type=int, help="retries of an errored trial")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--config", type=Path, help="YAML file of study settings (below flags)")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """Flag values that were given, as StudyConfig fields (families still unparsed)."""
+    values = {k: v for k, v in vars(args).items() if k not in ("family", "config")}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run the study, print its leaderboard; 0 on success, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    from tuner.config import ConfigError, parse_family_list, resolve_study_config
+    from tuner.data import DatasetError
+    from tuner.tracking import TrackingError
+
+    try:
+        from tuner.models import list_families
+        from tuner.search_space import SearchSpaceError
+
+        overrides = overrides_from_args(args)
+        if args.family is not None:
+            overrides["families"] = parse_family_list(args.family, list(list_families()))
+        config = resolve_study_config(overrides, args.config)
+        unknown = [f for f in config.families if f not in list_families()]
+        if unknown:
+            raise ConfigError(f"unknown family {unknown[0]!r}; allowed: all, {', '.join(list_families())}")
+        from tuner.study import run_study
+
+        result = run_study(config)
+    except (ConfigError, DatasetError, TrackingError, SearchSpaceError) as exc:
+        print(f"lenstune tune: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Assembly of one family's Ray Tune study: seeded Optuna TPE behind a concurrency limit,
+ASHA on ``val_auc_macro`` (max) with the search space's budget, per-trial resources,
+failure and checkpoint policy, restore of an interrupted study, and the driver-side
+callback that records why each trial stopped in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.config import METRIC, MODE
+
+
+class TrialStopCallback(tune.Callback):
+    """Ends each trial's MLflow run with the right ``stop_reason`` from the driver.
+
+    A trial that ASHA stops never runs past its last ``tune.report``, so it cannot end its
+    own run; Optuna even sees it as COMPLETE. Here a trial that completes with fewer epochs
+    than ``max_epochs`` is ``asha_stopped`` (run KILLED), one that errors is ``failed``
+    (run FAILED, error message tagged). Picklable: Tune saves it with the study for restore.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+
+    def _run_id(self, trial) -> str | None:
+        from mlflow.tracking import MlflowClient
+
+        from tuner.tracking import find_trial_run
+
+        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        if run_id:
+            return run_id
+        return find_trial_run(MlflowClient(self.tracking_uri), self.experiment_id,
+                              self.parent_run_id, trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from tuner.tracking import end_trial_run
+
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        if epochs >= self.max_epochs:
+            end_trial_run(MlflowClient(self.tracking_uri), run_id, "completed")
+        else:
+            end_trial_run(MlflowClient(self.tracking_uri), run_id, "asha_stopped",
+                          f"stopped by the scheduler after {epochs} of {self.max_epochs} epochs")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from tuner.tracking import end_trial_run
+
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        message = ""
+        error = getattr(trial, "error_message", None) or ""
+        if callable(error):
+            error = error()
+        message = str(error).strip().splitlines()[-1] if error else "trial raised an error"
+        end_trial_run(MlflowClient(self.tracking_uri), run_id, "failed", message)
+
+
+def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
+                   early_stopping: bool = True):
+    """ASHA over epochs (``training_iteration``); FIFO (no early stopping) for baselines."""
+    if not early_stopping:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                         grace_period=min(grace_period, max_epochs),
+                         reduction_factor=reduction_factor)
+
+
+def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe"):
+    """Seeded Optuna search (``tpe`` or ``random``) limited to ``max_concurrent`` trials."""
+    import optuna
+
+    if sampler == "tpe":
+        optuna_sampler = optuna.samplers.TPESampler(seed=seed)
+    elif sampler == "random":
+        optuna_sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, random")
+    search = OptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE)
+    return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
+
+
+def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """Per-trial resources; fractional GPUs let several small trials share one device."""
+    resources = {"cpu": cpus}
+    if gpus > 0:
+        resources["gpu"] = gpus
+    return resources
+
+
+def build_tuner(
+    trainable: Callable,
+    param_space: dict[str, Any],
+    *,
+    name: str,
+    storage_path: str,
+    num_samples: int,
+    max_epochs: int,
+    grace_period: int,
+    reduction_factor: float,
+    seed: int,
+    max_concurrent: int,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    callbacks: list | None = None,
+    time_budget_s: float | None = None,
+    max_failures: int = 0,
+    sampler: str = "tpe",
+    early_stopping: bool = True,
+    verbose: int = 1,
+) -> tune.Tuner:
+    """A fresh ``tune.Tuner`` for one family (see module docstring)."""
+    resources = trial_resources(cpus_per_trial, gpus_per_trial)
+    return tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE,
+            search_alg=make_searcher(seed, max_concurrent, sampler),
+            scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping),
+            num_samples=num_samples,
+            time_budget_s=time_budget_s,
+            # Function trainables rebuild all state per trial, so reusing the worker process
+            # only saves the ~4 s import of torch/Ray per trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks or [], verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            # The latest checkpoint is enough to resume; the best epoch goes to MLflow.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def restore_tuner(path: str, trainable: Callable, cpus_per_trial: float,
+                  gpus_per_trial: float) -> tune.Tuner:
+    """Reopen an interrupted study at ``path``: unfinished and errored trials continue from
+    their last checkpoint; the searcher's (Optuna) state is restored."""
+    return tune.Tuner.restore(
+        path, tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial)),
+        resume_unfinished=True, resume_errored=True,
+    )
+
+
+def can_restore(path: str) -> bool:
+    return tune.Tuner.can_restore(path)
+
+
+def optuna_importances(param_space: dict[str, Any], trials: list[tuple[dict[str, Any], float]]
+                       ) -> dict[str, float]:
+    """Optuna (fANOVA) parameter importances of ``trials`` = [(flat config, best score)].
+    {} when fewer than two scored trials or nothing varied."""
+    import optuna
+
+    from tuner.config import flatten
+
+    flat_space = {k.replace(".", "/"): v for k, v in flatten(param_space).items()}
+    distributions = OptunaSearch.convert_search_space(
+        {k: v for k, v in flat_space.items() if hasattr(v, "sample")})
+    scored = [(cfg, score) for cfg, score in trials if score is not None and math.isfinite(score)]
+    if len(scored) < 2 or not distributions:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for cfg, score in scored:
+        flat = {k.replace(".", "/"): v for k, v in flatten(cfg).items()}
+        params = {k: flat[k] for k in distributions if k in flat}
+        if len(params) != len(distributions):
+            continue
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                  value=float(score)))
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):
+        return {}
+    return {k.replace("/", "."): float(v) for k, v in importances.items()}

@@ -1,0 +1,195 @@
+"""Plain training and evaluation functions: AdamW + linear warmup / cosine decay, label
+smoothing, augmentation on the trial's device, mixed precision and channels_last on GPU.
+
+Nothing here knows about Ray or MLflow; :mod:`tuner.training.trainable` wraps these.
+``hp`` is the ``train`` part of a sampled config (:class:`tuner.search_space.TrainHParams`
+or anything with the same attributes: lr, weight_decay, warmup_epochs, batch_size,
+label_smoothing, aug_rotation, aug_flip, aug_strength).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the trial is failed with this message."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One training epoch: mean loss (nats), wall seconds, training throughput (images/s)."""
+
+    train_loss: float
+    seconds: float
+    images_per_second: float
+
+
+def pick_device(prefer_gpu: bool = True) -> torch.device:
+    """The trial's device: the (Ray-assigned, hence visible) GPU when there is one, else CPU."""
+    return torch.device("cuda" if prefer_gpu and torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(model: nn.Module, hp) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norm/scale parameters (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": float(hp.weight_decay)},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=float(hp.lr))
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at optimiser ``step``: linear warmup from
+    1/warmup_steps to 1, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, hp, *, steps_per_epoch: int, max_epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step warmup + cosine schedule over ``max_epochs`` epochs."""
+    warmup = int(round(float(hp.warmup_epochs) * steps_per_epoch))
+    total = steps_per_epoch * max_epochs
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps=warmup, total_steps=total)
+    )
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch (the last, partial batch is dropped when there are more)."""
+    return max(n_images // batch_size, 1)
+
+
+def augment(images: torch.Tensor, hp, generator: torch.Generator) -> torch.Tensor:
+    """Random free-angle rotation (with probability ``hp.aug_strength`` when
+    ``hp.aug_rotation``) and horizontal/vertical flips (each p=0.5 when ``hp.aug_flip``) of a
+    batch (B, C, H, W), as one affine resampling on the images' device. Lensing images have
+    no preferred orientation, so both keep the label."""
+    if not (hp.aug_rotation or hp.aug_flip):
+        return images
+    b, device = images.shape[0], images.device
+    uniform = torch.rand(b, 3, generator=generator, device=device)
+    angle = torch.rand(b, generator=generator, device=device) * (2 * math.pi)
+    if hp.aug_rotation:
+        angle = torch.where(uniform[:, 0] < float(hp.aug_strength), angle, torch.zeros_like(angle))
+    else:
+        angle = torch.zeros_like(angle)
+    sx = torch.ones(b, device=device)
+    sy = torch.ones(b, device=device)
+    if hp.aug_flip:
+        sx = torch.where(uniform[:, 1] < 0.5, -sx, sx)
+        sy = torch.where(uniform[:, 2] < 0.5, -sy, sy)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([cos * sx, -sin * sy, torch.zeros_like(cos)], 1),
+         torch.stack([sin * sx, cos * sy, torch.zeros_like(cos)], 1)],
+        1,
+    ).to(images.dtype)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # Background of normalised lensing images is ~0, so zero padding of rotated corners is benign.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def prepare_batch(images: torch.Tensor, device: torch.device, img_size: int) -> torch.Tensor:
+    """Copy a CPU batch (B, 1, H, W) to ``device`` and resize to ``img_size`` if needed."""
+    x = images.to(device, non_blocking=True).float()
+    if x.shape[-1] != img_size or x.shape[-2] != img_size:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > img_size)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    hp,
+    device: torch.device,
+    img_size: int,
+    generator: torch.Generator,
+    aug_generator: torch.Generator,
+    scaler: torch.amp.GradScaler | None = None,
+) -> EpochStats:
+    """One pass over ``images`` (N, 1, H, W) CPU float32 and ``labels`` (N,) int64 in a random
+    order drawn from ``generator`` (CPU); ``aug_generator`` lives on ``device``.
+    Raises :class:`NonFiniteLossError` at the first NaN/inf loss."""
+    model.train()
+    n, bs = len(labels), int(hp.batch_size)
+    steps = steps_per_epoch(n, bs)
+    order = torch.randperm(n, generator=generator)
+    total = torch.zeros((), device=device)
+    seen = 0
+    start = time.perf_counter()
+    for step in range(steps):
+        idx = order[step * bs:(step + 1) * bs]
+        x = augment(prepare_batch(images[idx], device, img_size), hp, aug_generator)
+        y = labels[idx].to(device, non_blocking=True)
+        with _autocast(device):
+            loss = F.cross_entropy(model(x), y, label_smoothing=float(hp.label_smoothing))
+        if not torch.isfinite(loss).item():
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {step} of the epoch (lr={float(hp.lr):.3g})"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total += loss.detach() * len(idx)
+        seen += len(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return EpochStats(float(total.item()) / seen, seconds, seen / max(seconds, 1e-9))
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, img_size: int,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Class probabilities (N, C) float64 for images (N, 1, H, W)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = prepare_batch(images[start:start + batch_size], device, img_size)
+        with _autocast(device):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).double().numpy()
+
+
+def cross_entropy_of_probs(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood (nats) of the true class; the validation loss."""
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return float(-np.mean(np.log(p)))
