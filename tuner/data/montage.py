@@ -17,7 +17,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tuner.data.simulate import block_seed, default_backend, simulate_block
+from tuner.data.simulate import block_seed, default_backend, effective_block_size, simulate_block
 from tuner.data.store import DatasetError, Split, load_split
 
 # Largest difference allowed between a stored image and its re-simulation (float32 round-off).
@@ -54,15 +54,16 @@ def substructure_residuals(
     backend = backend or default_backend()
     size = meta.image_size if meta.image_size != meta.native_image_size else None
     labels = split.labels.numpy()
+    block_size = effective_block_size(meta.block_size, len(labels))
     by_block: dict[int, list[int]] = {}
     for index in indices:
-        by_block.setdefault(index // meta.block_size, []).append(index)
+        by_block.setdefault(index // block_size, []).append(index)
     out: dict[int, Residual] = {}
     for block, members in by_block.items():
-        start = block * meta.block_size
-        block_labels = labels[start : start + meta.block_size]
+        start = block * block_size
+        block_labels = labels[start : start + block_size]
         seed = block_seed(meta.seed, split.name, block)
-        kwargs = dict(seed=seed, block_size=meta.block_size, device=device, img_size=size)
+        kwargs = dict(seed=seed, block_size=block_size, device=device, img_size=size)
         again, _ = simulate_block(backend, meta.preset, block_labels, **kwargs)
         lumpy, _ = simulate_block(backend, meta.preset, block_labels, noise=False, normalize=False, **kwargs)
         smooth, _ = simulate_block(

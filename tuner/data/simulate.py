@@ -3,7 +3,8 @@
 Images are simulated in blocks of ``block_size`` images; block ``k`` of split ``s`` gets its own
 ``torch.Generator`` seeded from ``(seed, s, k)``, so a block can be re-simulated alone (residual
 plots) and the dataset does not depend on how many blocks are written at once. The last block of
-a split is padded to ``block_size`` so every simulator call has the same shape. The labels of a
+a split is padded so every simulator call of a split has the same shape; a split smaller than
+``block_size`` is one block of its own size (no padding work wasted). The labels of a
 split are a seeded permutation of ``n_per_class`` copies of each class, independent of the block
 size; images do depend on ``block_size``, which meta.json records.
 """
@@ -77,6 +78,11 @@ def block_seed(seed: int, split: str, block: int) -> int:
     """Seed (0 <= s < 2**63) of the generator for block ``block`` of ``split``."""
     state = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), block)).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def effective_block_size(block_size: int, n_split: int) -> int:
+    """Images per simulator call in a split of ``n_split`` images: ``block_size`` at most."""
+    return max(1, min(block_size, n_split))
 
 
 def split_labels(seed: int, split: str, n_per_class: int, n_classes: int) -> np.ndarray:
@@ -202,11 +208,12 @@ def simulate_dataset(
         for split in SPLITS:
             labels = split_labels(seed, split, counts[split], n_classes)
             writer: SplitWriter | None = None
-            for block, start in enumerate(range(0, len(labels), block_size)):
-                block_labels = labels[start : start + block_size]
+            size = effective_block_size(block_size, len(labels))
+            for block, start in enumerate(range(0, len(labels), size)):
+                block_labels = labels[start : start + size]
                 bseed = block_seed(seed, split, block)
                 images, params = simulate_block(
-                    backend, preset, block_labels, seed=bseed, block_size=block_size,
+                    backend, preset, block_labels, seed=bseed, block_size=size,
                     device=device, img_size=img_size,
                 )
                 if writer is None:
