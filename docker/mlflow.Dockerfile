@@ -1,4 +1,4 @@
-# MLflow tracking server with PostgreSQL and S3 support, for docker/compose.yaml.
+# MLflow tracking server with PostgreSQL, S3 and basic-auth support, for docker/compose.yaml.
 #   docker build -f docker/mlflow.Dockerfile -t ghcr.io/lenstune/lenstune-mlflow:0.1.0 docker
 # Versions below must match pyproject.toml (tests/cluster/test_docker.py checks).
 FROM python:3.11-slim
@@ -7,7 +7,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
 
 RUN pip install --no-cache-dir \
-        mlflow==3.17.2 \
+        "mlflow[auth]==3.17.2" \
         "pyarrow<26" \
         psycopg2-binary==2.9.13 \
         boto3==1.44.8

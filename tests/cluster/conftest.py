@@ -54,6 +54,8 @@ def auth_server() -> AuthServer:
         "MLFLOW_AUTH_CONFIG_PATH": str(servers.write_basic_auth_config(folder, username)),
         "MLFLOW_AUTH_ADMIN_USERNAME": username,
         "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        # Signs the auth app's CSRF tokens; MLflow refuses to start basic auth without one.
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
     }
     backend = f"sqlite:///{folder / 'mlflow.db'}"
     with servers.mlflow_server(

@@ -30,7 +30,7 @@ def _pyproject_pin(name: str) -> str:
 
 def _pip_pins(text: str) -> dict[str, str]:
     """Packages pinned with == in a Dockerfile, e.g. {'mlflow': '3.17.2'}."""
-    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"([A-Za-z][\w-]*)==([\w.+]+)", text)}
+    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"([A-Za-z][\w-]*)(?:\[[\w,-]+\])?==([\w.+]+)", text)}
 
 
 def _python_minor_allowed(version: str) -> bool:
@@ -85,6 +85,8 @@ def test_mlflow_image_versions_match_pyproject():
     base = re.search(r"^FROM python:(\d+\.\d+)", text, re.M)
     assert base and _python_minor_allowed(base.group(1)), "python version outside requires-python"
     assert _pip_pins(text)["mlflow"] == _pyproject_pin("mlflow")
+    # The basic-auth app needs MLflow's `auth` extra.
+    assert '"mlflow[auth]==' in text
 
 
 def test_worker_image_workdir_is_where_cluster_jobs_start():
