@@ -134,8 +134,13 @@ def build_resnet18(*, img_size: int, in_chans: int, num_classes: int, drop_rate:
 
     layers = tuple(layers)
     channels = tuple(width * 2 ** i for i in range(len(layers)))
+    if small_stem and width % 2:
+        raise ValueError(f"resnet18 width must be even with small_stem, got {width}")
+    # timm sizes the stem output as 2 * stem_width only for its "deep" stem (64 otherwise); the
+    # deep stem is asked for here just to get a `width`-channel stem, then replaced below.
     model = ResNet(block=BasicBlock, layers=layers, channels=channels, in_chans=in_chans,
-                   num_classes=num_classes, stem_width=width, drop_rate=drop_rate,
+                   num_classes=num_classes, stem_type="deep" if small_stem else "",
+                   stem_width=width // 2 if small_stem else 64, drop_rate=drop_rate,
                    drop_path_rate=drop_path_rate)
     if small_stem:
         model.conv1 = tnn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
