@@ -141,6 +141,8 @@ def build_tuner(
             # Function trainables rebuild all state per trial, so reusing the worker process
             # only saves the ~4 s import of torch/Ray per trial.
             reuse_actors=True,
+            # Short trial folders: the default name lists every hyperparameter.
+            trial_dirname_creator=lambda trial: f"{trial.trainable_name}_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks or [], verbose=verbose,
@@ -173,9 +175,8 @@ def optuna_importances(param_space: dict[str, Any], trials: list[tuple[dict[str,
 
     from tuner.config import flatten
 
-    flat_space = {k.replace(".", "/"): v for k, v in flatten(param_space).items()}
-    distributions = OptunaSearch.convert_search_space(
-        {k: v for k, v in flat_space.items() if hasattr(v, "sample")})
+    # Optuna names nested parameters "model/depth"; fixed values are not distributions.
+    distributions = OptunaSearch.convert_search_space(param_space)
     scored = [(cfg, score) for cfg, score in trials if score is not None and math.isfinite(score)]
     if len(scored) < 2 or not distributions:
         return {}

@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,16 +48,15 @@ class DatasetInfo:
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (TrackingError) when ``uri`` cannot work, before anything is written:
-    an HTTP server must answer ``/health``; a sqlite file's folder must be creatable."""
+    an HTTP server must answer an authenticated API call (``tuner.tracking_auth``); a sqlite
+    file's folder must be creatable."""
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
+        from tuner.tracking_auth import TrackingServerError, check_tracking_server
+
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                if response.status != 200:
-                    raise TrackingError(f"tracking server {uri} answered {response.status} on /health")
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(f"tracking server {uri} is unreachable: {reason}") from None
+            check_tracking_server(uri, timeout_s)
+        except TrackingServerError as exc:
+            raise TrackingError(str(exc)) from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
         if folder.exists() and not folder.is_dir():
@@ -80,7 +77,8 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
 
 def dataset_input(info: DatasetInfo, context: str = "training") -> DatasetInput:
-    dataset = Dataset(name=info.name, digest=info.digest, source_type="local",
+    # MLflow caps an input's digest at 36 characters; the full SHA-256 is a run param.
+    dataset = Dataset(name=info.name, digest=info.digest[:36], source_type="local",
                       source=json.dumps({"uri": info.source}))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
