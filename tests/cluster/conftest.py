@@ -3,7 +3,9 @@ MLflow server with basic auth, all on 127.0.0.1, started and stopped by the test
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from tests import servers
 
 ARTIFACT_BUCKET = "lenstune-artifacts"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,43 @@ def no_mlflow_credentials(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory) -> Path:
+    """A tiny simulated model_ii store (32 px) shared by the study tests of this folder."""
+    from tuner.data import ensure_simulated
+
+    root = tmp_path_factory.mktemp("cluster-data") / "model_ii-32px"
+    return ensure_simulated(root, "model_ii", 30, seed=0, img_size=32)
+
+
+def study_command(tracking_uri: str, experiment: str, data: Path, runs_dir: Path, *extra: str) -> list[str]:
+    """The same study command as on a laptop or a cluster, at micro size (2 trials, 1 epoch)."""
+    return [
+        sys.executable, str(REPO / "tuner" / "run.py"), "--family", "vit", "--profile", "micro",
+        "--data", str(data), "--samples", "2", "--max-epochs", "1", "--cpus-per-trial", "1",
+        "--tracking-uri", tracking_uri, "--experiment", experiment, "--runs-dir", str(runs_dir),
+        *extra,
+    ]
+
+
+@pytest.fixture()
+def ray_tmp() -> Path:
+    """A short private RAY_TMPDIR (Ray's socket paths must stay under ~107 characters)."""
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def ray_env(tmp_root: Path, ray_tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment for a process that starts or joins Ray: no usage stats, no token auth,
+    a short private temp dir, no inherited MLflow credentials unless given in ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_ADDRESS")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(ray_tmp),
+               HOME=str(tmp_root), PYTHONPATH=str(REPO))
+    env.update(extra)
+    return env
