@@ -1,0 +1,82 @@
+"""Champion/challenger promotion across three studies, checked through MlflowClient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tuner.promotion import CHALLENGER, CHAMPION, TAG_DECISION, PromotionError, promote_champion
+
+NAME = "lenstune-model_ii"
+
+
+def test_champion_moves_only_for_a_better_model(promoted, tracking):
+    _, client, _ = tracking
+    first, second, third = promoted["results"]
+    # the premise: the second study's model is better on the test split, the third worse
+    assert second.candidate.auc_macro > first.candidate.auc_macro > third.candidate.auc_macro
+
+    assert (first.decision, first.version, first.champion_version) == ("promoted", "1", None)
+    assert (second.decision, second.version, second.champion_version) == ("promoted", "2", "1")
+    assert (third.decision, third.version, third.champion_version) == ("kept", "3", "2")
+    # the champion was re-evaluated on the same test split, not read from an old tag
+    assert second.champion.auc_macro == pytest.approx(first.candidate.auc_macro)
+    assert third.champion.auc_macro == pytest.approx(second.candidate.auc_macro)
+    assert third.champion.dataset_digest == third.candidate.dataset_digest
+
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
+    assert str(client.get_model_version_by_alias(NAME, CHALLENGER).version) == "3"
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{NAME}'")}
+    assert sorted(versions) == ["1", "2", "3"]
+    assert "champion stays v2" in versions["3"].tags[TAG_DECISION]
+    assert "new champion" in versions["2"].tags[TAG_DECISION]
+    # decisions printed with both numbers
+    assert f"{third.champion.auc_macro:.4f}" in promoted["lines"][2]
+    assert f"{third.candidate.auc_macro:.4f}" in promoted["lines"][2]
+
+
+def test_asha_stopped_trials_are_never_promoted(promoted, tracking):
+    _, client, _ = tracking
+    first = promoted["results"][0]
+    trial = client.get_run(first.trial_run_id)
+    assert trial.data.tags["stop_reason"] == "completed"
+
+
+def test_version_tags_hold_test_metrics_and_calibration(promoted, tracking):
+    _, client, _ = tracking
+    second = promoted["results"][1]
+    version = client.get_model_version(NAME, "2")
+    tags = version.tags
+    assert float(tags["test_auc_macro"]) == pytest.approx(second.candidate.auc_macro, abs=1e-6)
+    for key in ("test_ece", "test_nll", "test_acc", "test_auc_cdm", "test_confusion"):
+        assert key in tags
+    assert tags["lenstune.trial_run_id"] == second.trial_run_id
+    assert tags["lenstune.family"] == "scratch"
+    assert np.asarray(eval(tags["test_confusion"])).sum() == second.candidate.n_images
+    # test metrics and plots also land in the trial run, for the report
+    run = client.get_run(second.trial_run_id)
+    assert run.data.metrics["test_auc_macro"] == pytest.approx(second.candidate.auc_macro)
+    listed = {a.path for a in client.list_artifacts(second.trial_run_id, "evaluation")}
+    assert {"evaluation/evaluation.png", "evaluation/roc.json"} <= listed
+
+
+def test_promoting_twice_promotes_nothing_twice(promoted, tracking):
+    uri, client, _ = tracking
+    lines = []
+    again = promote_champion("toy", tracking_uri=uri, echo=lines.append)
+    assert again.decision == "unchanged" and again.version == "3"
+    assert "nothing changed" in lines[0]
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 3
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
+
+
+def test_clear_errors(promoted, tracking, tmp_path):
+    uri, client, exp_id = tracking
+    with pytest.raises(PromotionError, match="no MLflow experiment named 'nope'"):
+        promote_champion("nope", tracking_uri=uri)
+    study = client.create_run(exp_id, tags={"lenstune.kind": "study"})
+    client.create_run(exp_id, tags={"mlflow.parentRunId": study.info.run_id,
+                                    "lenstune.kind": "trial", "family": "scratch",
+                                    "stop_reason": "asha_stopped"})
+    with pytest.raises(PromotionError, match="no trial .* completed its budget"):
+        promote_champion("toy", tracking_uri=uri, study_run_id=study.info.run_id)

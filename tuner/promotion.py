@@ -1,0 +1,441 @@
+"""Promotion of a study's best model to the MLflow Model Registry.
+
+``promote_champion`` takes the newest study of an experiment (or a given one), picks the trial
+with the best validation macro AUC among those that completed their budget (``stop_reason`` tag
+``completed``; ASHA-stopped trials end FINISHED too and are excluded), evaluates it on the held-out
+test split, registers it as a new version of ``lenstune-<preset>``, sets the alias ``challenger``
+on it, and moves ``champion`` only if it beats the current champion's test macro AUC, both
+measured now on the same test split. The decision is printed and stored as the version tag
+``lenstune.decision``; running it again for the same trial changes nothing.
+
+The best trial of every family in the study is also evaluated on the test split and its test
+metrics and ROC curves are logged into its trial run, so ``lenstune report`` works from MLflow alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tuner import metrics
+from tuner.registry_model import (
+    RegistryConfig,
+    load_network,
+    load_registered,
+    predict_probs,
+    save_registry_model,
+)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TAG_TRIAL = "lenstune.trial_run_id"
+TAG_DECISION = "lenstune.decision"
+# Where the tuning driver may record the dataset folder of a study (params or tags).
+_DATA_ROOT_KEYS = ("data.root", "data_root", "dataset.root", "lenstune.data_root", "data")
+
+
+class PromotionError(ValueError):
+    """Nothing can be promoted: no study, no completed trial, data that does not match, ..."""
+
+
+class TrialSummary(BaseModel):
+    """A trial run as promotion sees it. ``val_auc``: best validation macro AUC over epochs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    family: str
+    trial_id: str
+    stop_reason: str
+    val_auc: float
+    epochs: int
+    start_time_ms: int
+    end_time_ms: int | None
+
+
+class Evaluation(BaseModel):
+    """Test-split metrics of one model. AUCs are one-vs-rest; ``confusion[true][pred]`` counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    auc_macro: float
+    auc: dict[str, float]
+    acc: float
+    ece: float
+    nll: float
+    brier: float
+    confusion: list[list[int]]
+    n_images: int
+    dataset_digest: str
+
+    def metrics(self, prefix: str = "test_") -> dict[str, float]:
+        """Flat MLflow metrics, e.g. ``test_auc_macro``, ``test_auc_cdm``, ``test_ece``."""
+        out = {"auc_macro": self.auc_macro, "acc": self.acc, "ece": self.ece,
+               "nll": self.nll, "brier": self.brier}
+        out.update({f"auc_{name}": value for name, value in self.auc.items()})
+        return {prefix + key: float(value) for key, value in out.items()}
+
+
+class PromotionResult(BaseModel):
+    """What ``promote_champion`` did. ``decision``: ``promoted`` (the new version is champion),
+    ``kept`` (the champion stays, the new version is challenger) or ``unchanged`` (this trial
+    was already registered and decided earlier)."""
+
+    model_name: str
+    version: str
+    study_run_id: str
+    trial_run_id: str
+    family: str
+    candidate: Evaluation
+    champion_version: str | None
+    champion: Evaluation | None
+    decision: Literal["promoted", "kept", "unchanged"]
+    message: str
+
+
+def _client(tracking_uri: str | None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _all_runs(client, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_study(client, experiment: str, study_run_id: str | None = None):
+    """The study run (``lenstune.kind=study``): ``study_run_id`` or the newest in ``experiment``."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise PromotionError(f"no MLflow experiment named {experiment!r}")
+    if study_run_id:
+        run = client.get_run(study_run_id)
+        if run.info.experiment_id != exp.experiment_id:
+            raise PromotionError(f"run {study_run_id} is not in experiment {experiment!r}")
+        return run
+    studies = _all_runs(client, exp.experiment_id, "tags.`lenstune.kind` = 'study'")
+    if not studies:
+        raise PromotionError(f"experiment {experiment!r} has no study run (tag lenstune.kind=study)")
+    return max(studies, key=lambda r: r.info.start_time)
+
+
+def _tag(run, name: str, default: str = "") -> str:
+    tags = run.data.tags
+    return tags.get(name, tags.get(f"lenstune.{name}", default))
+
+
+def summarize_trial(client, run) -> TrialSummary:
+    """Read one trial run: best validation macro AUC over its epochs, epochs run."""
+    history = client.get_metric_history(run.info.run_id, "val_auc_macro")
+    values = [m.value for m in history if np.isfinite(m.value)]
+    return TrialSummary(
+        run_id=run.info.run_id,
+        family=_tag(run, "family") or run.data.params.get("family", "?"),
+        trial_id=_tag(run, "trial_id"),
+        stop_reason=_tag(run, "stop_reason", "unknown"),
+        val_auc=max(values) if values else float("nan"),
+        epochs=len(history),
+        start_time_ms=run.info.start_time,
+        end_time_ms=run.info.end_time,
+    )
+
+
+def list_trials(client, experiment_id: str, study_run_id: str | None = None) -> list[TrialSummary]:
+    """All trial runs of an experiment (of one study when ``study_run_id`` is given)."""
+    query = "tags.`lenstune.kind` = 'trial'"
+    if study_run_id:
+        query += f" and tags.`mlflow.parentRunId` = '{study_run_id}'"
+    return [summarize_trial(client, run) for run in _all_runs(client, experiment_id, query)]
+
+
+def best_completed(trials: list[TrialSummary]) -> dict[str, TrialSummary]:
+    """Best completed trial (by validation macro AUC) of each family."""
+    best: dict[str, TrialSummary] = {}
+    for trial in trials:
+        if trial.stop_reason != "completed" or not np.isfinite(trial.val_auc):
+            continue
+        if trial.family not in best or trial.val_auc > best[trial.family].val_auc:
+            best[trial.family] = trial
+    return best
+
+
+def evaluate(model, config: RegistryConfig, split, what: str) -> tuple[Evaluation, np.ndarray]:
+    """Test metrics of ``model`` on a loaded split; also returns the (N, C) probabilities.
+    ``what`` names the model in errors (classes or image size that do not fit the split)."""
+    class_names = config.class_names
+    if tuple(split.meta.class_names) != tuple(class_names):
+        raise PromotionError(f"{what} predicts classes {list(class_names)} but the test split "
+                             f"has {list(split.meta.class_names)}")
+    sizes = {config.img_size, config.data_image_size or config.img_size}
+    if split.meta.image_size not in sizes:
+        raise PromotionError(
+            f"{what} was trained on {sorted(sizes)}px images but the test split has "
+            f"{split.meta.image_size}px; compare models of one image size (choose another "
+            f"registered model name with --model-name)")
+    probs = predict_probs(model, split.images.numpy(), config.img_size)
+    labels = split.labels.numpy()
+    auc = metrics.roc_auc_ovr(probs, labels, list(class_names))
+    evaluation = Evaluation(
+        auc_macro=auc.pop("macro"),
+        auc=auc,
+        acc=metrics.accuracy(probs, labels),
+        ece=metrics.ece(probs, labels),
+        nll=metrics.nll(probs, labels),
+        brier=metrics.brier(probs, labels),
+        confusion=metrics.confusion_matrix(probs, labels, len(class_names)).tolist(),
+        n_images=len(labels),
+        dataset_digest=split.meta.digest,
+    )
+    return evaluation, probs
+
+
+def write_evaluation(folder: Path, evaluation: Evaluation, probs: np.ndarray, labels: np.ndarray,
+                     class_names: tuple[str, ...]) -> Path:
+    """Write ``metrics.json``, ``roc.json`` (fpr/tpr per class) and ``evaluation.png`` (ROC,
+    confusion matrix, reliability diagram) into ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(evaluation.model_dump_json(indent=2))
+    roc = {}
+    fig, (ax_roc, ax_cm, ax_rel) = plt.subplots(1, 3, figsize=(15, 4.5))
+    for c, name in enumerate(class_names):
+        fpr, tpr = metrics.roc_curve(probs[:, c], labels == c)
+        roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {evaluation.auc[name]:.4f})")
+    (folder / "roc.json").write_text(json.dumps(roc))
+    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate",
+               title=f"test ROC, macro AUC {evaluation.auc_macro:.4f}")
+    ax_roc.legend(loc="lower right")
+    cm = np.asarray(evaluation.confusion)
+    ax_cm.imshow(cm, cmap="Blues")
+    for (i, j), count in np.ndenumerate(cm):
+        ax_cm.text(j, i, str(count), ha="center", va="center")
+    ax_cm.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+              xticklabels=class_names, yticklabels=class_names,
+              xlabel="predicted", ylabel="true", title=f"confusion, accuracy {evaluation.acc:.3f}")
+    conf, acc, counts = metrics.calibration_bins(probs, labels)
+    keep = counts > 0
+    ax_rel.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax_rel.plot(conf[keep], acc[keep], "o-")
+    ax_rel.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+               title=f"reliability, ECE {evaluation.ece:.4f}, NLL {evaluation.nll:.4f}")
+    fig.tight_layout()
+    fig.savefig(folder / "evaluation.png", dpi=100)
+    plt.close(fig)
+    return folder
+
+
+def _resolve_data_root(study, data_root: Path | None) -> Path:
+    """``data_root``, else the dataset the study logged as its input, else a param/tag."""
+    if data_root is not None:
+        return Path(data_root)
+    for dataset_input in getattr(study.inputs, "dataset_inputs", None) or []:
+        try:
+            uri = json.loads(dataset_input.dataset.source).get("uri")
+        except (ValueError, AttributeError):
+            uri = None
+        if uri and Path(uri).is_dir():
+            return Path(uri)
+    for key in _DATA_ROOT_KEYS:
+        value = study.data.params.get(key) or study.data.tags.get(key)
+        if value and value != "None":
+            return Path(value)
+    raise PromotionError(
+        f"study run {study.info.run_id} does not record its dataset folder "
+        f"(looked for params/tags {', '.join(_DATA_ROOT_KEYS)}); pass --data DIR"
+    )
+
+
+def default_model_name(meta, data_root: Path) -> str:
+    """``lenstune-<preset>`` for simulated data, ``lenstune-<folder name>`` otherwise."""
+    base = meta.preset or Path(data_root).resolve().name
+    return "lenstune-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
+
+
+def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split, work: Path):
+    """Download a trial's checkpoint, evaluate it, log test metrics + ``evaluation/`` to its run
+    (once per dataset digest). Returns (config, weights path, evaluation, evaluation folder)."""
+    import mlflow
+
+    ckpt = Path(mlflow.artifacts.download_artifacts(
+        run_id=trial.run_id, artifact_path="checkpoint", dst_path=str(work / trial.run_id),
+        tracking_uri=tracking_uri))
+    raw = json.loads((ckpt / "config.json").read_text())
+    config = RegistryConfig.from_checkpoint_config(raw).model_copy(
+        update={"data_image_size": split.meta.image_size})
+    if config.dataset_digest and config.dataset_digest != split.meta.digest:
+        raise PromotionError(
+            f"trial {trial.run_id} was trained on dataset {config.dataset_digest[:12]}... but the "
+            f"test split given is from dataset {split.meta.digest[:12]}...; pass the study's --data"
+        )
+    network = load_network(config, ckpt / "model.safetensors")
+    evaluation, probs = evaluate(network, config, split, f"trial {trial.run_id} ({trial.family})")
+    folder = write_evaluation(work / trial.run_id / "evaluation", evaluation, probs,
+                              split.labels.numpy(), config.class_names)
+    run = client.get_run(trial.run_id)
+    if run.data.tags.get("lenstune.test_digest") != split.meta.digest:
+        from mlflow.entities import Metric
+
+        now = int(run.info.end_time or run.info.start_time)
+        client.log_batch(trial.run_id, metrics=[
+            Metric(k, v, now, 0) for k, v in evaluation.metrics().items()])
+        client.log_artifacts(trial.run_id, str(folder), "evaluation")
+        client.set_tag(trial.run_id, "lenstune.test_digest", split.meta.digest)
+    return config, ckpt / "model.safetensors", evaluation, folder
+
+
+def _existing_version(client, name: str, trial_run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="lenstune champion/challenger models")
+        return None
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get(TAG_TRIAL) == trial_run_id:
+            return version
+    return None
+
+
+def _champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _eval_tags(evaluation: Evaluation) -> dict[str, str]:
+    tags = {k: f"{v:.6f}" for k, v in evaluation.metrics().items()}
+    tags.update({"test_confusion": json.dumps(evaluation.confusion),
+                 "lenstune.test_digest": evaluation.dataset_digest})
+    return tags
+
+
+def promote_champion(
+    experiment: str,
+    *,
+    tracking_uri: str | None,
+    data_root: Path | None = None,
+    study_run_id: str | None = None,
+    model_name: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> PromotionResult:
+    """Register the best completed trial of a study and decide the ``champion`` alias.
+
+    Args:
+        experiment: MLflow experiment name of the study.
+        tracking_uri: MLflow tracking URI (also the registry URI); None = MLflow's default.
+        data_root: dataset folder whose ``test`` split is used; None = the one the study recorded.
+        study_run_id: the study's parent run; None = the newest study in the experiment.
+        model_name: registered model name; None = ``lenstune-<preset or dataset folder name>``.
+        echo: where the decision line goes.
+    Raises:
+        PromotionError: no study or completed trial, or data that does not fit the models.
+    """
+    from tuner.data import load_split
+
+    client = _client(tracking_uri)
+    study = find_study(client, experiment, study_run_id)
+    sid = study.info.run_id
+    trials = list_trials(client, study.info.experiment_id, sid)
+    per_family = best_completed(trials)
+    if not per_family:
+        reasons = sorted({t.stop_reason for t in trials}) or ["no trials"]
+        raise PromotionError(f"no trial of study {sid} completed its budget ({len(trials)} trials: "
+                             f"{', '.join(reasons)}); nothing to promote")
+    best = max(per_family.values(), key=lambda t: t.val_auc)
+    root = _resolve_data_root(study, data_root)
+    split = load_split(root, "test")
+    name = model_name or default_model_name(split.meta, root)
+
+    with tempfile.TemporaryDirectory(prefix="lenstune-promote-") as tmp:
+        work = Path(tmp)
+        results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work) for t in per_family.values()}
+        config, weights, candidate, eval_dir = results[best.run_id]
+
+        existing = _existing_version(client, name, best.run_id)
+        if existing is not None and TAG_DECISION in existing.tags:
+            message = (f"{name} version {existing.version} already holds trial {best.run_id}: "
+                       f"{existing.tags[TAG_DECISION]}; nothing changed")
+            echo(message)
+            return PromotionResult(model_name=name, version=str(existing.version), study_run_id=sid,
+                                   trial_run_id=best.run_id, family=best.family,
+                                   candidate=candidate, champion_version=None, champion=None,
+                                   decision="unchanged", message=message)
+
+        # Re-evaluate the current champion on this very test split before writing anything.
+        champ_version = _champion(client, name)
+        champ_eval = None
+        if champ_version is not None:
+            champ_model, champ_config = load_registered(
+                f"models:/{name}/{champ_version.version}", tracking_uri=tracking_uri,
+                dst_dir=work / "champion")
+            champ_eval, _ = evaluate(champ_model, champ_config, split,
+                                     f"champion {name} version {champ_version.version}")
+
+        if existing is None:
+            model_dir = save_registry_model(work / "model", config, weights,
+                                            split.images[:2].numpy())
+            shutil.copytree(eval_dir, model_dir / "evaluation")
+            client.log_artifacts(best.run_id, str(model_dir), "registered_model")
+            source = client.get_run(best.run_id).info.artifact_uri.rstrip("/") + "/registered_model"
+            existing = client.create_model_version(
+                name, source, run_id=best.run_id,
+                tags={TAG_TRIAL: best.run_id, "lenstune.study_run_id": sid,
+                      "lenstune.family": best.family, "lenstune.dataset_digest": split.meta.digest,
+                      "lenstune.val_auc_macro": f"{best.val_auc:.6f}", **_eval_tags(candidate)},
+                description=f"{best.family} trial {best.trial_id} of study {sid}")
+        version = str(existing.version)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+
+        new_auc = candidate.auc_macro
+        if champ_version is None:
+            decision = "promoted"
+            message = f"{name} v{version} is champion: test AUC {new_auc:.4f} (no previous champion)"
+        elif str(champ_version.version) == version:
+            decision, message = "kept", f"{name} v{version} is already champion"
+        elif new_auc > champ_eval.auc_macro:
+            decision = "promoted"
+            message = (f"{name} v{version} is the new champion: test AUC {new_auc:.4f} > "
+                       f"{champ_eval.auc_macro:.4f} of v{champ_version.version}, both on the same "
+                       f"{split.meta.n_images('test')} test images")
+        else:
+            decision = "kept"
+            message = (f"{name} champion stays v{champ_version.version}: test AUC "
+                       f"{champ_eval.auc_macro:.4f} >= {new_auc:.4f} of challenger v{version}, "
+                       f"both on the same {split.meta.n_images('test')} test images")
+        if decision == "promoted":
+            client.set_registered_model_alias(name, CHAMPION, version)
+        if champ_eval is not None:
+            for key, value in _eval_tags(champ_eval).items():  # champion's numbers of today
+                client.set_model_version_tag(name, champ_version.version, key, value)
+            client.set_model_version_tag(name, version, "lenstune.compared_with",
+                                         f"v{champ_version.version}")
+        client.set_model_version_tag(name, version, TAG_DECISION, message)
+        echo(message)
+        return PromotionResult(
+            model_name=name, version=version, study_run_id=sid, trial_run_id=best.run_id,
+            family=best.family, candidate=candidate,
+            champion_version=None if champ_version is None else str(champ_version.version),
+            champion=champ_eval, decision=decision, message=message)

@@ -1,0 +1,332 @@
+"""The registered model: an MLflow "models-from-code" pyfunc that rebuilds the network.
+
+A registered lenstune model is an MLflow model directory whose ``artifacts/`` hold
+
+- ``config.json``: family, image size, input channels, model keyword arguments, class names and
+  the digest of the dataset it was trained on (:class:`RegistryConfig`);
+- ``model.safetensors``: the weights, a flat tensor file.
+
+Loading rebuilds the network with ``tuner.models.build_model`` and copies the weights in, so no
+Python object is ever unpickled: the model code is ours (the installed ``lenstune``) and the
+artifact holds only numbers and JSON. MLflow's models-from-code entry script is generated at save
+time, which keeps this module free of import-time side effects.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow.pyfunc import PythonModel
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+_ENTRY_SCRIPT = '''\
+"""MLflow models-from-code entry: the network is rebuilt by lenstune, weights come from safetensors."""
+import mlflow
+from tuner.registry_model import LensTuneModel
+
+mlflow.models.set_model(LensTuneModel())
+'''
+
+
+class InputError(ValueError):
+    """Images given for prediction have the wrong shape, size or values."""
+
+
+class RegistryConfig(BaseModel):
+    """Everything needed to rebuild a trained network, stored as ``config.json`` with its weights."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    family: str
+    img_size: int = Field(gt=0, description="side of the square input image (pixels)")
+    in_chans: int = Field(1, gt=0)
+    model: dict[str, Any] = Field(default_factory=dict, description="build_model keyword arguments")
+    class_names: tuple[str, ...] = ("no_sub", "cdm", "axion")
+    dataset_digest: str | None = None
+    data_image_size: int | None = Field(
+        None, gt=0, description="side of the training images (pixels), resized to img_size"
+    )
+
+    @field_validator("class_names")
+    @classmethod
+    def _at_least_two(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if len(names) < 2:
+            raise ValueError(f"need at least two class names, got {list(names)}")
+        return names
+
+    @classmethod
+    def from_checkpoint_config(cls, raw: dict[str, Any]) -> RegistryConfig:
+        """Read a trial checkpoint's resolved config (contract #6) into the registry form.
+
+        Accepts the model kwargs under ``model`` (or ``model_kwargs``) and the dataset digest as
+        ``dataset_digest``, ``digest`` or ``dataset.digest``; other keys (train kwargs, ...) are
+        not needed to rebuild the network and are dropped.
+        """
+        dataset = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else {}
+        digest = dataset.get("digest") or raw.get("dataset_digest") or raw.get("digest")
+        model = raw.get("model", raw.get("model_kwargs", {})) or {}
+        fields = {
+            "family": raw.get("family"),
+            "img_size": raw.get("img_size"),
+            "in_chans": raw.get("in_chans", 1),
+            "model": model,
+            "dataset_digest": digest,
+        }
+        if raw.get("class_names"):
+            fields["class_names"] = tuple(raw["class_names"])
+        return cls(**fields)
+
+
+def build_network(config: RegistryConfig) -> nn.Module:
+    """A freshly initialised network of ``config``'s family and shape, in eval mode."""
+    from tuner.models import build_model  # the family registry; imported only when needed
+
+    model = build_model(
+        config.family,
+        img_size=config.img_size,
+        in_chans=config.in_chans,
+        num_classes=len(config.class_names),
+        **config.model,
+    )
+    return model.eval()
+
+
+def load_network(config: RegistryConfig, weights_path: Path) -> nn.Module:
+    """Rebuild the network and load its safetensors weights (strict: every tensor must match).
+
+    Tensors shared between modules (tied weights) are stored once; the file's ``aliases``
+    metadata (JSON alias -> stored name) restores them.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(weights_path), framework="pt") as handle:
+        aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
+    tensors = load_file(str(weights_path), device="cpu")
+    tensors.update({alias: tensors[name] for alias, name in aliases.items()})
+    model = build_network(config)
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+def as_image_batch(images: Any, config: RegistryConfig, *, resize: bool = False) -> np.ndarray:
+    """Validate images for ``config``'s model; returns float32 (N, 1, H, W), not yet resized.
+
+    Accepts (H, W) one image, (N, H, W) or (N, 1, H, W). Refuses empty input, non-finite values
+    and other shapes. Sizes accepted as they are: the model's input size and the size of the
+    images it was trained on (both go through the training pipeline's resize). Any other size is
+    refused unless ``resize`` is true, in which case a warning says the images will be resized.
+    """
+    array = np.asarray(images)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"images must be a numeric array, got dtype {array.dtype}")
+    if array.size == 0:
+        raise InputError(f"no images: the input array is empty (shape {array.shape})")
+    if array.ndim == 2:
+        array = array[None, None]
+    elif array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim != 4 or array.shape[1] != config.in_chans:
+        raise InputError(
+            f"images must have shape (H, W), (N, H, W) or (N, {config.in_chans}, H, W); "
+            f"got {array.shape}"
+        )
+    array = array.astype(np.float32, copy=False)
+    bad = ~np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    if bad.any():
+        raise InputError(
+            f"{int(bad.sum())} image(s) contain NaN or infinite values (first at index "
+            f"{int(np.flatnonzero(bad)[0])})"
+        )
+    h, w = array.shape[-2:]
+    allowed = sorted({config.img_size, config.data_image_size or config.img_size})
+    if h != w or h not in allowed:
+        sizes = " or ".join(f"{s}x{s}" for s in allowed)
+        if not resize:
+            raise InputError(
+                f"the model takes {sizes} images, got {h}x{w}; prepare them like the training "
+                f"data or allow resizing (lenstune predict --resize)"
+            )
+        warnings.warn(
+            f"resizing {h}x{w} images to {config.img_size}x{config.img_size} (bilinear); the "
+            f"model was trained on {sizes} images",
+            stacklevel=2,
+        )
+    return np.ascontiguousarray(array)
+
+
+def resize_batch(batch: torch.Tensor, img_size: int) -> torch.Tensor:
+    """Resize (B, 1, H, W) to ``img_size`` exactly as training does (bilinear, antialiased when
+    shrinking); returned unchanged when it already has that size."""
+    if batch.shape[-2:] == (img_size, img_size):
+        return batch
+    return torch.nn.functional.interpolate(
+        batch, size=(img_size, img_size), mode="bilinear", align_corners=False,
+        antialias=batch.shape[-1] > img_size,
+    )
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module, images: np.ndarray, img_size: int, batch_size: int = 256
+) -> np.ndarray:
+    """Softmax class probabilities (N, C) float64 of a validated (N, 1, H, W) float32 batch,
+    resized to the model's ``img_size`` batch by batch."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.float32))
+        logits = model(resize_batch(batch, img_size))
+        chunks.append(torch.softmax(logits.float(), dim=1).double().numpy())
+    return np.concatenate(chunks)
+
+
+def probs_frame(probs: np.ndarray, class_names: tuple[str, ...]):
+    """A DataFrame with one ``prob_<class>`` column per class and ``predicted_class``."""
+    import pandas as pd
+
+    frame = pd.DataFrame({f"prob_{name}": probs[:, i] for i, name in enumerate(class_names)})
+    frame["predicted_class"] = [class_names[i] for i in probs.argmax(axis=1)]
+    return frame
+
+
+class LensTuneModel(PythonModel):
+    """pyfunc wrapper: (N, 1, H, W) float32 images in, per-class probabilities out."""
+
+    def load_context(self, context) -> None:
+        raw = json.loads(Path(context.artifacts["config"]).read_text())
+        self.config = RegistryConfig(**raw)
+        self.network = load_network(self.config, Path(context.artifacts["weights"]))
+
+    def predict(self, context, model_input, params=None):
+        images = as_image_batch(model_input, self.config)
+        probs = predict_probs(self.network, images, self.config.img_size)
+        return probs_frame(probs, self.config.class_names)
+
+
+def model_signature(config: RegistryConfig):
+    """Tensor input (-1, in_chans, img_size, img_size) float32; one column per class + label."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema(
+        [TensorSpec(np.dtype(np.float32), (-1, config.in_chans, config.img_size, config.img_size))]
+    )
+    columns = [ColSpec("double", f"prob_{name}") for name in config.class_names]
+    outputs = Schema(columns + [ColSpec("string", "predicted_class")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned runtime requirements. lenstune itself must be installed where the model is served
+    (it holds the family code); it is not on a package index, so it is not listed."""
+    import mlflow
+    import safetensors
+    import timm
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"timm=={timm.__version__}",
+        f"safetensors=={safetensors.__version__}",
+        "numpy",
+        "pandas",
+        "pydantic>=2",
+    ]
+
+
+def save_registry_model(
+    path: Path, config: RegistryConfig, weights_path: Path, input_example: np.ndarray
+) -> Path:
+    """Write an MLflow model directory at ``path`` (must not exist) holding config + weights.
+
+    ``input_example`` is a small (n, 1, H, W) float32 batch stored with the model.
+    """
+    import mlflow
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        (tmp_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+        entry = tmp_dir / "lenstune_model.py"
+        entry.write_text(_ENTRY_SCRIPT)
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=str(entry),
+            artifacts={"config": str(tmp_dir / CONFIG_FILE), "weights": str(weights_path)},
+            signature=model_signature(config),
+            input_example=np.asarray(input_example, dtype=np.float32),
+            pip_requirements=_pip_requirements(),
+        )
+    return path
+
+
+def find_model_files(model_dir: Path) -> tuple[Path, Path]:
+    """Paths of ``config.json`` and ``model.safetensors`` inside a downloaded model directory."""
+    model_dir = Path(model_dir)
+    for folder in (model_dir / "artifacts", model_dir):
+        if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+            return folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    raise FileNotFoundError(
+        f"{model_dir} is not a lenstune model: no artifacts/{CONFIG_FILE} + {WEIGHTS_FILE}"
+    )
+
+
+def resolve_model_uri(uri: str, tracking_uri: str | None) -> str:
+    """The artifact location behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, looked
+    up in the registry at ``tracking_uri``; other URIs are returned unchanged.
+
+    Resolving here keeps the registry explicit: MLflow's own ``models:/`` download path reads
+    the process-wide registry URI.
+    """
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    ref = uri[len("models:/") :].strip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    elif "/" in ref:
+        name, version = ref.rsplit("/", 1)
+    else:
+        raise ValueError(f"model URI {uri!r} names no version or alias: use models:/NAME@ALIAS")
+    return client.get_model_version_download_uri(name, str(version))
+
+
+def load_registered(
+    uri: str, *, tracking_uri: str | None = None, dst_dir: Path | None = None
+) -> tuple[nn.Module, RegistryConfig]:
+    """Load a registered model as a plain ``nn.Module`` (eval mode) and its config.
+
+    ``uri``: any MLflow model URI (``models:/lenstune-model_ii@champion``, ``runs:/...``) or a
+    local model directory; ``tracking_uri`` (also used as registry URI) defaults to MLflow's
+    (``MLFLOW_TRACKING_URI``). Weights-only: nothing is unpickled.
+    """
+    local = Path(uri)
+    if ":/" not in uri and local.is_dir():
+        model_dir = local
+    else:
+        import mlflow
+
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=resolve_model_uri(uri, tracking_uri),
+                dst_path=None if dst_dir is None else str(dst_dir),
+                tracking_uri=tracking_uri,
+            )
+        )
+    config_path, weights_path = find_model_files(model_dir)
+    config = RegistryConfig(**json.loads(config_path.read_text()))
+    return load_network(config, weights_path), config
