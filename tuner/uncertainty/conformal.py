@@ -29,7 +29,7 @@ class ConformalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     score: str = Field("aps", description="'aps' or 'raps'")
     alpha: float = Field(0.1, gt=0.0, lt=1.0, description="miscoverage level; coverage 1 - alpha")
-    randomized: bool = False
+    randomized: bool = True
     lam: float = Field(0.01, ge=0.0, description="RAPS penalty per rank beyond k_reg")
     k_reg: int = Field(1, ge=0, description="RAPS: ranks up to k_reg are not penalised")
 
