@@ -24,6 +24,14 @@ def _maxxvit(img_size: int, in_chans: int, num_classes: int, block: str, embed_d
         block_type = tuple("C" if i < (n + 1) // 2 else "T" for i in range(n))
     else:
         block_type = ("M",) * n
+    # Attention heads are 32 channels wide (timm's dim_head); CoAtNet's attention stages see
+    # their input width, MaxViT's (after an MBConv) their output width.
+    widths_in = (stem_width,) + embed_dim[:-1]
+    for i, kind in enumerate(block_type):
+        widths = (embed_dim[i],) if kind == "M" else (widths_in[i], embed_dim[i]) if kind == "T" else ()
+        if any(c % 32 for c in widths):
+            raise ValueError(f"{block}: attention stage {i} needs input and output widths that are "
+                             f"multiples of 32, got {widths_in[i]} -> {embed_dim[i]}")
     # The stem halves the image and each stage halves it again: a /2**(n+1) network. Windows
     # and grids are img_size/32 by timm's rule, so sizes must be multiples of 32 and of the
     # total stride; other sizes (150 px) are resized to the nearest such multiple (160 px).
