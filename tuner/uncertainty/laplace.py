@@ -98,7 +98,7 @@ class LastLayerLaplace:
                 if phi.ndim != 2 or out.ndim != 2:
                     raise ValueError(f"last layer must map (B, D) features to (B, C) logits, got input {tuple(phi.shape)}")
                 head = self.last_layer(phi)
-                if not torch.allclose(head, out, atol=1e-4, rtol=1e-4):
+                if head.shape != out.shape or not torch.allclose(head, out, atol=1e-4, rtol=1e-4):
                     raise ValueError("the model's output is not the output of last_layer; pass the final nn.Linear")
                 feats.append(phi.double().cpu())
                 logits.append(out.double().cpu())
