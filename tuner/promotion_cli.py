@@ -1,0 +1,67 @@
+"""`lenstune promote`: register a study's best model and decide the ``champion`` alias."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded store ``lenstune tune`` uses by default
+    (``sqlite:///runs/mlflow.db`` under the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+
+
+def check_tracking_store(uri: str) -> None:
+    """Refuse a sqlite URI whose database file does not exist (MLflow would create an empty one)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(
+            f"no MLflow database at {uri[len('sqlite:///'):]}; pass --tracking-uri "
+            f"(or set MLFLOW_TRACKING_URI) to the store the study logged to"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lenstune promote",
+        description="Evaluate the best completed trial of a study on the test split, register it "
+        "(alias challenger) and move the alias champion if it beats the current champion on the "
+        "same test data. Running it again for the same trial changes nothing.",
+    )
+    parser.add_argument("--experiment", required=True, help="MLflow experiment of the study")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI or "
+                        "sqlite:///runs/mlflow.db)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset folder whose test split is used (default: the study's)")
+    parser.add_argument("--study", default=None, metavar="RUN_ID",
+                        help="study parent run id (default: the newest study of the experiment)")
+    parser.add_argument("--model-name", default=None,
+                        help="registered model name (default: lenstune-<preset or dataset name>)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tuner.data import DatasetError
+    from tuner.promotion import PromotionError, promote_champion
+
+    uri = args.tracking_uri or default_tracking_uri()
+    try:
+        check_tracking_store(uri)
+        result = promote_champion(args.experiment, tracking_uri=uri, data_root=args.data,
+                                  study_run_id=args.study, model_name=args.model_name)
+    except (PromotionError, DatasetError, FileNotFoundError) as exc:
+        print(f"lenstune promote: error: {exc}", file=sys.stderr)
+        return 1
+    c = result.candidate
+    print(f"{result.model_name} v{result.version} ({result.family}, trial run "
+          f"{result.trial_run_id}): test AUC {c.auc_macro:.4f}, accuracy {c.acc:.4f}, "
+          f"ECE {c.ece:.4f}, NLL {c.nll:.4f} on {c.n_images} images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
