@@ -224,7 +224,7 @@ def simulate_dataset(
                 writer.write(start, images, block_labels, params)
                 bar.update(len(block_labels))
             assert writer is not None
-            param_names = tuple(sorted(writer.params))
+            param_names = writer.param_names
             digests[split] = writer.close()
         meta = DatasetMeta(
             source="simulated",

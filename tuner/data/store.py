@@ -34,8 +34,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 ARRAY_FILES: tuple[str, ...] = ("images.npy", "labels.npy", "params.npz")
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
-# Rows hashed per read: bounds memory while digesting datasets larger than RAM.
-_DIGEST_ROWS = 1024
+# Bytes hashed per step: bounds memory while digesting datasets larger than RAM.
+_DIGEST_BYTES = 16 * 2**20
 
 
 class DatasetError(ValueError):
@@ -107,8 +107,11 @@ def _hash_array(h: "hashlib._Hash", name: str, array: np.ndarray) -> None:
     if array.ndim == 0 or array.shape[0] == 0:
         h.update(np.ascontiguousarray(array).tobytes())
         return
-    for start in range(0, array.shape[0], _DIGEST_ROWS):
-        h.update(np.ascontiguousarray(array[start : start + _DIGEST_ROWS]).tobytes())
+    row_bytes = max(1, array[:1].nbytes)
+    rows = max(1, _DIGEST_BYTES // row_bytes)
+    for start in range(0, array.shape[0], rows):
+        # memoryview of a contiguous slice: hashed straight from the (mapped) pages, no copy
+        h.update(memoryview(np.ascontiguousarray(array[start : start + rows])).cast("B"))
 
 
 def split_digest(images: np.ndarray, labels: np.ndarray, params: dict[str, np.ndarray]) -> str:
@@ -244,7 +247,11 @@ class SplitWriter:
             folder / "images.npy", mode="w+", dtype=np.float32, shape=(n, 1, image_size, image_size)
         )
         self.labels = np.zeros(n, dtype=np.int64)
-        self.params: dict[str, list[tuple[int, np.ndarray]]] = {}
+        # Numbers go straight into preallocated (n,) arrays: many small per-block arrays kept
+        # alive between large freed image buffers fragment the heap and grow memory with n.
+        self.params: dict[str, np.ndarray] = {}
+        self._filled: dict[str, int] = {}
+        self._text: dict[str, list[tuple[int, np.ndarray]]] = {}
 
     def write(self, start: int, images: np.ndarray, labels: np.ndarray, params: dict[str, np.ndarray]) -> None:
         """Store rows ``[start, start + len(images))``; images (b, 1, H, W), labels (b,)."""
@@ -252,17 +259,31 @@ class SplitWriter:
         self.images[start:stop] = images
         self.labels[start:stop] = labels
         for key, value in params.items():
-            self.params.setdefault(key, []).append((start, np.asarray(value)))
+            value = np.asarray(value)
+            if value.dtype.kind in "USO":  # text widths vary between rows: join at close
+                self._text.setdefault(key, []).append((start, value))
+                continue
+            if key not in self.params:
+                self.params[key] = np.zeros(self.n, dtype=value.dtype)
+            self.params[key][start:stop] = value
+            self._filled[key] = self._filled.get(key, 0) + len(value)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Sorted names of the parameters written so far."""
+        return tuple(sorted(set(self.params) | set(self._text)))
 
     def close(self) -> str:
         """Flush everything to disk and return the split digest."""
         self.images.flush()
-        params: dict[str, np.ndarray] = {}
-        for key, parts in self.params.items():
+        params = dict(self.params)
+        for key, parts in self._text.items():
             parts.sort(key=lambda part: part[0])
-            params[key] = np.concatenate([p for _, p in parts]) if parts else np.zeros(0)
-            if params[key].shape != (self.n,):
-                raise DatasetError(f"parameter {key!r} covers {params[key].shape[0]} of {self.n} images")
+            params[key] = np.concatenate([p for _, p in parts]).astype(str)
+            self._filled[key] = params[key].shape[0]
+        for key in params:
+            if self._filled[key] != self.n:
+                raise DatasetError(f"parameter {key!r} covers {self._filled[key]} of {self.n} images")
         np.save(self.folder / "labels.npy", self.labels)
         np.savez(self.folder / "params.npz", **params)
         digest = split_digest(self.images, self.labels, params)
