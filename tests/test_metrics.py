@@ -66,3 +66,15 @@ def test_aurc_lower_when_confidence_ranks_errors_last():
 def test_bad_shapes_rejected():
     with pytest.raises(ValueError, match="expected probs"):
         metrics.accuracy(np.zeros((3, 2)), np.zeros(4))
+
+
+def test_fpr_at_tpr():
+    import numpy as np
+
+    from tuner.metrics import fpr_at_tpr
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    positives = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+    assert fpr_at_tpr(scores, positives, 0.6) == 0.0  # 2 of 3 positives above every negative
+    assert fpr_at_tpr(scores, positives, 0.95) == 1 / 3  # the third needs one negative in
+    assert np.isnan(fpr_at_tpr(scores, np.ones(6, bool)))
