@@ -156,3 +156,10 @@ def test_cli_refuses_overwrite_then_forces(deeplense_dir, tmp_path, capsys):
     assert read_meta(out).seed == 3
     assert import_main([str(deeplense_dir), "--out", str(tmp_path / "o2"), "--val-fraction", "1.5"]) == 2
     assert "val_fraction must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_lenstune_command_dispatches_here(deeplense_dir, tmp_path):
+    from tuner.cli import main as lenstune
+
+    assert lenstune(["import-deeplense", str(deeplense_dir), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert read_meta(tmp_path / "o").counts["val"]["axion"] == 4

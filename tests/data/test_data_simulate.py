@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import tuner.data.simulate as simulate_mod
 from tuner.data import DatasetError, ensure_simulated, load_split, read_meta, simulate_dataset, split_counts
@@ -100,6 +101,9 @@ def test_bad_arguments_name_allowed_values(tmp_path, fake_backend):
         simulate_dataset(tmp_path / "a", "model_x", split_counts(5), backend=fake_backend)
     with pytest.raises(DatasetError, match="allowed: cpu"):
         simulate_dataset(tmp_path / "a", "fake16", split_counts(5), device="tpu", backend=fake_backend)
+    if not torch.cuda.is_available():
+        with pytest.raises(DatasetError, match="CUDA is not available here; allowed: cpu"):
+            simulate_dataset(tmp_path / "a", "fake16", split_counts(5), device="cuda", backend=fake_backend)
     assert not (tmp_path / "a").exists()
 
 
