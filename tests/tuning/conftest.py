@@ -50,3 +50,12 @@ def sqlite_uri(tmp_path_factory) -> str:
     """One embedded MLflow store for the session (creating one costs seconds of migrations);
     tests keep apart by using their own experiment names."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory):
+    """A simulated 32 px Model II dataset (60 train images per class), made once per session."""
+    from tuner.data import ensure_simulated
+
+    return ensure_simulated(tmp_path_factory.mktemp("data") / "micro", "model_ii", 60, seed=0,
+                            img_size=32)
