@@ -1,0 +1,22 @@
+import pytest
+
+from tuner.models.families_cli import main
+
+
+def test_table_lists_requested_family(capsys):
+    assert main(["--family", "scratch", "--sizes", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "scratch" in out and "ours" in out and "GFLOPs@32" in out
+
+
+def test_unknown_family_exits_nonzero(capsys):
+    assert main(["--family", "nope"]) == 2
+    assert "allowed:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_table_prints_every_family(capsys):
+    from tuner.models import list_families
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in list_families())
