@@ -115,3 +115,15 @@ def test_sersic_total_flux_matches_lenstronomy(n):
     ref = LightModel(["SERSIC_ELLIPSE"]).total_flux([kw])[0]
     ours = sersic_total_flux(*_t(3.0, 0.4, n))
     assert ours.item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_dense_point_mass_form_equals_loop(grid64):
+    from tuner.lensing.profiles import point_mass_deflection_dense
+
+    _, _, x, y = grid64
+    g = torch.Generator().manual_seed(2)
+    te, cx, cy = (torch.rand((3, 5), generator=g, dtype=torch.float64) for _ in range(3))
+    loop = point_mass_deflection(x, y, te, cx, cy)
+    dense = point_mass_deflection_dense(x, y, te, cx, cy)
+    for a, b in zip(loop, dense):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -7,6 +7,7 @@ So an image's randomness depends only on the generator state and its position in
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -83,9 +84,13 @@ def draw_systems(preset: Preset, batch: int, generator: torch.Generator, *, devi
 def point_mass_theta_e_per_sqrt_msun(preset: Preset) -> float:
     """Einstein radius [arcsec] of 1 Msun; theta_E(M) = this * sqrt(M)."""
     c = preset.cosmology
-    return einstein_radius_arcsec(
-        1.0, c.z_lens, c.z_source, convention=c.distance_convention, h0=c.h0, om0=c.om0
-    )
+    return _unit_einstein_radius(c.z_lens, c.z_source, c.distance_convention, c.h0, c.om0)
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_einstein_radius(z_lens: float, z_source: float, convention: str, h0: float, om0: float) -> float:
+    # cached: the distance quadrature costs ~ms and is the same for every batch of a preset
+    return einstein_radius_arcsec(1.0, z_lens, z_source, convention=convention, h0=h0, om0=om0)
 
 
 def host_theta_e_arcsec(preset: Preset) -> float:

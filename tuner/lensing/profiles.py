@@ -90,6 +90,21 @@ def point_mass_deflection(
     return ax, ay
 
 
+def point_mass_deflection_dense(
+    x: Tensor, y: Tensor, theta_e: Tensor, center_x: Tensor, center_y: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Same sum as :func:`point_mass_deflection`, written as one (B, P, N) broadcast.
+
+    Meant for ``torch.compile``: inductor fuses the broadcast and the reduction over the last
+    (contiguous) axis into one loop, so the (B, P, N) tensor is never stored. In eager mode it
+    is materialised; use :func:`point_mass_deflection` there.
+    """
+    dx = x.unsqueeze(-1) - center_x.unsqueeze(1)  # (B, P, N)
+    dy = y.unsqueeze(-1) - center_y.unsqueeze(1)
+    f = (theta_e * theta_e).unsqueeze(1) / (dx * dx + dy * dy).clamp(min=POINT_MASS_R2_MIN_ARCSEC2)
+    return (f * dx).sum(-1), (f * dy).sum(-1)
+
+
 def sersic_b_n(n: Tensor | float) -> Tensor | float:
     """lenstronomy's approximation b_n = 1.9992 n - 0.3271 (floored at 1e-5)."""
     if isinstance(n, Tensor):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -28,6 +30,7 @@ from tuner.lensing.populations import (
 from tuner.lensing.presets import CLASS_NAMES, Preset, get_preset
 from tuner.lensing.profiles import (
     point_mass_deflection,
+    point_mass_deflection_dense,
     sersic_ellipse,
     sersic_total_flux,
     shear_deflection,
@@ -76,29 +79,80 @@ def _subhalo_groups(preset: Preset, draws: Draws, labels: Tensor) -> list[tuple[
     return groups
 
 
+def _host_deflection(x: Tensor, y: Tensor, preset: Preset) -> tuple[Tensor, Tensor]:
+    """SIE + shear deflection (1, P): the host is the same for every image, so once per batch."""
+    host = preset.host
+    one = [torch.tensor([v], device=x.device, dtype=x.dtype)
+           for v in (host_theta_e_arcsec(preset), host.e1, host.e2, 0.0, 0.0, host.gamma1, host.gamma2)]
+    ax, ay = sie_deflection(x, y, *one[:5])
+    sx, sy = shear_deflection(x, y, *one[5:])
+    return ax + sx, ay + sy
+
+
+def _source_params(preset: Preset, draws: Draws, rows: Tensor | slice) -> list[Tensor]:
+    """Sersic arguments (amp, R, n, e1, e2, x, y) for ``rows``, each (R,)."""
+    src, cx = preset.source, draws.source_x[rows]
+    consts = [torch.full_like(cx, v) for v in
+              (source_amplitude(preset), src.r_sersic_arcsec, src.n_sersic, src.e1, src.e2)]
+    return [*consts, cx, draws.source_y[rows]]
+
+
+def trace_and_shade(x, y, host_ax, host_ay, theta_e, center_x, center_y, *source) -> Tensor:
+    """Fused hot step for ``torch.compile``: subhalo deflection, ray-trace, Sersic. (C, P)."""
+    px, py = point_mass_deflection_dense(x, y, theta_e, center_x, center_y)
+    return sersic_ellipse(x - host_ax - px, y - host_ay - py, *source)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_trace_and_shade():
+    return torch.compile(trace_and_shade, dynamic=False)
+
+
+def _shade_compiled(x, y, hx, hy, preset: Preset, draws: Draws, labels: Tensor, groups, chunk: int) -> Tensor:
+    """Compiled path: every class in fixed chunks of ``chunk`` rows (the last one padded with
+    zero masses), so each (preset, class) compiles once."""
+    b = labels.shape[0]
+    out = torch.empty((b, x.shape[1]), device=x.device, dtype=x.dtype)
+    in_group = torch.zeros(b, dtype=torch.bool, device=labels.device)
+    for rows, *_ in groups:
+        in_group[rows] = True
+    smooth_rows = torch.nonzero(~in_group).squeeze(1)
+    zeros = torch.zeros((smooth_rows.numel(), 1), device=x.device, dtype=x.dtype)
+    fn = _compiled_trace_and_shade()
+    for rows, theta_e, cx, cy, _ in [(smooth_rows, zeros, zeros, zeros, None), *groups]:
+        source = _source_params(preset, draws, rows)
+        for lo in range(0, rows.numel(), chunk):
+            part = slice(lo, min(lo + chunk, rows.numel()))
+            pad = chunk - (part.stop - part.start)
+            args = [theta_e[part], cx[part], cy[part]] + [s[part] for s in source]
+            if pad:  # zero-mass padding rows; their output is dropped
+                args = [torch.cat([a, torch.zeros_like(a[:1]).expand(pad, *a.shape[1:])]) for a in args]
+            out.index_copy_(0, rows[part], fn(x, y, hx, hy, *args)[: chunk - pad])
+    return out
+
+
 def lensed_surface_brightness(
-    x: Tensor, y: Tensor, preset: Preset, draws: Draws, groups, *, substructure: bool
+    x: Tensor, y: Tensor, preset: Preset, draws: Draws, labels: Tensor, groups, *, compiled: bool = False,
+    chunk: int = 16,
 ) -> Tensor:
-    """Source surface brightness seen at the image-plane points (x, y) [arcsec]: (B, P)."""
-    b = draws.source_x.shape[0]
-    kw = dict(device=x.device, dtype=x.dtype)
-    host, src = preset.host, preset.source
+    """Source surface brightness seen at the image-plane points (x, y) [arcsec]: (B, P).
 
-    def full(v: float) -> Tensor:
-        return torch.full((b,), v, **kw)
-
-    ax, ay = sie_deflection(x, y, full(host_theta_e_arcsec(preset)), full(host.e1), full(host.e2), full(0.0), full(0.0))
-    sx, sy = shear_deflection(x, y, full(host.gamma1), full(host.gamma2))
-    ax, ay = ax + sx, ay + sy
-    if substructure:
-        for rows, theta_e, cx, cy, _ in groups:
-            px, py = point_mass_deflection(x, y, theta_e, cx, cy)
-            ax.index_add_(0, rows, px)
-            ay.index_add_(0, rows, py)
-    return sersic_ellipse(
-        x - ax, y - ay, full(source_amplitude(preset)), full(src.r_sersic_arcsec), full(src.n_sersic),
-        full(src.e1), full(src.e2), draws.source_x, draws.source_y,
-    )
+    ``groups`` lists the subhalos per class (empty for a smooth lens). ``compiled`` runs the
+    fused step under ``torch.compile``; if compilation fails it warns and runs eagerly.
+    """
+    hx, hy = _host_deflection(x, y, preset)
+    if compiled:
+        try:
+            return _shade_compiled(x, y, hx, hy, preset, draws, labels, groups, chunk)
+        except Exception as exc:  # inductor/compiler missing or broken: eager gives the same result
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager", stacklevel=3)
+    ax = hx.expand(labels.shape[0], -1).clone()
+    ay = hy.expand(labels.shape[0], -1).clone()
+    for rows, theta_e, cx, cy, _ in groups:
+        px, py = point_mass_deflection(x, y, theta_e, cx, cy)
+        ax.index_add_(0, rows, px)
+        ay.index_add_(0, rows, py)
+    return sersic_ellipse(x - ax, y - ay, *_source_params(preset, draws, slice(None)))
 
 
 def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.device) -> None:
@@ -123,6 +177,7 @@ def simulate_batch(
     substructure: bool = True,
     noise: bool = True,
     normalize: bool = True,
+    compiled: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Simulate one lensing image per label.
 
@@ -133,6 +188,9 @@ def simulate_batch(
         substructure: False renders the same systems without subhalos/vortex (same draws).
         noise: False returns the noise-free model (same draws consumed).
         normalize: min-max normalise each image to [0, 1] (DeepLense convention).
+        compiled: run the ray-tracing + source step under ``torch.compile`` (several times
+            faster for large batches; the first call per preset and class compiles for
+            seconds; falls back to eager with a warning if compilation fails).
 
     Returns:
         images (B, 1, H, W) on ``device`` in ``dtype`` (counts/s per pixel unless normalised),
@@ -151,7 +209,7 @@ def simulate_batch(
     groups = _subhalo_groups(p, draws, labels)
 
     x, y = pixel_grid(inst.num_pix, inst.pixel_scale_arcsec, inst.supersampling, device=device, dtype=dtype)
-    sb = lensed_surface_brightness(x, y, p, draws, groups, substructure=substructure)
+    sb = lensed_surface_brightness(x, y, p, draws, labels, groups if substructure else [], compiled=compiled)
     image = bin_supersampled(sb, inst.num_pix, inst.supersampling) * inst.pixel_scale_arcsec**2
     sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
     image = convolve_gaussian_psf(image, sigma_px, inst.psf_truncation_sigma)
