@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -61,13 +62,13 @@ def auth_server() -> AuthServer:
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
     }
     backend = f"sqlite:///{folder / 'mlflow.db'}"
-    with servers.mlflow_server(
-        backend, artifacts_destination=str(folder / "artifacts"), env=env, app_name="basic-auth"
-    ) as mlflow:
-        yield AuthServer(mlflow.uri, username, password)
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with servers.mlflow_server(
+            backend, artifacts_destination=str(folder / "artifacts"), env=env, app_name="basic-auth"
+        ) as mlflow:
+            yield AuthServer(mlflow.uri, username, password)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture()
@@ -100,8 +101,6 @@ def study_command(tracking_uri: str, experiment: str, data: Path, runs_dir: Path
 @pytest.fixture()
 def ray_tmp() -> Path:
     """A short private RAY_TMPDIR (Ray's socket paths must stay under ~107 characters)."""
-    import shutil
-
     path = Path(tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
