@@ -116,4 +116,4 @@ def add_noise(
     bkg = background_rms.reshape(-1, 1, 1, 1)
     t = exposure_s.reshape(-1, 1, 1, 1)
     poisson_sigma = torch.sqrt(image.clamp(min=0) / t)
-    return image + bkg * normals[:, :1] + poisson_sigma * normals[:, 1:2]
+    return torch.addcmul(image, bkg, normals[:, :1]).addcmul_(poisson_sigma, normals[:, 1:2])
