@@ -92,7 +92,8 @@ def train_micro(root: Path, steps: int, seed: int) -> tuple[torch.nn.Module, dic
     return model.eval(), config
 
 
-def log_study(client, experiment_id: str, name: str, data_root: Path, trials: list[dict]) -> str:
+def log_study(client, experiment_id: str, name: str, data_root: Path, trials: list[dict],
+              params: dict | None = None) -> str:
     """A study as the tuning driver logs it. Each trial dict: family, stop_reason, val_auc
     (list, one per epoch), model, config. Returns the study run id."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
@@ -101,6 +102,7 @@ def log_study(client, experiment_id: str, name: str, data_root: Path, trials: li
     study = client.create_run(experiment_id, run_name=name,
                               tags={"lenstune.kind": "study", "lenstune.study": name})
     sid = study.info.run_id
+    client.log_batch(sid, params=[Param(k, str(v)) for k, v in (params or {}).items()])
     meta = json.loads((data_root / "meta.json").read_text())
     dataset = Dataset(name=data_root.name, digest=meta["digest"][:36], source_type="local",
                       source=json.dumps({"uri": str(data_root)}))
@@ -175,6 +177,7 @@ def promoted(toy_data, micro_models, tracking):
     ]
     results, lines = [], []
     for i, trials in enumerate(studies, 1):
-        log_study(client, exp_id, f"study{i}", toy_data, trials)
+        resources = {"cpus_per_trial": 2, "gpus_per_trial": 0.5} if i == 2 else {}
+        log_study(client, exp_id, f"study{i}", toy_data, trials, params=resources)
         results.append(promote_champion("toy", tracking_uri=uri, echo=lines.append))
     return {"results": results, "lines": lines}

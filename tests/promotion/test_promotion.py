@@ -71,12 +71,15 @@ def test_promoting_twice_promotes_nothing_twice(promoted, tracking):
 
 
 def test_clear_errors(promoted, tracking, tmp_path):
-    uri, client, exp_id = tracking
+    uri, client, _ = tracking
     with pytest.raises(PromotionError, match="no MLflow experiment named 'nope'"):
         promote_champion("nope", tracking_uri=uri)
-    study = client.create_run(exp_id, tags={"lenstune.kind": "study"})
-    client.create_run(exp_id, tags={"mlflow.parentRunId": study.info.run_id,
-                                    "lenstune.kind": "trial", "family": "scratch",
-                                    "stop_reason": "asha_stopped"})
+    other = client.create_experiment("toy-errors", artifact_location=str(tmp_path / "a"))
+    study = client.create_run(other, tags={"lenstune.kind": "study"})
+    client.create_run(other, tags={"mlflow.parentRunId": study.info.run_id,
+                                   "lenstune.kind": "trial", "family": "scratch",
+                                   "stop_reason": "asha_stopped"})
     with pytest.raises(PromotionError, match="no trial .* completed its budget"):
-        promote_champion("toy", tracking_uri=uri, study_run_id=study.info.run_id)
+        promote_champion("toy-errors", tracking_uri=uri)
+    with pytest.raises(PromotionError, match="is not in experiment 'toy-errors'"):
+        promote_champion("toy-errors", tracking_uri=uri, study_run_id=promoted["results"][0].study_run_id)
