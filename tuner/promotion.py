@@ -202,47 +202,6 @@ def evaluate(model, config: RegistryConfig, split, what: str) -> tuple[Evaluatio
     return evaluation, probs
 
 
-def write_evaluation(folder: Path, evaluation: Evaluation, probs: np.ndarray, labels: np.ndarray,
-                     class_names: tuple[str, ...]) -> Path:
-    """Write ``metrics.json``, ``roc.json`` (fpr/tpr per class) and ``evaluation.png`` (ROC,
-    confusion matrix, reliability diagram) into ``folder``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(evaluation.model_dump_json(indent=2))
-    roc = {}
-    fig, (ax_roc, ax_cm, ax_rel) = plt.subplots(1, 3, figsize=(15, 4.5))
-    for c, name in enumerate(class_names):
-        fpr, tpr = metrics.roc_curve(probs[:, c], labels == c)
-        roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {evaluation.auc[name]:.4f})")
-    (folder / "roc.json").write_text(json.dumps(roc))
-    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate",
-               title=f"test ROC, macro AUC {evaluation.auc_macro:.4f}")
-    ax_roc.legend(loc="lower right")
-    cm = np.asarray(evaluation.confusion)
-    ax_cm.imshow(cm, cmap="Blues")
-    for (i, j), count in np.ndenumerate(cm):
-        ax_cm.text(j, i, str(count), ha="center", va="center")
-    ax_cm.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
-              xticklabels=class_names, yticklabels=class_names,
-              xlabel="predicted", ylabel="true", title=f"confusion, accuracy {evaluation.acc:.3f}")
-    conf, acc, counts = metrics.calibration_bins(probs, labels)
-    keep = counts > 0
-    ax_rel.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax_rel.plot(conf[keep], acc[keep], "o-")
-    ax_rel.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-               title=f"reliability, ECE {evaluation.ece:.4f}, NLL {evaluation.nll:.4f}")
-    fig.tight_layout()
-    fig.savefig(folder / "evaluation.png", dpi=100)
-    plt.close(fig)
-    return folder
-
-
 def _resolve_data_root(study, data_root: Path | None) -> Path:
     """``data_root``, else the dataset the study logged as its input, else a param/tag."""
     if data_root is not None:
@@ -288,6 +247,8 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
         )
     network = load_network(config, ckpt / "model.safetensors")
     evaluation, probs = evaluate(network, config, split, f"trial {trial.run_id} ({trial.family})")
+    from tuner.report_cli import write_evaluation
+
     folder = write_evaluation(work / trial.run_id / "evaluation", evaluation, probs,
                               split.labels.numpy(), config.class_names)
     run = client.get_run(trial.run_id)

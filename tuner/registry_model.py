@@ -208,7 +208,7 @@ class LensTuneModel(PythonModel):
         self.config = RegistryConfig(**raw)
         self.network = load_network(self.config, Path(context.artifacts["weights"]))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None):
         images = as_image_batch(model_input, self.config)
         probs = predict_probs(self.network, images, self.config.img_size)
         return probs_frame(probs, self.config.class_names)
