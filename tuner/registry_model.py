@@ -15,6 +15,7 @@ time, which keeps this module free of import-time side effects.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -258,12 +259,13 @@ def save_registry_model(
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         (tmp_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+        shutil.copyfile(weights_path, tmp_dir / WEIGHTS_FILE)  # fixed name inside the model
         entry = tmp_dir / "lenstune_model.py"
         entry.write_text(_ENTRY_SCRIPT)
         mlflow.pyfunc.save_model(
             path=str(path),
             python_model=str(entry),
-            artifacts={"config": str(tmp_dir / CONFIG_FILE), "weights": str(weights_path)},
+            artifacts={"config": str(tmp_dir / CONFIG_FILE), "weights": str(tmp_dir / WEIGHTS_FILE)},
             signature=model_signature(config),
             input_example=np.asarray(input_example, dtype=np.float32),
             pip_requirements=_pip_requirements(),

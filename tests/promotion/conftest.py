@@ -131,6 +131,12 @@ def log_study(client, experiment_id: str, name: str, data_root: Path, trials: li
 
 
 @pytest.fixture(scope="session")
+def micro_hparams() -> dict:
+    """Hyperparameters of the micro `scratch` transformer (~11k parameters at 32 px)."""
+    return dict(MICRO)
+
+
+@pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "toy"
     return write_toy_dataset(root, {"train": 60, "val": 10, "test": 40})

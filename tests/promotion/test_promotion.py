@@ -83,3 +83,17 @@ def test_clear_errors(promoted, tracking, tmp_path):
         promote_champion("toy-errors", tracking_uri=uri)
     with pytest.raises(PromotionError, match="is not in experiment 'toy-errors'"):
         promote_champion("toy-errors", tracking_uri=uri, study_run_id=promoted["results"][0].study_run_id)
+
+
+def test_promote_cli(promoted, tracking, tmp_path, capsys):
+    from tuner.promotion_cli import main
+
+    uri, client, _ = tracking
+    assert main(["--experiment", "toy", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "nothing changed" in out and "lenstune-model_ii v3" in out
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 3
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["--experiment", "toy", "--tracking-uri", missing]) == 1
+    assert "no MLflow database" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()

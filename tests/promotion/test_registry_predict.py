@@ -124,3 +124,30 @@ def test_unknown_model_alias_is_a_clear_error(promoted, tracking, test_images, t
                          "--out", str(tmp_path / "o.csv"), "--tracking-uri", tracking[0]])
     assert code == 1
     assert "cannot load model models:/lenstune-model_ii@nope" in capsys.readouterr().err
+
+
+def test_local_model_folder_and_mc_dropout(micro_hparams, test_images, tmp_path):
+    from safetensors.torch import save_file
+
+    from tuner.models import build_model
+    from tuner.registry_model import RegistryConfig, save_registry_model
+
+    config = RegistryConfig(family="scratch", img_size=32, model={**micro_hparams, "drop_rate": 0.3})
+    net = build_model("scratch", img_size=32, **config.model)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    model_dir = save_registry_model(tmp_path / "model", config, tmp_path / "w.safetensors", test_images[:2])
+    np.save(tmp_path / "x.npy", test_images)
+    out = tmp_path / "mc.csv"
+    assert predict_main([str(tmp_path / "x.npy"), "--model", str(model_dir), "--out", str(out),
+                         "--uncertainty", "mc_dropout"]) == 0
+    frame = pd.read_csv(out)
+    assert {"entropy", "mutual_information"} <= set(frame.columns)
+    assert (frame["mutual_information"] >= 0).all() and (frame["entropy"] > 0).all()
+    np.testing.assert_allclose(frame.filter(like="prob_").sum(1), 1.0, atol=1e-6)
+
+
+def test_mc_dropout_without_dropout_is_refused(promoted, tracking, test_images, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", test_images)
+    code = predict_main([str(tmp_path / "x.npy"), "--model", CHAMPION, "--out", str(tmp_path / "o.csv"),
+                         "--tracking-uri", tracking[0], "--uncertainty", "mc_dropout"])
+    assert code == 1 and "MC dropout needs at least one dropout layer" in capsys.readouterr().err
