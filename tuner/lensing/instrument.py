@@ -39,48 +39,61 @@ def bin_supersampled(flux: Tensor, num_pix: int, supersampling: int) -> Tensor:
     return img if s == 1 else F.avg_pool2d(img, kernel_size=s)
 
 
-def gaussian_kernel_1d(sigma_px: float, truncate: float, *, device="cpu", dtype=torch.float32) -> Tensor:
-    """Normalised sampled Gaussian of radius int(truncate*sigma + 0.5) px (scipy.ndimage)."""
+def gaussian_taps(sigma_px: float, truncate: float) -> list[float]:
+    """Normalised sampled Gaussian of radius int(truncate*sigma + 0.5) px (scipy.ndimage), as floats."""
     if sigma_px <= 0:
         raise ValueError(f"PSF sigma must be > 0 px, got {sigma_px}")
     radius = int(truncate * sigma_px + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma_px) ** 2)
-    return (k / k.sum()).to(device=device, dtype=dtype)
+    weights = [math.exp(-0.5 * (x / sigma_px) ** 2) for x in range(-radius, radius + 1)]
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
+def gaussian_kernel_1d(sigma_px: float, truncate: float, *, device="cpu", dtype=torch.float32) -> Tensor:
+    """:func:`gaussian_taps` as a (K,) tensor."""
+    return torch.tensor(gaussian_taps(sigma_px, truncate), dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def convolve_gaussian_psf(image: Tensor, sigma_px: float, truncate: float, method: str = "auto") -> Tensor:
     """Convolve (B, 1, H, W) with a truncated Gaussian, edges padded like scipy mode='nearest'.
 
-    ``method``: "direct" (separable, cheap for small kernels), "fft" (one 2-D FFT product of
-    the replicate-padded image; better for wide kernels) or "auto" (FFT above a 31-tap
-    kernel). Both equal ``scipy.ndimage.gaussian_filter(img, sigma_px, mode='nearest',
-    truncate=truncate)``. The kernel sums to 1, so flux is conserved up to edge effects.
+    Equals ``scipy.ndimage.gaussian_filter(img, sigma_px, mode='nearest', truncate=truncate)``.
+    The kernel sums to 1, so flux is conserved up to edge effects. See
+    :func:`convolve_separable` for ``method``.
+    """
+    taps = gaussian_kernel_1d(sigma_px, truncate, device=image.device, dtype=image.dtype)
+    return convolve_separable(image, taps, method)
+
+
+def convolve_separable(image: Tensor, taps: Tensor, method: str = "auto") -> Tensor:
+    """Convolve (B, 1, H, W) with the separable kernel taps (x) taps, replicated edges.
+
+    ``taps``: (K,) odd-length 1-D kernel. ``method``: "direct" (a weighted sum of shifted
+    views per axis: far cheaper on CPU than conv2d with a 1 x K kernel, and fusable by
+    torch.compile), "fft" (one 2-D FFT product of the edge-padded image; better for wide
+    kernels) or "auto" (FFT above 31 taps).
     """
     if method not in ("auto", "direct", "fft"):
         raise ValueError(f"unknown convolution method {method!r}; allowed: auto, direct, fft")
-    k1 = gaussian_kernel_1d(sigma_px, truncate, device=image.device, dtype=image.dtype)
-    r = (k1.numel() - 1) // 2
+    k = taps.shape[0]
+    r = (k - 1) // 2
     if r == 0:
-        return image
+        return image * taps[0]
     padded = F.pad(image, (r, r, r, r), mode="replicate")
-    if method == "direct" or (method == "auto" and k1.numel() <= 31):
-        # A weighted sum of shifted views per axis: for a handful of taps this is far cheaper
-        # on CPU than conv2d with a 1 x K kernel.
-        h, w = image.shape[-2:]
-        rows = padded[..., 0:w] * k1[0]
-        for t in range(1, k1.numel()):
-            rows = rows.add_(padded[..., t : t + w], alpha=float(k1[t]))
-        out = rows[..., 0:h, :] * k1[0]
-        for t in range(1, k1.numel()):
-            out = out.add_(rows[..., t : t + h, :], alpha=float(k1[t]))
+    h, w = image.shape[-2:]
+    if method == "direct" or (method == "auto" and k <= 31):
+        rows = padded[..., 0:w] * taps[0]
+        for t in range(1, k):
+            rows = rows + padded[..., t : t + w] * taps[t]
+        out = rows[..., 0:h, :] * taps[0]
+        for t in range(1, k):
+            out = out + rows[..., t : t + h, :] * taps[t]
         return out
     hp, wp = padded.shape[-2:]
     kernel = torch.zeros(hp, wp, dtype=image.dtype, device=image.device)
-    kernel[: 2 * r + 1, : 2 * r + 1] = torch.outer(k1, k1)
+    kernel[:k, :k] = torch.outer(taps, taps)
     # circular convolution of the padded image; the valid part starts at offset 2r.
     out = torch.fft.irfft2(torch.fft.rfft2(padded) * torch.fft.rfft2(kernel), s=(hp, wp))
-    h, w = image.shape[-2:]
     return out[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w]
 
 

@@ -13,7 +13,8 @@ from tuner.lensing.instrument import (
     FWHM_TO_SIGMA,
     add_noise,
     bin_supersampled,
-    convolve_gaussian_psf,
+    convolve_separable,
+    gaussian_kernel_1d,
     magnitude_to_cps,
     pixel_grid,
     survey_background_rms,
@@ -155,6 +156,31 @@ def lensed_surface_brightness(
     return sersic_ellipse(x - ax, y - ay, *_source_params(preset, draws, slice(None)))
 
 
+def observe(
+    sb: Tensor, *, num_pix: int, supersampling: int, pixel_area: float, psf_taps: Tensor,
+    background_rms: Tensor, exposure_s: Tensor, normals: Tensor, noise: bool, normalize: bool,
+) -> Tensor:
+    """The instrument: (B, P) sub-pixel surface brightness -> (B, 1, n, n) observed image.
+
+    Bins the supersampled grid (times the pixel area [arcsec^2]: flux per pixel), convolves
+    with the separable PSF ``psf_taps`` (K,), optionally adds noise and min-max normalises.
+    """
+    image = bin_supersampled(sb, num_pix, supersampling) * pixel_area
+    image = convolve_separable(image, psf_taps)
+    if noise:
+        image = add_noise(image, background_rms=background_rms, exposure_s=exposure_s, normals=normals)
+    if normalize:
+        lo = image.amin(dim=(1, 2, 3), keepdim=True)
+        hi = image.amax(dim=(1, 2, 3), keepdim=True)
+        image = (image - lo) / (hi - lo).clamp(min=torch.finfo(image.dtype).tiny)
+    return image
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_observe():
+    return torch.compile(observe)
+
+
 def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.device) -> None:
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.dtype != torch.int64:
         raise ValueError(f"labels must be a 1-D int64 tensor, got {getattr(labels, 'dtype', type(labels))} "
@@ -210,16 +236,20 @@ def simulate_batch(
 
     x, y = pixel_grid(inst.num_pix, inst.pixel_scale_arcsec, inst.supersampling, device=device, dtype=dtype)
     sb = lensed_surface_brightness(x, y, p, draws, labels, groups if substructure else [], compiled=compiled)
-    image = bin_supersampled(sb, inst.num_pix, inst.supersampling) * inst.pixel_scale_arcsec**2
-    sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
-    image = convolve_gaussian_psf(image, sigma_px, inst.psf_truncation_sigma)
     bkg = torch.full((b,), background_rms(p), device=device, dtype=dtype)
-    if noise:
-        image = add_noise(image, background_rms=bkg, exposure_s=draws.exposure_s, normals=draws.normals)
-    if normalize:
-        lo = image.amin(dim=(1, 2, 3), keepdim=True)
-        hi = image.amax(dim=(1, 2, 3), keepdim=True)
-        image = (image - lo) / (hi - lo).clamp(min=torch.finfo(dtype).tiny)
+    sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
+    kwargs = dict(num_pix=inst.num_pix, supersampling=inst.supersampling, pixel_area=inst.pixel_scale_arcsec**2,
+                  psf_taps=gaussian_kernel_1d(sigma_px, inst.psf_truncation_sigma, device=device, dtype=dtype),
+                  background_rms=bkg,
+                  exposure_s=draws.exposure_s, normals=draws.normals, noise=noise, normalize=normalize)
+    image = None
+    if compiled:
+        try:
+            image = _compiled_observe()(sb, **kwargs)
+        except Exception as exc:  # see lensed_surface_brightness
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager", stacklevel=2)
+    if image is None:
+        image = observe(sb, **kwargs)
     return image, _parameters(p, labels, draws, groups, bkg, substructure)
 
 
