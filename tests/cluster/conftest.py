@@ -29,7 +29,8 @@ class TrackingStack:
     bucket: str
 
 
-@pytest.fixture(scope="module")
+# One stack per session: starting it costs ~10 s; tests keep apart by experiment names.
+@pytest.fixture(scope="session")
 def tracking_stack() -> TrackingStack:
     if servers.postgres_bin_dir() is None:
         pytest.skip("PostgreSQL server binaries missing; run .ci/system-deps")
@@ -49,7 +50,7 @@ class AuthServer:
     password: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def auth_server() -> AuthServer:
     """``mlflow server --app-name basic-auth`` with a fresh admin user and a random password."""
     folder = Path(tempfile.mkdtemp(prefix="lt-auth-", dir="/tmp"))
