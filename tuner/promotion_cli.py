@@ -23,6 +23,11 @@ def check_tracking_store(uri: str) -> None:
         )
 
 
+def quiet_mlflow() -> None:
+    """No per-file artifact progress bars on the terminal (set only if the user has not)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lenstune promote",
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.data import DatasetError
     from tuner.promotion import PromotionError, promote_champion
 
+    quiet_mlflow()
     uri = args.tracking_uri or default_tracking_uri()
     try:
         check_tracking_store(uri)
