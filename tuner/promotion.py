@@ -264,17 +264,54 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
 
 
 def _existing_version(client, name: str, trial_run_id: str):
+    """The version of ``name`` registered from ``trial_run_id``, or None (also when the
+    registered model does not exist yet)."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="lenstune champion/challenger models")
         return None
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get(TAG_TRIAL) == trial_run_id:
             return version
     return None
+
+
+def _register(client, name: str, trial: TrialSummary, study_run_id: str, config: RegistryConfig,
+              weights: Path, eval_dir: Path, split, candidate: Evaluation, work: Path):
+    """Log the registry model into the trial run (``registered_model/``) and create a version."""
+    from mlflow.exceptions import MlflowException
+
+    model_dir = save_registry_model(work / "model", config, weights, split.images[:2].numpy())
+    shutil.copytree(eval_dir, model_dir / "evaluation")
+    client.log_artifacts(trial.run_id, str(model_dir), "registered_model")
+    source = client.get_run(trial.run_id).info.artifact_uri.rstrip("/") + "/registered_model"
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="lenstune champion/challenger models")
+    tags = {TAG_TRIAL: trial.run_id, "lenstune.study_run_id": study_run_id,
+            "lenstune.family": trial.family, "lenstune.dataset_digest": split.meta.digest,
+            "lenstune.val_auc_macro": f"{trial.val_auc:.6f}", **_eval_tags(candidate)}
+    return client.create_model_version(
+        name, source, run_id=trial.run_id, tags=tags,
+        description=f"{trial.family} trial {trial.trial_id} of study {study_run_id}")
+
+
+def _decide(name: str, version: str, champ_version: str | None, champ_auc: float | None,
+            new_auc: float, n_test: int) -> tuple[str, str]:
+    """(decision, message): promote only a strictly higher test macro AUC."""
+    same = f"both on the same {n_test} test images"
+    if champ_version is None:
+        return "promoted", f"{name} v{version} is champion: test AUC {new_auc:.4f} (no previous champion)"
+    if champ_version == version:
+        return "kept", f"{name} v{version} is already champion"
+    if new_auc > champ_auc:
+        return "promoted", (f"{name} v{version} is the new champion: test AUC {new_auc:.4f} > "
+                            f"{champ_auc:.4f} of v{champ_version}, {same}")
+    return "kept", (f"{name} champion stays v{champ_version}: test AUC {champ_auc:.4f} >= "
+                    f"{new_auc:.4f} of challenger v{version}, {same}")
 
 
 def _champion(client, name: str):
@@ -332,7 +369,8 @@ def promote_champion(
 
     with tempfile.TemporaryDirectory(prefix="lenstune-promote-") as tmp:
         work = Path(tmp)
-        results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work) for t in per_family.values()}
+        results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work)
+                   for t in per_family.values()}
         config, weights, candidate, eval_dir = results[best.run_id]
 
         existing = _existing_version(client, name, best.run_id)
@@ -356,47 +394,23 @@ def promote_champion(
                                      f"champion {name} version {champ_version.version}")
 
         if existing is None:
-            model_dir = save_registry_model(work / "model", config, weights,
-                                            split.images[:2].numpy())
-            shutil.copytree(eval_dir, model_dir / "evaluation")
-            client.log_artifacts(best.run_id, str(model_dir), "registered_model")
-            source = client.get_run(best.run_id).info.artifact_uri.rstrip("/") + "/registered_model"
-            existing = client.create_model_version(
-                name, source, run_id=best.run_id,
-                tags={TAG_TRIAL: best.run_id, "lenstune.study_run_id": sid,
-                      "lenstune.family": best.family, "lenstune.dataset_digest": split.meta.digest,
-                      "lenstune.val_auc_macro": f"{best.val_auc:.6f}", **_eval_tags(candidate)},
-                description=f"{best.family} trial {best.trial_id} of study {sid}")
+            existing = _register(client, name, best, sid, config, weights, eval_dir, split,
+                                 candidate, work)
         version = str(existing.version)
         client.set_registered_model_alias(name, CHALLENGER, version)
-
-        new_auc = candidate.auc_macro
-        if champ_version is None:
-            decision = "promoted"
-            message = f"{name} v{version} is champion: test AUC {new_auc:.4f} (no previous champion)"
-        elif str(champ_version.version) == version:
-            decision, message = "kept", f"{name} v{version} is already champion"
-        elif new_auc > champ_eval.auc_macro:
-            decision = "promoted"
-            message = (f"{name} v{version} is the new champion: test AUC {new_auc:.4f} > "
-                       f"{champ_eval.auc_macro:.4f} of v{champ_version.version}, both on the same "
-                       f"{split.meta.n_images('test')} test images")
-        else:
-            decision = "kept"
-            message = (f"{name} champion stays v{champ_version.version}: test AUC "
-                       f"{champ_eval.auc_macro:.4f} >= {new_auc:.4f} of challenger v{version}, "
-                       f"both on the same {split.meta.n_images('test')} test images")
+        champ_v = None if champ_version is None else str(champ_version.version)
+        decision, message = _decide(name, version, champ_v,
+                                    None if champ_eval is None else champ_eval.auc_macro,
+                                    candidate.auc_macro, split.meta.n_images("test"))
         if decision == "promoted":
             client.set_registered_model_alias(name, CHAMPION, version)
         if champ_eval is not None:
             for key, value in _eval_tags(champ_eval).items():  # champion's numbers of today
-                client.set_model_version_tag(name, champ_version.version, key, value)
-            client.set_model_version_tag(name, version, "lenstune.compared_with",
-                                         f"v{champ_version.version}")
+                client.set_model_version_tag(name, champ_v, key, value)
+            client.set_model_version_tag(name, version, "lenstune.compared_with", f"v{champ_v}")
         client.set_model_version_tag(name, version, TAG_DECISION, message)
         echo(message)
         return PromotionResult(
             model_name=name, version=version, study_run_id=sid, trial_run_id=best.run_id,
             family=best.family, candidate=candidate,
-            champion_version=None if champ_version is None else str(champ_version.version),
-            champion=champ_eval, decision=decision, message=message)
+            champion_version=champ_v, champion=champ_eval, decision=decision, message=message)
