@@ -81,3 +81,24 @@ def test_survey_background_matches_lenstronomy():
                                  zero_point=24.0, pixel_scale=0.101)
     assert ours == pytest.approx(band.background_noise, rel=1e-12)
     assert magnitude_to_cps(20.0, 24.0) == pytest.approx(band.magnitude2cps(20.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("preset_name", ["model_ii", "model_iii"])
+def test_magnitude_to_amplitude_matches_lenstronomy_simapi(preset_name):
+    from lenstronomy.SimulationAPI.sim_api import SimAPI
+
+    from tuner.lensing import get_preset
+    from tuner.lensing.simulate import background_rms, source_amplitude
+
+    p = get_preset(preset_name)
+    inst, src = p.instrument, p.source
+    band = {"pixel_scale": inst.pixel_scale_arcsec, "exposure_time": inst.exposure_s,
+            "magnitude_zero_point": inst.zero_point_mag, "read_noise": inst.read_noise_e,
+            "ccd_gain": inst.gain_e_per_adu, "sky_brightness": inst.sky_mag_per_arcsec2,
+            "seeing": inst.psf_fwhm_arcsec, "num_exposures": inst.num_exposures, "psf_type": "GAUSSIAN"}
+    sim = SimAPI(num_pix=inst.num_pix, kwargs_single_band=band, kwargs_model={"source_light_model_list": ["SERSIC_ELLIPSE"]})
+    kwargs_mag = [{"magnitude": src.magnitude, "R_sersic": src.r_sersic_arcsec, "n_sersic": src.n_sersic,
+                   "e1": src.e1, "e2": src.e2, "center_x": 0.0, "center_y": 0.0}]
+    _, kwargs_amp, _ = sim.magnitude2amplitude(None, kwargs_mag)
+    assert source_amplitude(p) == pytest.approx(kwargs_amp[0]["amp"], rel=1e-10)
+    assert background_rms(p) == pytest.approx(sim.background_noise, rel=1e-12)
