@@ -24,12 +24,13 @@ def ray_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_args(data: Path, runs: Path, *families: str, samples: int = 2, extra: tuple = ()) -> list[str]:
+def run_args(data: Path, runs: Path, *families: str, samples: int = 2, extra: tuple = (),
+             python: str = PYTHON, local_cpus: int | None = 2) -> list[str]:
     """Command line of a micro study on ``data`` with everything under ``runs``."""
-    return [PYTHON, str(REPO / "tuner" / "run.py"), "--family", ",".join(families),
+    cpus = ["--num-cpus", str(local_cpus)] if local_cpus else []
+    return [python, "tuner/run.py", "--family", ",".join(families),
             "--profile", "micro", "--data", str(data), "--samples", str(samples),
-            "--runs-dir", str(runs), "--num-cpus", "2", "--max-concurrent", "2",
-            "--experiment", "it", *extra]
+            "--runs-dir", str(runs), *cpus, "--max-concurrent", "2", "--experiment", "it", *extra]
 
 
 def run_study_process(args: list[str], timeout_s: float = 240, **env) -> subprocess.CompletedProcess:

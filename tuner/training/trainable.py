@@ -104,6 +104,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     x_val, y_val_np = _as_tensor(arrays["val_images"]), np.asarray(arrays["val_labels"])
 
     resolved = resolved_config(config, ctx)
+    torch.manual_seed(ctx.seed)  # same init for a config whether run first or re-run after a crash
     model = ckpt.build_model_from_config(resolved).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -138,6 +139,9 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             run_name=f"{ctx.family}-{trial_id}", params=params, dataset=dataset)
     else:
         client.update_run(run_id, status="RUNNING")
+    # Epochs a previous attempt logged before dying without a checkpoint are re-trained
+    # (deterministically) but not logged twice.
+    logged = {m.step for m in client.get_metric_history(run_id, "val_auc_macro")}
 
     try:
         for epoch in range(start_epoch + 1, ctx.max_epochs + 1):
@@ -163,7 +167,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                 _log_best_epoch(client, run_id, model=model, resolved=resolved, probs=probs,
                                 labels=y_val_np, class_names=list(ctx.class_names), epoch=epoch)
             values["best_val_auc_macro"] = best
-            tracking.log_epoch(client, run_id, values, step=epoch)
+            if epoch not in logged:
+                tracking.log_epoch(client, run_id, values, step=epoch)
             with tempfile.TemporaryDirectory() as tmp:
                 state = {"epoch": epoch, "best": best, "mlflow_run_id": run_id,
                          "scheduler_step": scheduler.last_epoch}
