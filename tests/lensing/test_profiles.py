@@ -127,3 +127,13 @@ def test_dense_point_mass_form_equals_loop(grid64):
     dense = point_mass_deflection_dense(x, y, te, cx, cy)
     for a, b in zip(loop, dense):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_point_mass_blocks_do_not_change_the_sum(grid64):
+    _, _, x, y = grid64
+    g = torch.Generator().manual_seed(4)
+    te, cx, cy = (torch.rand((5, 3), generator=g, dtype=torch.float64) for _ in range(3))
+    whole = point_mass_deflection(x, y, te, cx, cy)
+    blocked = point_mass_deflection(x, y, te, cx, cy, block_elements=2 * x.shape[1])  # blocks of 2 images
+    for a, b in zip(whole, blocked):
+        assert torch.equal(a, b)
