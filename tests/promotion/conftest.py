@@ -143,6 +143,13 @@ def toy_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_data(tmp_path_factory) -> Path:
+    """Same layout and preset as ``toy_data``, other images (another seed): another digest."""
+    root = tmp_path_factory.mktemp("data") / "other"
+    return write_toy_dataset(root, {"train": 3, "val": 3, "test": 5}, seed=7)
+
+
+@pytest.fixture(scope="session")
 def micro_models(toy_data):
     """Three models of clearly different quality: untrained, briefly and longer trained."""
     return {"random": train_micro(toy_data, 0, seed=1), "weak": train_micro(toy_data, 4, seed=2),

@@ -97,3 +97,12 @@ def test_promote_cli(promoted, tracking, tmp_path, capsys):
     assert main(["--experiment", "toy", "--tracking-uri", missing]) == 1
     assert "no MLflow database" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+
+
+def test_test_split_of_another_dataset_is_refused_before_writing(promoted, tracking, other_data):
+    uri, client, _ = tracking
+    before = len(client.search_model_versions(f"name = '{NAME}'"))
+    with pytest.raises(PromotionError, match="was trained on dataset .* pass the study's --data"):
+        promote_champion("toy", tracking_uri=uri, data_root=other_data)
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == before
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
