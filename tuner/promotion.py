@@ -37,8 +37,8 @@ from tuner.registry_model import (
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_TRIAL = "lenstune.trial_run_id"
 TAG_DECISION = "lenstune.decision"
-# Where the tuning driver may record the dataset folder of a study (params or tags).
-_DATA_ROOT_KEYS = ("data.root", "data_root", "dataset.root", "lenstune.data_root", "data")
+# Fallbacks when a study run logged no dataset input: its ``data`` param (StudyConfig.data) or tag.
+_DATA_ROOT_KEYS = ("data", "lenstune.data_root")
 
 
 class PromotionError(ValueError):
