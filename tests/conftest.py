@@ -5,3 +5,5 @@ import os
 # Ray and MLflow must never phone home or touch the user's home directory from tests.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Trials checkpoint every epoch by design; Ray would warn about sync frequency each time.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
