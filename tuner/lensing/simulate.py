@@ -39,6 +39,9 @@ from tuner.lensing.profiles import (
 )
 
 
+RECOMPILE_LIMIT = 64
+
+
 def source_amplitude(preset: Preset) -> float:
     """Sersic amplitude (surface brightness at R_sersic, counts/s per arcsec^2) of the preset.
 
@@ -104,14 +107,21 @@ def trace_and_shade(x, y, host_ax, host_ay, theta_e, center_x, center_y, *source
     return sersic_ellipse(x - host_ax - px, y - host_ay - py, *source)
 
 
+def _enough_recompiles():
+    """Scoped dynamo setting: one static graph per (grid size, point-mass count, dtype, device)
+    is intended; dynamo's default limit (8) would silently fall back to eager, which for the
+    dense point-mass form materialises (C, P, N) and is many times slower."""
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_trace_and_shade():
     return torch.compile(trace_and_shade, dynamic=False)
 
 
 def _shade_compiled(x, y, hx, hy, preset: Preset, draws: Draws, labels: Tensor, groups, chunk: int) -> Tensor:
-    """Compiled path: every class in fixed chunks of ``chunk`` rows (the last one padded with
-    zero masses), so each (preset, class) compiles once."""
+    """Compiled path: every class in fixed chunks of ``chunk`` rows (the last one padded), so
+    each (preset, class) compiles once; smooth lenses carry one zero point mass."""
     b = labels.shape[0]
     out = torch.empty((b, x.shape[1]), device=x.device, dtype=x.dtype)
     in_group = torch.zeros(b, dtype=torch.bool, device=labels.device)
@@ -120,15 +130,16 @@ def _shade_compiled(x, y, hx, hy, preset: Preset, draws: Draws, labels: Tensor, 
     smooth_rows = torch.nonzero(~in_group).squeeze(1)
     zeros = torch.zeros((smooth_rows.numel(), 1), device=x.device, dtype=x.dtype)
     fn = _compiled_trace_and_shade()
-    for rows, theta_e, cx, cy, _ in [(smooth_rows, zeros, zeros, zeros, None), *groups]:
-        source = _source_params(preset, draws, rows)
-        for lo in range(0, rows.numel(), chunk):
-            part = slice(lo, min(lo + chunk, rows.numel()))
-            pad = chunk - (part.stop - part.start)
-            args = [theta_e[part], cx[part], cy[part]] + [s[part] for s in source]
-            if pad:  # zero-mass padding rows; their output is dropped
-                args = [torch.cat([a, torch.zeros_like(a[:1]).expand(pad, *a.shape[1:])]) for a in args]
-            out.index_copy_(0, rows[part], fn(x, y, hx, hy, *args)[: chunk - pad])
+    with _enough_recompiles():
+        for rows, theta_e, cx, cy, _ in [(smooth_rows, zeros, zeros, zeros, None), *groups]:
+            source = _source_params(preset, draws, rows)
+            for lo in range(0, rows.numel(), chunk):
+                part = slice(lo, min(lo + chunk, rows.numel()))
+                pad = chunk - (part.stop - part.start)
+                args = [theta_e[part], cx[part], cy[part]] + [s[part] for s in source]
+                if pad:  # repeat the last row to a full chunk; the padding rows' output is dropped
+                    args = [torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) for a in args]
+                out.index_copy_(0, rows[part], fn(x, y, hx, hy, *args)[: chunk - pad])
     return out
 
 
@@ -245,7 +256,8 @@ def simulate_batch(
     image = None
     if compiled:
         try:
-            image = _compiled_observe()(sb, **kwargs)
+            with _enough_recompiles():
+                image = _compiled_observe()(sb, **kwargs)
         except Exception as exc:  # see lensed_surface_brightness
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager", stacklevel=2)
     if image is None:
