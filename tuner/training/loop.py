@@ -9,6 +9,7 @@ label_smoothing, aug_rotation, aug_flip, aug_strength).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -117,9 +118,28 @@ def prepare_batch(images: torch.Tensor, device: torch.device, img_size: int) -> 
 
 def _autocast(device: torch.device):
     if device.type != "cuda":
-        return torch.autocast("cpu", enabled=False)
+        return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+# Losses are checked for NaN/inf every this many steps (and at the end of the epoch) in one
+# host sync instead of one per step: a per-step `.item()` stalls a GPU's queue every step.
+FINITE_CHECK_STEPS = 32
+
+
+def _check_finite(pending: list[torch.Tensor], first_step: int, lr: float) -> torch.Tensor:
+    """Sum (float64, on the losses' device) of the per-step losses ``pending``, which start at
+    epoch step ``first_step``; raises :class:`NonFiniteLossError` naming the first bad one."""
+    losses = torch.stack(pending)  # (k,)
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLossError(
+            f"training loss is {losses[bad].item()} at step {first_step + bad} of the epoch "
+            f"(lr={lr:.3g})"
+        )
+    return losses.double().sum()
 
 
 def train_one_epoch(
@@ -138,24 +158,23 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over ``images`` (N, 1, H, W) CPU float32 and ``labels`` (N,) int64 in a random
     order drawn from ``generator`` (CPU); ``aug_generator`` lives on ``device``.
-    Raises :class:`NonFiniteLossError` at the first NaN/inf loss."""
+    Raises :class:`NonFiniteLossError` naming the first NaN/inf loss, at most
+    ``FINITE_CHECK_STEPS`` steps after it (before the epoch ends)."""
     model.train()
     n, bs = len(labels), int(hp.batch_size)
     steps = steps_per_epoch(n, bs)
+    per_step = min(bs, n)  # every step sees a full batch (the last partial one is dropped)
+    smoothing, lr = float(hp.label_smoothing), float(hp.lr)
     order = torch.randperm(n, generator=generator)
-    total = torch.zeros((), device=device)
-    seen = 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    pending: list[torch.Tensor] = []
     start = time.perf_counter()
     for step in range(steps):
         idx = order[step * bs:(step + 1) * bs]
         x = augment(prepare_batch(images[idx], device, img_size), hp, aug_generator)
         y = labels[idx].to(device, non_blocking=True)
         with _autocast(device):
-            loss = F.cross_entropy(model(x), y, label_smoothing=float(hp.label_smoothing))
-        if not torch.isfinite(loss).item():
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {step} of the epoch (lr={float(hp.lr):.3g})"
-            )
+            loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -165,12 +184,15 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
-        total += loss.detach() * len(idx)
-        seen += len(idx)
+        pending.append(loss.detach())
+        if len(pending) == FINITE_CHECK_STEPS or step == steps - 1:
+            total += _check_finite(pending, step + 1 - len(pending), lr)
+            pending = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return EpochStats(float(total.item()) / seen, seconds, seen / max(seconds, 1e-9))
+    seen = steps * per_step
+    return EpochStats(float(total.item()) * per_step / seen, seconds, seen / max(seconds, 1e-9))
 
 
 @torch.no_grad()
