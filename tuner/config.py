@@ -49,6 +49,10 @@ class StudyConfig(BaseModel):
     seed: int = 0
     max_failures: int = Field(0, ge=0)
     num_cpus: int | None = Field(None, ge=1)
+    promote: bool = Field(True, description="tuner/run.py: register the best trial and decide "
+                          "the champion alias when the study ends")
+    ensemble_top_k: int | None = Field(None, ge=2, description="tuner/run.py: also register a "
+                                       "hyper-ensemble picked from the top-k completed trials")
 
     @field_validator("families")
     @classmethod

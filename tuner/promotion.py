@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -300,7 +301,7 @@ def _register(client, name: str, trial: TrialSummary, study_run_id: str, config:
 
 
 def _decide(name: str, version: str, champ_version: str | None, champ_auc: float | None,
-            new_auc: float, n_test: int) -> tuple[str, str]:
+            new_auc: float, n_test: int, role: str = "challenger") -> tuple[str, str]:
     """(decision, message): promote only a strictly higher test macro AUC."""
     same = f"both on the same {n_test} test images"
     if champ_version is None:
@@ -311,7 +312,7 @@ def _decide(name: str, version: str, champ_version: str | None, champ_auc: float
         return "promoted", (f"{name} v{version} is the new champion: test AUC {new_auc:.4f} > "
                             f"{champ_auc:.4f} of v{champ_version}, {same}")
     return "kept", (f"{name} champion stays v{champ_version}: test AUC {champ_auc:.4f} >= "
-                    f"{new_auc:.4f} of challenger v{version}, {same}")
+                    f"{new_auc:.4f} of {role} v{version}, {same}")
 
 
 def _champion(client, name: str):
@@ -384,33 +385,58 @@ def promote_champion(
                                    decision="unchanged", message=message)
 
         # Re-evaluate the current champion on this very test split before writing anything.
-        champ_version = _champion(client, name)
-        champ_eval = None
-        if champ_version is not None:
-            champ_model, champ_config = load_registered(
-                f"models:/{name}/{champ_version.version}", tracking_uri=tracking_uri,
-                dst_dir=work / "champion")
-            champ_eval, _ = evaluate(champ_model, champ_config, split,
-                                     f"champion {name} version {champ_version.version}")
-
+        champ_v, champ_eval = reevaluate_champion(client, name, split, tracking_uri, work)
         if existing is None:
             existing = _register(client, name, best, sid, config, weights, eval_dir, split,
                                  candidate, work)
         version = str(existing.version)
         client.set_registered_model_alias(name, CHALLENGER, version)
-        champ_v = None if champ_version is None else str(champ_version.version)
-        decision, message = _decide(name, version, champ_v,
-                                    None if champ_eval is None else champ_eval.auc_macro,
-                                    candidate.auc_macro, split.meta.n_images("test"))
-        if decision == "promoted":
-            client.set_registered_model_alias(name, CHAMPION, version)
-        if champ_eval is not None:
-            for key, value in _eval_tags(champ_eval).items():  # champion's numbers of today
-                client.set_model_version_tag(name, champ_v, key, value)
-            client.set_model_version_tag(name, version, "lenstune.compared_with", f"v{champ_v}")
-        client.set_model_version_tag(name, version, TAG_DECISION, message)
-        echo(message)
+        decision, message = settle_champion(client, name, version, candidate, champ_v, champ_eval,
+                                            study_run_id=sid, echo=echo)
         return PromotionResult(
             model_name=name, version=version, study_run_id=sid, trial_run_id=best.run_id,
             family=best.family, candidate=candidate,
             champion_version=champ_v, champion=champ_eval, decision=decision, message=message)
+
+
+def reevaluate_champion(client, name: str, split, tracking_uri: str | None,
+                        work: Path) -> tuple[str | None, Evaluation | None]:
+    """(version, evaluation now on ``split``) of the current champion of ``name``; (None, None)
+    when there is none. Raises PromotionError when it cannot be evaluated on this split."""
+    champ = _champion(client, name)
+    if champ is None:
+        return None, None
+    model, config = load_registered(f"models:/{name}/{champ.version}", tracking_uri=tracking_uri,
+                                    dst_dir=work / "champion")
+    evaluation, _ = evaluate(model, config, split, f"champion {name} version {champ.version}")
+    return str(champ.version), evaluation
+
+
+def settle_champion(client, name: str, version: str, candidate: Evaluation, champ_v: str | None,
+                    champ_eval: Evaluation | None, *, study_run_id: str, role: str = "challenger",
+                    echo: Callable[[str], None] = print) -> tuple[str, str]:
+    """Move ``champion`` to ``version`` if its test macro AUC beats the champion's (both measured
+    on the same split); store the champion's numbers of today and the decision as version tags,
+    and the champion's AUC, ECE and NLL as ``champion_test_*`` metrics of the study run.
+    Returns (decision, message)."""
+    decision, message = _decide(name, version, champ_v,
+                                None if champ_eval is None else champ_eval.auc_macro,
+                                candidate.auc_macro, candidate.n_images, role)
+    if decision == "promoted":
+        client.set_registered_model_alias(name, CHAMPION, version)
+    if champ_eval is not None:
+        for key, value in _eval_tags(champ_eval).items():  # champion's numbers of today
+            client.set_model_version_tag(name, champ_v, key, value)
+        client.set_model_version_tag(name, version, "lenstune.compared_with", f"v{champ_v}")
+    client.set_model_version_tag(name, version, TAG_DECISION, message)
+    now_champion, numbers = (version, candidate) if decision == "promoted" else (champ_v, champ_eval)
+    if numbers is not None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        client.log_batch(study_run_id, metrics=[
+            Metric(f"champion_{k}", v, stamp, 0) for k, v in numbers.metrics().items()
+            if k in ("test_auc_macro", "test_acc", "test_ece", "test_nll")])
+        client.set_tag(study_run_id, "lenstune.champion", f"{name} v{now_champion}")
+    echo(message)
+    return decision, message

@@ -62,11 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     except (PromotionError, DatasetError, FileNotFoundError) as exc:
         print(f"lenstune promote: error: {exc}", file=sys.stderr)
         return 1
-    c = result.candidate
-    print(f"{result.model_name} v{result.version} ({result.family}, trial run "
-          f"{result.trial_run_id}): test AUC {c.auc_macro:.4f}, accuracy {c.acc:.4f}, "
-          f"ECE {c.ece:.4f}, NLL {c.nll:.4f} on {c.n_images} images")
+    print(format_result(result))
     return 0
+
+
+def format_result(result) -> str:
+    """The new version's test numbers and, when one was compared, the champion's, each with its
+    calibration (ECE, NLL) next to its AUC."""
+    c = result.candidate
+    lines = [f"{result.model_name} v{result.version} ({result.family}, run {result.trial_run_id}): "
+             f"test AUC {c.auc_macro:.4f}, accuracy {c.acc:.4f}, ECE {c.ece:.4f}, NLL {c.nll:.4f} "
+             f"on {c.n_images} images"]
+    if result.champion is not None:
+        h = result.champion
+        lines.append(f"compared with champion v{result.champion_version}: test AUC {h.auc_macro:.4f}, "
+                     f"accuracy {h.acc:.4f}, ECE {h.ece:.4f}, NLL {h.nll:.4f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,12 @@ Flags -> :class:`tuner.config.StudyConfig` -> :func:`tuner.study.run_study`. Eve
 checked (families, search spaces, dataset, tracking server) before anything is written to
 MLflow or Ray is started. Under ``ray job submit`` (RAY_ADDRESS set) it joins that cluster,
 otherwise it starts a local Ray.
+
+When the study has finished, the best completed trial is promoted (:mod:`tuner.promotion`:
+evaluated on the test split, registered, ``champion`` moved only if it is better) unless
+``--no-promote``; ``--ensemble-top-k K`` also registers a hyper-ensemble of the top-k completed
+trials (:mod:`tuner.ensemble_promotion`). A study whose promotion finds nothing to promote has
+still finished: the reason is printed and the exit code stays 0.
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, help="retries of an errored trial")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     p.add_argument("--config", type=Path, help="YAML file of study settings (below flags)")
+    p.add_argument("--no-promote", dest="promote", action="store_false", default=None,
+                   help="do not register the best trial nor move the champion alias")
+    p.add_argument("--ensemble-top-k", type=int, metavar="K",
+                   help="also register a hyper-ensemble greedily picked (validation NLL) from "
+                   "the top-K completed trials; it competes for champion unless --no-promote")
     return p
 
 
@@ -85,7 +96,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lenstune tune: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary())
+    register_after_study(config, result)
     return 0
+
+
+def register_after_study(config, result, echo=print) -> None:
+    """Promotion of the best trial and, with ``ensemble_top_k``, of the hyper-ensemble.
+    Nothing to promote (e.g. no trial completed its budget) is reported, not raised."""
+    from tuner.data import DatasetError
+    from tuner.promotion import PromotionError
+    from tuner.promotion_cli import format_result
+
+    if not config.promote and not config.ensemble_top_k:
+        echo("promotion skipped (--no-promote)")
+        return
+    common = dict(tracking_uri=result.tracking_uri, data_root=result.data_root,
+                  study_run_id=result.parent_run_id, echo=echo)
+    if config.promote:
+        from tuner.promotion import promote_champion
+
+        echo("promotion of the best completed trial:")
+        try:
+            echo(format_result(promote_champion(config.experiment, **common)))
+        except (PromotionError, DatasetError) as exc:
+            echo(f"promotion: nothing promoted: {exc}")
+    if config.ensemble_top_k:
+        from tuner.ensemble_promotion import register_hyper_ensemble
+
+        echo(f"hyper-ensemble of the top {config.ensemble_top_k} completed trials:")
+        try:
+            echo(format_result(register_hyper_ensemble(
+                config.experiment, top_k=config.ensemble_top_k, compete=config.promote, **common)))
+        except (PromotionError, DatasetError) as exc:
+            echo(f"hyper-ensemble: nothing registered: {exc}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class StudyResult:
     tracking_uri: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     leaderboard_csv: Path | None = None
+    data_root: Path | None = None  # the dataset folder the study trained on (its test split is held out)
 
     def summary(self) -> str:
         lines = [f"study {self.study_name} (MLflow experiment {self.experiment!r}, "
@@ -240,4 +241,4 @@ def run_study(config: StudyConfig) -> StudyResult:
         client.set_tag(parent_run_id, "best_trial_run_id", rows[0]["run_id"])
     tracking.finish_study_run(client, parent_run_id)
     return StudyResult(study_name, config.experiment, experiment_id, parent_run_id, tracking_uri,
-                       rows, csv_path)
+                       rows, csv_path, data_root)
