@@ -6,6 +6,11 @@ A registered lenstune model is an MLflow model directory whose ``artifacts/`` ho
   the digest of the dataset it was trained on (:class:`RegistryConfig`);
 - ``model.safetensors``: the weights, a flat tensor file.
 
+A hyper-ensemble is registered the same way: its ``config.json`` lists the members (each a
+config of this form, a weight and the trial run it came from) and its ``model.safetensors`` holds
+every member's weights under ``members.<i>.net.``; it loads as one
+:class:`tuner.uncertainty.ensemble.WeightedEnsemble` module.
+
 Loading rebuilds the network with ``tuner.models.build_model`` and copies the weights in, so no
 Python object is ever unpickled: the model code is ours (the installed ``lenstune``) and the
 artifact holds only numbers and JSON. MLflow's models-from-code entry script is generated at save
@@ -57,6 +62,13 @@ class RegistryConfig(BaseModel):
     data_image_size: int | None = Field(
         None, gt=0, description="side of the training images (pixels), resized to img_size"
     )
+    members: tuple[EnsembleMember, ...] = Field(
+        (), description="hyper-ensemble members; empty for a single network"
+    )
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.members)
 
     @field_validator("class_names")
     @classmethod
@@ -88,8 +100,28 @@ class RegistryConfig(BaseModel):
         return cls(**fields)
 
 
+class EnsembleMember(BaseModel):
+    """One member of a registered hyper-ensemble: its network, weight and trial run."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    config: RegistryConfig
+    weight: float = Field(gt=0, description="share of the member in the averaged probabilities")
+    run_id: str | None = None
+
+
+RegistryConfig.model_rebuild()
+
+
 def build_network(config: RegistryConfig) -> nn.Module:
-    """A freshly initialised network of ``config``'s family and shape, in eval mode."""
+    """A freshly initialised network of ``config``'s family and shape, in eval mode (for an
+    ensemble, a WeightedEnsemble of freshly initialised members)."""
+    if config.members:
+        from tuner.uncertainty.ensemble import WeightedEnsemble
+
+        return WeightedEnsemble([build_network(m.config) for m in config.members],
+                                [m.config.img_size for m in config.members],
+                                [m.weight for m in config.members]).eval()
     from tuner.models import build_model  # the family registry; imported only when needed
 
     model = build_model(

@@ -104,3 +104,40 @@ class DeepEnsemble:
 
     def predict(self, images: torch.Tensor) -> Predictive:
         return ensemble_predict(self.models, images, self.weights, self.batch_size)
+
+
+class ResizedMember(nn.Module):
+    """A member network behind the resize it was trained with: (B, 1, H, W) images of any size
+    are resized to ``img_size`` (bilinear, antialiased when shrinking) before ``net``."""
+
+    def __init__(self, net: nn.Module, img_size: int):
+        super().__init__()
+        self.net, self.img_size = net, int(img_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from tuner.registry_model import resize_batch  # the training/prediction resize
+
+        return self.net(resize_batch(x, self.img_size))
+
+
+class WeightedEnsemble(nn.Module):
+    """Weighted average of member softmaxes as one module (a registered hyper-ensemble).
+
+    ``forward`` maps (B, 1, H, W) to the log of the weighted mean probability (B, C), so it can
+    stand in for logits: ``softmax(forward(x))`` is the ensemble's predictive distribution.
+    ``members`` is a ModuleList of :class:`ResizedMember`; ``weights`` (M,) sum to 1.
+    Pass ``(members, weights)`` to :func:`ensemble_predict` for the member samples.
+    """
+
+    def __init__(self, nets: Sequence[nn.Module], img_sizes: Sequence[int], weights: Sequence[float]):
+        super().__init__()
+        w = np.asarray(weights, dtype=np.float64)
+        if len(nets) == 0 or w.shape != (len(nets),) or len(img_sizes) != len(nets) or np.any(w <= 0):
+            raise ValueError(f"need M >= 1 members, M image sizes and M positive weights; got "
+                             f"{len(nets)} members, {len(img_sizes)} sizes, weights {list(w)}")
+        self.members = nn.ModuleList(ResizedMember(n, s) for n, s in zip(nets, img_sizes))
+        self.weights = (w / w.sum()).tolist()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = sum(w * m(x).float().softmax(-1) for w, m in zip(self.weights, self.members))
+        return probs.clamp_min(_EPS).log()  # (B, C)
