@@ -4,6 +4,12 @@ INPUT may be a ``.npy`` array (H, W) (one image), (N, H, W) or (N, 1, H, W), or 
 DeepLense ``.npy`` files (``<class>/*.npy`` or ``<split>/<class>/*.npy``; class folders
 ``no``/``sphere``/``vort`` or ``no_sub``/``cdm``/``axion`` add a ``true_class`` column).
 Images of another size than the model's are refused unless ``--resize`` is given.
+
+``--uncertainty METHOD`` adds per-image columns: ``entropy`` (predictive entropy, nats) always,
+``mutual_information`` (nats) for the sampling methods (mc_dropout, laplace, ensemble) and
+``conformal_set`` / ``conformal_set_size`` for conformal. Methods fitted on data (temperature,
+laplace, conformal) use the model's own dataset: its validation split (Laplace: training split),
+found through the registry or given with ``--data``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-UNCERTAINTY_METHODS = ("none", "mc_dropout")
+UNCERTAINTY_METHODS = ("none", "temperature", "mc_dropout", "laplace", "conformal", "ensemble")
+FITTED = ("temperature", "laplace", "conformal")  # need the model's dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///runs/mlflow.db)")
     parser.add_argument("--uncertainty", default="none", choices=UNCERTAINTY_METHODS,
-                        help="mc_dropout adds predictive entropy and mutual information "
-                        "(nats) from 20 stochastic passes")
+                        help="add per-image entropy (and mutual information for mc_dropout, "
+                        "laplace, ensemble; prediction sets for conformal), nats")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the model's dataset folder, for temperature/laplace/conformal "
+                        "(default: the dataset its study recorded)")
+    parser.add_argument("--alpha", type=float, default=0.1,
+                        help="conformal miscoverage: sets hold the true class with probability "
+                        ">= 1 - alpha")
+    parser.add_argument("--conformal-score", choices=("aps", "raps"), default="aps")
+    parser.add_argument("--mc-samples", type=int, default=20,
+                        help="MC dropout passes (Laplace draws 5x as many)")
     parser.add_argument("--resize", action="store_true",
                         help="resize images of another size (bilinear) instead of refusing them")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -74,22 +90,87 @@ def read_folder(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
     return np.stack(images), names, classes
 
 
-def predict_frame(model, config, images: np.ndarray, method: str, batch_size: int):
-    """DataFrame of per-image probabilities, predicted class and (with mc_dropout) uncertainty."""
+def study_data_root(model_uri: str, tracking_uri: str | None) -> Path | None:
+    """The dataset folder recorded by the study a registered model (or run) came from."""
+    if not model_uri.startswith(("models:/", "runs:/")):
+        return None
+    from mlflow import MlflowClient
+
+    from tuner.promotion import PromotionError, _resolve_data_root
+    from tuner.uncertainty.cli import _run_id_of
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = client.get_run(_run_id_of(model_uri, tracking_uri))
+    parent = run.data.tags.get("mlflow.parentRunId")
+    study = client.get_run(parent) if parent else run
+    try:
+        return _resolve_data_root(study, None)
+    except PromotionError:
+        return None
+
+
+def calibration_splits(args, config, tracking_uri: str | None) -> dict:
+    """The model's dataset splits a fitted method needs: val (and train for laplace)."""
+    from tuner.data import load_split
+
+    root = args.data or study_data_root(args.model, tracking_uri)
+    if root is None:
+        raise ValueError(f"--uncertainty {args.uncertainty} is fitted on the model's dataset: "
+                         f"pass --data DIR (the dataset {args.model} was trained on)")
+    splits = {"val": load_split(root, "val")}
+    digest = splits["val"].meta.digest
+    if config.dataset_digest and digest != config.dataset_digest:
+        raise ValueError(f"--data {root} is dataset {digest[:12]}... but the model was trained on "
+                         f"{config.dataset_digest[:12]}...; calibrate on the model's own dataset")
+    if args.uncertainty == "laplace":
+        splits["train"] = load_split(root, "train")
+    return splits
+
+
+def predict_frame(model, config, images: np.ndarray, method: str, batch_size: int, *,
+                  splits: dict | None = None, alpha: float = 0.1, score: str = "aps",
+                  mc_samples: int = 20):
+    """DataFrame of per-image probabilities, predicted class and the uncertainty columns of
+    ``method`` (see the module docstring). ``images``: validated (N, 1, H, W) float32."""
     import torch
 
-    from tuner.registry_model import predict_probs, probs_frame, resize_batch
+    from tuner.registry_model import predict_probs, probs_frame
 
     if method == "none":
         return probs_frame(predict_probs(model, images, config.img_size, batch_size),
                            config.class_names)
-    from tuner.uncertainty.mc_dropout import MCDropout
+    from tuner.uncertainty.ensemble import ResizedMember, ensemble_predict
 
-    x = resize_batch(torch.from_numpy(images), config.img_size)
-    pred = MCDropout(model, T=20, batch_size=batch_size).predict(x)
+    if method == "ensemble" and not config.is_ensemble:
+        raise ValueError(f"--uncertainty ensemble needs a registered hyper-ensemble (e.g. "
+                         f"models:/NAME@ensemble); this model is one {config.family} network")
+    if method == "laplace" and config.is_ensemble:
+        raise ValueError("--uncertainty laplace applies to a single network; this model is a "
+                         "hyper-ensemble (use --uncertainty ensemble)")
+    # ensemble members resize for themselves; a single network sits behind its training resize
+    net = model if config.is_ensemble else ResizedMember(model, config.img_size).eval()
+    x = torch.from_numpy(images)
+    conformal = None
+    if method == "ensemble":
+        pred = ensemble_predict(list(model.members), x, model.weights, batch_size)
+    else:
+        from tuner.uncertainty.conformal import ConformalConfig
+        from tuner.uncertainty.report import fit_method
+
+        splits = splits or {}
+        fitted = fit_method(method, [net], splits.get("val"), train=splits.get("train"),
+                            mc_samples=mc_samples, conformal=ConformalConfig(
+                                score=score, alpha=alpha, randomized=False))
+        pred, conformal = fitted.method.predict(x), fitted.conformal
     frame = probs_frame(pred.probs.double().numpy(), config.class_names)
     frame["entropy"] = pred.entropy().numpy()
-    frame["mutual_information"] = pred.mutual_information().numpy()
+    if pred.samples is not None:
+        frame["mutual_information"] = pred.mutual_information().numpy()
+    if conformal is not None:
+        sets = conformal.predict_sets(pred.probs.numpy())
+        frame["conformal_set"] = ["|".join(n for n, inside in zip(config.class_names, row) if inside)
+                                  for row in sets]
+        frame["conformal_set_size"] = sets.sum(1)
     return frame
 
 
@@ -119,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.batch_size < 1:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 < args.alpha < 1 or args.mc_samples < 1:
+        return fail(f"--alpha must be in (0, 1) and --mc-samples >= 1; got {args.alpha} and "
+                    f"{args.mc_samples}")
     if not args.input.exists():
         return fail(f"input {args.input} does not exist")
     try:  # read and check the images before loading the model: bad input fails fast
@@ -138,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             images = as_image_batch(raw, config, resize=args.resize)
         for warning in caught:
             print(f"lenstune predict: warning: {warning.message}", file=sys.stderr)
-        frame = predict_frame(model, config, images, args.uncertainty, args.batch_size)
+        splits = (calibration_splits(args, config, uri) if args.uncertainty in FITTED else None)
+        frame = predict_frame(model, config, images, args.uncertainty, args.batch_size,
+                              splits=splits, alpha=args.alpha, score=args.conformal_score,
+                              mc_samples=args.mc_samples)
     except (ValueError, DatasetError, FileNotFoundError) as exc:  # InputError is a ValueError
         return fail(str(exc))
     except Exception as exc:  # registry lookups: unknown model, alias or server

@@ -143,3 +143,22 @@ def test_single_member_selection_and_too_few_trials_are_refused(ensemble_study, 
     with pytest.raises(PromotionError, match="at least 2 completed trials; study .* has 1"):
         register_hyper_ensemble("toy-ensemble-few", top_k=3, tracking_uri=uri, model_name=MODEL)
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == before
+
+
+def test_predict_with_ensemble_uncertainty(ensemble_study, tracking, toy_data, tmp_path, capsys):
+    import pandas as pd
+
+    from tuner.predict_cli import main as predict_main
+
+    uri = tracking[0]
+    path = tmp_path / "x.npy"
+    np.save(path, load_split(toy_data, "test").images[:9].numpy().copy())
+    base = [str(path), "--model", f"models:/{MODEL}@{ENSEMBLE}", "--tracking-uri", uri]
+    assert predict_main([*base, "--out", str(tmp_path / "e.csv"), "--uncertainty", "ensemble"]) == 0
+    frame = pd.read_csv(tmp_path / "e.csv")
+    assert (frame["mutual_information"] >= 0).all() and (frame["mutual_information"] > 0).any()
+    assert predict_main([*base, "--out", str(tmp_path / "n.csv")]) == 0
+    np.testing.assert_allclose(frame.filter(like="prob_").to_numpy(),
+                               pd.read_csv(tmp_path / "n.csv").filter(like="prob_").to_numpy(), atol=1e-6)
+    assert predict_main([*base, "--out", str(tmp_path / "l.csv"), "--uncertainty", "laplace"]) == 1
+    assert "applies to a single network" in capsys.readouterr().err
