@@ -162,3 +162,19 @@ def test_predict_with_ensemble_uncertainty(ensemble_study, tracking, toy_data, t
                                pd.read_csv(tmp_path / "n.csv").filter(like="prob_").to_numpy(), atol=1e-6)
     assert predict_main([*base, "--out", str(tmp_path / "l.csv"), "--uncertainty", "laplace"]) == 1
     assert "applies to a single network" in capsys.readouterr().err
+
+
+def test_uncertainty_report_of_the_registered_ensemble(ensemble_study, tracking, toy_data, tmp_path,
+                                                       capsys):
+    from tuner.uncertainty.cli import main as uncertainty_main
+
+    uri, client, _ = tracking
+    base = ["--model", f"models:/{MODEL}@{ENSEMBLE}", "--data", str(toy_data), "--tracking-uri", uri]
+    assert uncertainty_main([*base, "--method", "ensemble", "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
+    members = len(json.loads(client.get_model_version(MODEL, "2").tags[TAG_MEMBERS]))
+    assert report["forward_passes_per_image"] == members and report["mean_mutual_info"] > 0
+    logged = client.get_run(ensemble_study["sid"]).data.metrics  # the version's source run
+    assert logged["uncertainty/ensemble/nll"] == pytest.approx(report["nll"])
+    assert uncertainty_main([*base, "--method", "laplace", "--out", str(tmp_path / "l")]) == 1
+    assert "applies to a single network" in capsys.readouterr().err

@@ -44,18 +44,45 @@ def load_model(uri: str, tracking_uri: str | None):
 
     Registered models and run artifacts go through the registry loader (weights-only); a trial
     checkpoint folder (config.json + model.safetensors) is rebuilt from its resolved config.
+    A single network sits behind the resize it was trained with, so it takes the dataset's
+    images as they are; a registered hyper-ensemble is a WeightedEnsemble (members resize).
     """
+    from tuner.uncertainty.ensemble import ResizedMember
+
     local = Path(uri)
     if ":/" not in uri and (local / "config.json").is_file() and (local / "model.safetensors").is_file():
         from tuner.training.checkpoint import load_model as load_checkpoint
 
         model, config = load_checkpoint(local)
         names = tuple(config.get("class_names") or ("no_sub", "cdm", "axion"))
-        return model.eval(), names, None
+        return ResizedMember(model, int(config["img_size"])).eval(), names, None
     from tuner.registry_model import load_registered
 
     model, config = load_registered(uri, tracking_uri=tracking_uri)
+    if not config.is_ensemble:
+        model = ResizedMember(model, config.img_size).eval()
     return model, tuple(config.class_names), _run_id_of(uri, tracking_uri)
+
+
+def expand_ensembles(models: list, method: str) -> tuple[list, list[float] | None]:
+    """Registered hyper-ensembles given to an ensemble method become their members (with their
+    weights for "ensemble"); other methods need single networks except where they apply to any
+    classifier (temperature, conformal, mc_dropout, plain)."""
+    from tuner.uncertainty.ensemble import WeightedEnsemble
+
+    if not any(isinstance(m, WeightedEnsemble) for m in models):
+        return models, None
+    if method == "laplace":
+        raise ValueError("--method laplace applies to a single network; a hyper-ensemble was "
+                         "given (use --method ensemble)")
+    if method not in ("ensemble", "hyper_ensemble"):
+        return models, None
+    members, weights = [], []
+    for m in models:
+        parts = list(m.members) if isinstance(m, WeightedEnsemble) else [m]
+        members += parts
+        weights += list(m.weights) if isinstance(m, WeightedEnsemble) else [1.0]
+    return members, weights if method == "ensemble" else None
 
 
 def _run_id_of(uri: str, tracking_uri: str | None) -> str | None:
@@ -102,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         shifts = {d.name: load_split(d, "test") for d in args.shift_data}
         loaded = [load_model(uri, tracking_uri) for uri in args.model]
         models, names, run_id = [m for m, _, _ in loaded], loaded[0][1], args.run_id or loaded[0][2]
+        models, weights = expand_ensembles(models, args.method)
         if tuple(splits["test"].meta.class_names) != tuple(names):
             return fail(f"dataset classes {list(splits['test'].meta.class_names)} differ from the model's {list(names)}")
         fitted = fit_method(
             args.method, models, splits["val"], train=train, mc_samples=args.mc_samples,
             laplace_structure=args.laplace_structure, hyper_k=args.hyper_k,
-            conformal=ConformalConfig(score=args.conformal_score, alpha=args.alpha),
+            conformal=ConformalConfig(score=args.conformal_score, alpha=args.alpha), weights=weights,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".unc-", dir=args.out.parent))

@@ -53,12 +53,14 @@ def fit_method(
     hyper_k: int = 5,
     conformal: ConformalConfig | None = None,
     seed: int = 0,
+    weights: list[float] | None = None,
 ) -> FittedMethod:
     """Build and fit method ``name`` (one of METHODS) around trained ``models``.
 
     val: validation split (temperature, hyper-ensemble selection, conformal calibration).
     train: split the Laplace GGN is accumulated over (defaults to ``val``).
-    The ensembles use every model; the other methods use ``models[0]``.
+    The ensembles use every model (``weights``: member weights of "ensemble", default uniform,
+    e.g. those of a registered hyper-ensemble); the other methods use ``models[0]``.
     For "conformal", the base is temperature scaling fitted on the first half of ``val``
     and the sets are calibrated on the second half, so calibration data stay exchangeable
     with test data.
@@ -80,7 +82,7 @@ def fit_method(
     elif name == "mc_dropout":
         method = MCDropout(models[0], T=mc_samples, seed=seed)
     elif name == "ensemble":
-        method = DeepEnsemble(models)
+        method = DeepEnsemble(models, weights)
     elif name == "hyper_ensemble":
         method = DeepEnsemble.hyper(models, val.images, val.labels, k=hyper_k)
         info["members_used"] = float(np.count_nonzero(method.weights))
