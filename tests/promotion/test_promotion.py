@@ -106,3 +106,21 @@ def test_test_split_of_another_dataset_is_refused_before_writing(promoted, track
         promote_champion("toy", tracking_uri=uri, data_root=other_data)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == before
     assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
+
+
+def test_champion_calibration_is_recorded_next_to_its_auc(promoted, tracking):
+    from tuner.promotion_cli import format_result
+
+    _, client, _ = tracking
+    third = promoted["results"][2]  # champion v2 kept, re-measured on the same test split
+    tags = client.get_model_version(NAME, "2").tags
+    assert float(tags["test_ece"]) == pytest.approx(third.champion.ece, abs=1e-6)
+    assert float(tags["test_nll"]) == pytest.approx(third.champion.nll, abs=1e-6)
+    study = client.get_run(third.study_run_id)
+    assert study.data.metrics["champion_test_auc_macro"] == pytest.approx(third.champion.auc_macro)
+    assert study.data.metrics["champion_test_ece"] == pytest.approx(third.champion.ece)
+    assert study.data.metrics["champion_test_nll"] == pytest.approx(third.champion.nll)
+    assert study.data.tags["lenstune.champion"] == f"{NAME} v2"
+    text = format_result(third)
+    assert f"compared with champion v2: test AUC {third.champion.auc_macro:.4f}" in text
+    assert f"ECE {third.champion.ece:.4f}, NLL {third.champion.nll:.4f}" in text
