@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['epochs']} epochs, {row['seconds']:.0f} s", flush=True)
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)  # Ray session, studies, MLflow store of this run
     text = render(rows, args, argv, len(arrays["train_labels"]), len(arrays["val_labels"]), load,
                   time.perf_counter() - begin)
     print(text)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"ratio {pair_ratios[-1]:.3f}", flush=True)
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)  # Ray session, studies, MLflow store of this run
     load_end = os.getloadavg()
     bare, trial = statistics.median(bare_rates), statistics.median(trial_rates)
     ratio = statistics.median(pair_ratios)
