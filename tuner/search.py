@@ -84,12 +84,22 @@ def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
                          reduction_factor=reduction_factor)
 
 
-def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe"):
+def tpe_startup_trials(num_samples: int | None) -> int:
+    """Random trials before TPE starts modelling: Optuna's default of 10 would leave a 12-trial
+    study almost entirely random, so small studies start modelling after a third of their
+    trials (at least 2, at most Optuna's 10)."""
+    if num_samples is None:
+        return 10
+    return max(2, min(10, num_samples // 3))
+
+
+def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe", num_samples: int | None = None):
     """Seeded Optuna search (``tpe`` or ``random``) limited to ``max_concurrent`` trials."""
     import optuna
 
     if sampler == "tpe":
-        optuna_sampler = optuna.samplers.TPESampler(seed=seed)
+        optuna_sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=tpe_startup_trials(num_samples))
     elif sampler == "random":
         optuna_sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
@@ -134,7 +144,7 @@ def build_tuner(
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE,
-            search_alg=make_searcher(seed, max_concurrent, sampler),
+            search_alg=make_searcher(seed, max_concurrent, sampler, num_samples),
             scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping),
             num_samples=num_samples,
             time_budget_s=time_budget_s,

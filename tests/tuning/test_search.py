@@ -2,7 +2,13 @@ import math
 
 from ray import tune
 
-from tuner.search import make_scheduler, make_searcher, optuna_importances, trial_resources
+from tuner.search import (
+    make_scheduler,
+    make_searcher,
+    optuna_importances,
+    tpe_startup_trials,
+    trial_resources,
+)
 
 SPACE = {"model": {"depth": tune.randint(2, 6), "width": 8},
          "train": {"lr": tune.loguniform(1e-4, 1e-2)}}
@@ -31,3 +37,10 @@ def test_scheduler_and_searcher_settings():
     assert limiter.max_concurrent == 3
     assert trial_resources(2, 0) == {"cpu": 2}
     assert trial_resources(1, 0.25) == {"cpu": 1, "gpu": 0.25}
+
+
+def test_tpe_models_after_a_third_of_a_small_study():
+    assert [tpe_startup_trials(n) for n in (4, 12, 30, 100)] == [2, 4, 10, 10]
+    assert tpe_startup_trials(None) == 10
+    sampler = make_searcher(seed=0, max_concurrent=2, num_samples=12).searcher._sampler
+    assert sampler._n_startup_trials == 4
