@@ -61,7 +61,7 @@ def test_bad_psf_method_is_rejected():
 def test_noise_variance_matches_model():
     g = torch.Generator().manual_seed(3)
     model = torch.linspace(0.0, 0.5, 128).repeat(128, 1).reshape(1, 1, 128, 128).repeat(8, 1, 1, 1).double()
-    normals = torch.randn((8, 2, 128, 128), generator=g, dtype=torch.float64)
+    normals = torch.randn((8, 1, 128, 128), generator=g, dtype=torch.float64)
     bkg, t = torch.full((8,), 0.01, dtype=torch.float64), torch.full((8,), 1500.0, dtype=torch.float64)
     noisy = add_noise(model, background_rms=bkg, exposure_s=t, normals=normals)
     resid = (noisy - model)[..., 64:]  # columns where Poisson and background both matter

@@ -11,6 +11,7 @@ import torch
 from tuner.lensing.profiles import (
     point_mass_deflection,
     sersic_ellipse,
+    sersic_ellipse_fixed_shape,
     sersic_total_flux,
     shear_deflection,
     sie_deflection,
@@ -105,6 +106,24 @@ def test_sersic_matches_lenstronomy(grid64, dtype):
     ours = sersic_ellipse(x.to(dtype), y.to(dtype), *_t(*kw.values(), dtype=dtype))
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     np.testing.assert_allclose(ours.double().numpy().ravel(), ref, rtol=tol, atol=tol * ref.max())
+
+
+@pytest.mark.parametrize("n", [1.0, 2.5])
+def test_sersic_fixed_shape_matches_lenstronomy(grid64, n):
+    """The simulator's constant-folded Sersic (shape shared by a batch, centres per image)."""
+    from lenstronomy.LightModel.light_model import LightModel
+
+    xs, ys, x, y = grid64
+    shape = {"amp": 20.0, "R_sersic": 0.25, "n_sersic": n, "e1": -0.1, "e2": 0.1}
+    centres = [(0.2, -0.3), (-0.1, 0.05)]
+    ours = sersic_ellipse_fixed_shape(
+        x.float(), y.float(), torch.tensor([c[0] for c in centres]), torch.tensor([c[1] for c in centres]),
+        amp=20.0, r_sersic=0.25, n_sersic=n, e1=-0.1, e2=0.1,
+    )
+    assert ours.shape == (2, x.shape[-1])
+    for row, (cx, cy) in zip(ours, centres):
+        ref = LightModel(["SERSIC_ELLIPSE"]).surface_brightness(xs, ys, [{**shape, "center_x": cx, "center_y": cy}])
+        np.testing.assert_allclose(row.double().numpy(), ref, rtol=1e-5, atol=1e-5 * ref.max())
 
 
 @pytest.mark.parametrize("n", [1.0, 2.5, 4.0])

@@ -118,15 +118,17 @@ def survey_background_rms(
 def add_noise(
     image: Tensor, *, background_rms: Tensor, exposure_s: Tensor, normals: Tensor
 ) -> Tensor:
-    """Noisy image: model + background_rms z1 + sqrt(max(model, 0) t) / t z2.
+    """Noisy image: model + sqrt(background_rms^2 + max(model, 0) / t) z.
 
-    The Poisson term uses its Gaussian approximation, as lenstronomy's ``noise_for_model``:
-    counts per pixel are large here, and drawing from fixed standard normals ``normals``
-    (B, 2, H, W) keeps the random stream independent of the model (so an image without
-    substructure gets the very same noise draws). background_rms and exposure_s are (B,);
-    image units are counts per second per pixel.
+    Background and (Gaussian-approximated) Poisson noise, as lenstronomy's
+    ``noise_for_model``, which draws them as two independent normals; their sum is one normal
+    of the summed variance, so one standard normal per pixel gives the same distribution for
+    half the random numbers. Counts per pixel are large here. Drawing from fixed standard
+    normals ``normals`` (B, 1, H, W) keeps the random stream independent of the model (so an
+    image without substructure gets the very same noise draws). background_rms and
+    exposure_s are (B,); image units are counts per second per pixel.
     """
     bkg = background_rms.reshape(-1, 1, 1, 1)
     t = exposure_s.reshape(-1, 1, 1, 1)
-    poisson_sigma = torch.sqrt(image.clamp(min=0) / t)
-    return torch.addcmul(image, bkg, normals[:, :1]).addcmul_(poisson_sigma, normals[:, 1:2])
+    sigma = torch.sqrt(bkg * bkg + image.clamp(min=0) / t)
+    return torch.addcmul(image, sigma, normals)

@@ -25,7 +25,7 @@ class Draws:
     """All random numbers of a batch of B systems, already mapped to physical values.
 
     exposure_s, source_x, source_y, m_axion_ev, vortex_angle_rad: (B,); cdm_mass_msun,
-    cdm_x, cdm_y: (B, N_cdm) [Msun, arcsec]; normals: (B, 2, H, W) standard normals for noise.
+    cdm_x, cdm_y: (B, N_cdm) [Msun, arcsec]; normals: (B, 1, H, W) standard normals for noise.
     m_axion_ev and the CDM draws exist for every row; the class decides which are used.
     """
 
@@ -67,7 +67,7 @@ def draw_systems(preset: Preset, batch: int, generator: torch.Generator, *, devi
     log_m = _uniform((batch,), ax.log10_m_axion_min_ev, ax.log10_m_axion_max_ev, generator, device, dtype)
     angle = _uniform((batch,), 0.0, 2 * math.pi, generator, device, dtype)
     n = inst.num_pix
-    normals = torch.randn((batch, 2, n, n), generator=generator, **kw)
+    normals = torch.randn((batch, 1, n, n), generator=generator, **kw)
     return Draws(
         exposure_s=exposure,
         source_x=source_xy[:, 0],

@@ -32,7 +32,7 @@ from tuner.lensing.presets import CLASS_NAMES, Preset, get_preset
 from tuner.lensing.profiles import (
     point_mass_deflection,
     point_mass_deflection_dense,
-    sersic_ellipse,
+    sersic_ellipse_fixed_shape,
     sersic_total_flux,
     shear_deflection,
     sie_deflection,
@@ -40,6 +40,7 @@ from tuner.lensing.profiles import (
 
 
 RECOMPILE_LIMIT = 64
+COMPILED_CHUNK = 16  # images per compiled call: (16, P) temporaries stay in cache at 150 px
 
 
 def source_amplitude(preset: Preset) -> float:
@@ -93,78 +94,34 @@ def _host_deflection(x: Tensor, y: Tensor, preset: Preset) -> tuple[Tensor, Tens
     return ax + sx, ay + sy
 
 
-def _source_params(preset: Preset, draws: Draws, rows: Tensor | slice) -> list[Tensor]:
-    """Sersic arguments (amp, R, n, e1, e2, x, y) for ``rows``, each (R,)."""
-    src, cx = preset.source, draws.source_x[rows]
-    consts = [torch.full_like(cx, v) for v in
-              (source_amplitude(preset), src.r_sersic_arcsec, src.n_sersic, src.e1, src.e2)]
-    return [*consts, cx, draws.source_y[rows]]
-
-
-def trace_and_shade(x, y, host_ax, host_ay, theta_e, center_x, center_y, *source) -> Tensor:
-    """Fused hot step for ``torch.compile``: subhalo deflection, ray-trace, Sersic. (C, P)."""
-    px, py = point_mass_deflection_dense(x, y, theta_e, center_x, center_y)
-    return sersic_ellipse(x - host_ax - px, y - host_ay - py, *source)
-
-
-def _enough_recompiles():
-    """Scoped dynamo setting: one static graph per (grid size, point-mass count, dtype, device)
-    is intended; dynamo's default limit (8) would silently fall back to eager, which for the
-    dense point-mass form materialises (C, P, N) and is many times slower."""
-    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
-
-
-@functools.lru_cache(maxsize=1)
-def _compiled_trace_and_shade():
-    return torch.compile(trace_and_shade, dynamic=False)
-
-
-def _shade_compiled(x, y, hx, hy, preset: Preset, draws: Draws, labels: Tensor, groups, chunk: int) -> Tensor:
-    """Compiled path: every class in fixed chunks of ``chunk`` rows (the last one padded), so
-    each (preset, class) compiles once; smooth lenses carry one zero point mass."""
-    b = labels.shape[0]
-    out = torch.empty((b, x.shape[1]), device=x.device, dtype=x.dtype)
-    in_group = torch.zeros(b, dtype=torch.bool, device=labels.device)
-    for rows, *_ in groups:
-        in_group[rows] = True
-    smooth_rows = torch.nonzero(~in_group).squeeze(1)
-    zeros = torch.zeros((smooth_rows.numel(), 1), device=x.device, dtype=x.dtype)
-    fn = _compiled_trace_and_shade()
-    with _enough_recompiles():
-        for rows, theta_e, cx, cy, _ in [(smooth_rows, zeros, zeros, zeros, None), *groups]:
-            source = _source_params(preset, draws, rows)
-            for lo in range(0, rows.numel(), chunk):
-                part = slice(lo, min(lo + chunk, rows.numel()))
-                pad = chunk - (part.stop - part.start)
-                args = [theta_e[part], cx[part], cy[part]] + [s[part] for s in source]
-                if pad:  # repeat the last row to a full chunk; the padding rows' output is dropped
-                    args = [torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) for a in args]
-                out.index_copy_(0, rows[part], fn(x, y, hx, hy, *args)[: chunk - pad])
-    return out
+def source_shape(preset: Preset) -> dict[str, float]:
+    """The Sersic shape shared by every image of the preset: amp, r_sersic, n_sersic, e1, e2."""
+    src = preset.source
+    return dict(amp=source_amplitude(preset), r_sersic=src.r_sersic_arcsec, n_sersic=src.n_sersic,
+                e1=src.e1, e2=src.e2)
 
 
 def lensed_surface_brightness(
-    x: Tensor, y: Tensor, preset: Preset, draws: Draws, labels: Tensor, groups, *, compiled: bool = False,
-    chunk: int = 16,
+    x: Tensor, y: Tensor, host: tuple[Tensor, Tensor], preset: Preset, draws: Draws, labels: Tensor, groups,
 ) -> Tensor:
-    """Source surface brightness seen at the image-plane points (x, y) [arcsec]: (B, P).
+    """Source surface brightness seen at the image-plane points (x, y) [arcsec]: (B, P), eagerly.
 
-    ``groups`` lists the subhalos per class (empty for a smooth lens). ``compiled`` runs the
-    fused step under ``torch.compile``; if compilation fails it warns and runs eagerly.
+    ``host``: the host deflection (1, P) each; ``groups`` lists the subhalos per class (empty
+    for smooth lenses). Without subhalos the (1, P) ray-traced grid broadcasts against the
+    per-image source centres, so no (B, P) deflection is formed.
     """
-    hx, hy = _host_deflection(x, y, preset)
-    if compiled:
-        try:
-            return _shade_compiled(x, y, hx, hy, preset, draws, labels, groups, chunk)
-        except Exception as exc:  # inductor/compiler missing or broken: eager gives the same result
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager", stacklevel=3)
-    ax = hx.expand(labels.shape[0], -1).clone()
-    ay = hy.expand(labels.shape[0], -1).clone()
-    for rows, theta_e, cx, cy, _ in groups:
-        px, py = point_mass_deflection(x, y, theta_e, cx, cy)
-        ax.index_add_(0, rows, px)
-        ay.index_add_(0, rows, py)
-    return sersic_ellipse(x - ax, y - ay, *_source_params(preset, draws, slice(None)))
+    hx, hy = host
+    if groups:
+        ax = hx.expand(labels.shape[0], -1).clone()
+        ay = hy.expand(labels.shape[0], -1).clone()
+        for rows, theta_e, cx, cy, _ in groups:
+            px, py = point_mass_deflection(x, y, theta_e, cx, cy)
+            ax.index_add_(0, rows, px)
+            ay.index_add_(0, rows, py)
+        bx, by = x - ax, y - ay
+    else:
+        bx, by = x - hx, y - hy
+    return sersic_ellipse_fixed_shape(bx, by, draws.source_x, draws.source_y, **source_shape(preset))
 
 
 def observe(
@@ -187,9 +144,62 @@ def observe(
     return image
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_observe():
-    return torch.compile(observe)
+def render_chunk(
+    x, y, host_ax, host_ay, psf_taps, source_x, source_y, exposure_s, normals, bkg, theta_e=None, center_x=None,
+    center_y=None, *, shape: tuple[tuple[str, float], ...], static: tuple[tuple[str, object], ...],
+) -> Tensor:
+    """The whole pipeline for C images of one class, fused by ``torch.compile``: (C, 1, n, n).
+
+    Subhalo deflection (none when ``theta_e`` is None), ray-trace, Sersic, binning, PSF, noise,
+    normalisation. Every per-image step is row-wise, so chunks of a batch are independent;
+    ``shape`` (the Sersic shape) and ``static`` (observe's fixed settings) are constants of
+    the compiled graph.
+    """
+    bx, by = x - host_ax, y - host_ay
+    if theta_e is not None:
+        px, py = point_mass_deflection_dense(x, y, theta_e, center_x, center_y)
+        bx, by = bx - px, by - py
+    sb = sersic_ellipse_fixed_shape(bx, by, source_x, source_y, **dict(shape))
+    return observe(sb, psf_taps=psf_taps, background_rms=bkg, exposure_s=exposure_s, normals=normals,
+                   **dict(static))
+
+
+def _enough_recompiles():
+    """Scoped dynamo setting: one static graph per (preset, class, flags, dtype, device) is
+    intended; dynamo's default limit (8) would silently fall back to eager, which for the
+    dense point-mass form materialises (C, P, N) and is many times slower."""
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_render(shape: tuple, static: tuple):
+    return torch.compile(functools.partial(render_chunk, shape=shape, static=static), dynamic=False)
+
+
+def _render_compiled(x, y, host, psf_taps, draws: Draws, bkg: Tensor, labels: Tensor, groups, shape: dict,
+                     static: dict, chunk: int) -> Tensor:
+    """Compiled path: every class in fixed chunks of ``chunk`` rows (the last one padded by
+    repeating a real row), so each (preset, class, flags) compiles once."""
+    b = labels.shape[0]
+    n = static["num_pix"]
+    out = torch.empty((b, 1, n, n), device=x.device, dtype=x.dtype)
+    in_group = torch.zeros(b, dtype=torch.bool, device=labels.device)
+    for rows, *_ in groups:
+        in_group[rows] = True
+    smooth_rows = torch.nonzero(~in_group).squeeze(1)
+    fn = _compiled_render(tuple(shape.items()), tuple(static.items()))
+    with _enough_recompiles():
+        for rows, *masses in [(smooth_rows,), *[g[:4] for g in groups]]:
+            per_row = [draws.source_x[rows], draws.source_y[rows], draws.exposure_s[rows], draws.normals[rows],
+                       bkg[rows], *masses]
+            for lo in range(0, rows.numel(), chunk):
+                part = slice(lo, min(lo + chunk, rows.numel()))
+                pad = chunk - (part.stop - part.start)
+                args = [a[part] for a in per_row]
+                if pad:  # the padding rows' output is dropped
+                    args = [torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) for a in args]
+                out.index_copy_(0, rows[part], fn(x, y, *host, psf_taps, *args)[: chunk - pad])
+    return out
 
 
 def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.device) -> None:
@@ -225,9 +235,10 @@ def simulate_batch(
         substructure: False renders the same systems without subhalos/vortex (same draws).
         noise: False returns the noise-free model (same draws consumed).
         normalize: min-max normalise each image to [0, 1] (DeepLense convention).
-        compiled: run the ray-tracing + source step under ``torch.compile`` (several times
-            faster for large batches; the first call per preset and class compiles for
-            seconds; falls back to eager with a warning if compilation fails).
+        compiled: run the whole per-image pipeline (ray-tracing, source, PSF, noise,
+            normalisation) under ``torch.compile`` in fixed chunks (several times faster for
+            large batches; the first call per preset, class and flags compiles for seconds;
+            falls back to eager with a warning if compilation fails). Same draws either way.
 
     Returns:
         images (B, 1, H, W) on ``device`` in ``dtype`` (counts/s per pixel unless normalised),
@@ -246,22 +257,24 @@ def simulate_batch(
     groups = _subhalo_groups(p, draws, labels)
 
     x, y = pixel_grid(inst.num_pix, inst.pixel_scale_arcsec, inst.supersampling, device=device, dtype=dtype)
-    sb = lensed_surface_brightness(x, y, p, draws, labels, groups if substructure else [], compiled=compiled)
+    host = _host_deflection(x, y, p)
+    rendered = groups if substructure else []
     bkg = torch.full((b,), background_rms(p), device=device, dtype=dtype)
     sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
-    kwargs = dict(num_pix=inst.num_pix, supersampling=inst.supersampling, pixel_area=inst.pixel_scale_arcsec**2,
-                  psf_taps=gaussian_kernel_1d(sigma_px, inst.psf_truncation_sigma, device=device, dtype=dtype),
-                  background_rms=bkg,
-                  exposure_s=draws.exposure_s, normals=draws.normals, noise=noise, normalize=normalize)
+    psf_taps = gaussian_kernel_1d(sigma_px, inst.psf_truncation_sigma, device=device, dtype=dtype)
+    static = dict(num_pix=inst.num_pix, supersampling=inst.supersampling, pixel_area=inst.pixel_scale_arcsec**2,
+                  noise=noise, normalize=normalize)
     image = None
     if compiled:
         try:
-            with _enough_recompiles():
-                image = _compiled_observe()(sb, **kwargs)
-        except Exception as exc:  # see lensed_surface_brightness
+            image = _render_compiled(x, y, host, psf_taps, draws, bkg, labels, rendered, source_shape(p), static,
+                                     chunk=COMPILED_CHUNK)
+        except Exception as exc:  # inductor/compiler missing or broken: eager gives the same result
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager", stacklevel=2)
     if image is None:
-        image = observe(sb, **kwargs)
+        sb = lensed_surface_brightness(x, y, host, p, draws, labels, rendered)
+        image = observe(sb, psf_taps=psf_taps, background_rms=bkg, exposure_s=draws.exposure_s,
+                        normals=draws.normals, **static)
     return image, _parameters(p, labels, draws, groups, bkg, substructure)
 
 
