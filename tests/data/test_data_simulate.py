@@ -137,3 +137,28 @@ def test_cli_split_options_and_bad_values(tmp_path, cli_backend, capsys):
     assert simulate_main(["--preset", "nope", "--n-per-class", "10", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "allowed: fake16, fake24" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_compile_choice_resolves_and_reaches_the_simulator(tmp_path, fake_backend, monkeypatch, capsys):
+    assert simulate_mod.resolve_compile("auto", 1000, 64) is False  # micro datasets stay eager
+    assert simulate_mod.resolve_compile(None, 10**5, 64) is True
+    assert simulate_mod.resolve_compile("no", 10**9, 150) is False and simulate_mod.resolve_compile(True, 1, 8)
+    with pytest.raises(DatasetError, match="auto, yes, no"):
+        simulate_dataset(tmp_path / "bad", "fake16", split_counts(5), compile="sometimes", backend=fake_backend)
+    seen, real = [], fake_backend.simulate_batch
+
+    def recording(*args, compiled=False, **kwargs):
+        seen.append(compiled)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulate_mod, "default_backend", lambda: fake_backend)
+    monkeypatch.setattr(fake_backend, "simulate_batch", recording)
+    base = ["--preset", "fake16", "--n-per-class", "10", "--batch-size", "4", "--quiet"]
+    assert simulate_main(base + ["--out", str(tmp_path / "c"), "--compile"]) == 0
+    assert seen and all(seen)
+    seen.clear()
+    assert simulate_main(base + ["--out", str(tmp_path / "e")]) == 0  # auto: 30 images of 16 px
+    assert seen and not any(seen)
+    assert read_meta(tmp_path / "c").digest == read_meta(tmp_path / "e").digest  # the fake ignores the flag
+    recorded = {name: getattr(read_meta(tmp_path / name), "compiled", None) for name in ("c", "e")}
+    assert recorded in ({"c": True, "e": False}, {"c": None, "e": None})  # None: meta without the field

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tuner.data.simulate import DEFAULT_BLOCK_SIZE, DEFAULT_FRACTIONS, simulate_dataset, split_counts
+from tuner.data.simulate import (
+    AUTO_COMPILE_MIN_PIXELS,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_FRACTIONS,
+    simulate_dataset,
+    split_counts,
+)
 from tuner.data.store import DatasetError
 
 
@@ -33,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--split-counts", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=None,
         help="explicit images per class per split (overrides --n-per-class)",
     )
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="run the simulator under torch.compile (same draws; seconds of compilation per class). "
+        f"Default: compile when the dataset has >= {AUTO_COMPILE_MIN_PIXELS:.0e} pixels (images x H x W)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing dataset at --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -44,7 +55,7 @@ def main(argv: list[str]) -> int:
         counts = split_counts(args.n_per_class, args.split_fractions, args.split_counts)
         meta = simulate_dataset(
             args.out, args.preset, counts, seed=args.seed, device=args.device, img_size=args.img_size,
-            block_size=args.batch_size, force=args.force, progress=not args.quiet,
+            block_size=args.batch_size, force=args.force, progress=not args.quiet, compile=args.compile,
         )
     except (DatasetError, ValueError) as exc:
         print(f"lenstune simulate: {exc}", file=sys.stderr)
