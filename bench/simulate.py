@@ -205,8 +205,10 @@ def render_markdown(rows, args, peak: float, batch: int, n_lenstronomy: int) -> 
                          f" {min(ups_noise):.1f}x to {max(ups_noise):.1f}x lenstronomy image + noise.")
     lines += [
         "- The bound counts only the point-mass sum; with 25 masses the rest of the pipeline (host, source,"
-        " 2 x H x W noise normals, PSF, normalisation) dominates, with 100 masses the compiled step gets"
+        " H x W noise normals, PSF, normalisation) dominates, with 100 masses the compiled step gets"
         " within the last column's factor of the bound.",
+        "- Smooth lenses (no_sub): the pipeline is the host deflection (once per batch), the Sersic source,"
+        " PSF, one standard normal per pixel (torch's CPU generator: the largest single cost) and normalisation.",
         "- First compiled call: compilation time for the first class of a preset (later classes reuse"
         " inductor's on-disk cache; a cold cache costs several seconds per new shape, more on a loaded machine).",
     ]
