@@ -63,7 +63,8 @@ def substructure_residuals(
         start = block * block_size
         block_labels = labels[start : start + block_size]
         seed = block_seed(meta.seed, split.name, block)
-        kwargs = dict(seed=seed, block_size=block_size, device=device, img_size=size)
+        kwargs = dict(seed=seed, block_size=block_size, device=device, img_size=size,
+                      compiled=bool(meta.compiled))
         again, _ = simulate_block(backend, meta.preset, block_labels, **kwargs)
         lumpy, _ = simulate_block(backend, meta.preset, block_labels, noise=False, normalize=False, **kwargs)
         smooth, _ = simulate_block(

@@ -268,7 +268,7 @@ def simulate_dataset(
             device=str(device),
             block_size=block_size,
             native_image_size=native,
-            **({"compiled": compiled} if "compiled" in DatasetMeta.model_fields else {}),
+            compiled=compiled,
         )
         write_meta(tmp, meta)
     return meta

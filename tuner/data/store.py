@@ -49,7 +49,8 @@ class DatasetMeta(BaseModel):
     ``split_digests`` hold one SHA-256 per split, ``digest`` the SHA-256 over them in SPLITS order.
     ``block_size`` and ``native_image_size`` are set for simulated data: images were simulated in
     blocks of ``block_size`` (one generator per block) at the preset's ``native_image_size`` and
-    resized to ``image_size`` when they differ.
+    resized to ``image_size`` when they differ. ``compiled``: whether the simulator ran under
+    ``torch.compile`` (its images agree with eager ones to ~1e-4, not bitwise).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -68,6 +69,7 @@ class DatasetMeta(BaseModel):
     device: str | None = None
     block_size: int | None = None
     native_image_size: int | None = None
+    compiled: bool | None = None
     source_path: str | None = None
 
     def n_images(self, split: str) -> int:
