@@ -74,3 +74,59 @@ def _build() -> SimpleNamespace:
         )
         data.models = [train_tiny(train, seed=s) for s in range(3)]
     return data
+
+
+# ---- lensing micro problem -------------------------------------------------------------------
+# A micro LeViT (the levit micro profile's architecture) trained 3 epochs on simulated Model II
+# images at 32 px (1680 training images): ~60% test accuracy, a few seconds of CPU.
+LEVIT_MICRO = dict(embed_dim=[32, 48], num_heads=[2, 3], depth=[1, 1], key_dim=8, stem_stride=8, drop_rate=0.2)
+LEVIT_TRAIN = dict(lr=2e-3, weight_decay=0.01, warmup_epochs=0, batch_size=32, label_smoothing=0.0,
+                   aug_rotation=True, aug_flip=True, aug_strength=0.5)
+
+
+def add_noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    """Images (N, 1, H, W) in [0, 1] + N(0, sigma^2) per pixel, then min-max normalised per image."""
+    g = torch.Generator().manual_seed(seed)
+    x = images + sigma * torch.randn(images.shape, generator=g)
+    lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def train_levit_micro(train, *, epochs: int, seed: int) -> nn.Module:
+    from tuner.models import build_model
+    from tuner.search_space import TrainHParams
+    from tuner.training.loop import make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
+
+    torch.manual_seed(seed)
+    model = build_model("levit", img_size=32, **LEVIT_MICRO)
+    hp = TrainHParams(**LEVIT_TRAIN)
+    opt = make_optimizer(model, hp)
+    sched = make_scheduler(opt, hp, steps_per_epoch=steps_per_epoch(len(train.labels), hp.batch_size), max_epochs=epochs)
+    order, aug = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 10_000)
+    for _ in range(epochs):
+        train_one_epoch(model, train.images, train.labels, optimizer=opt, scheduler=sched, hp=hp,
+                        device=torch.device("cpu"), img_size=32, generator=order, aug_generator=aug)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def lensing_micro(tmp_path_factory):
+    """Model II at 32 px (800 per class: train/val/test 1680/360/360), its test images with extra
+    noise sigma 0.1 on the [0, 1] scale (re-normalised), and one trained micro LeViT."""
+    from tuner.data import ensure_simulated, load_split
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            root = ensure_simulated(tmp_path_factory.mktemp("lensing") / "model_ii", "model_ii", 800, seed=0, img_size=32)
+            train, test = (load_split(root, s) for s in ("train", "test"))
+            train = SimpleNamespace(images=train.images.clone(), labels=train.labels.clone())
+            data = SimpleNamespace(
+                train=train, test_images=test.images.clone(), test_labels=test.labels.clone(),
+                noisy_images=add_noise(test.images.clone(), 0.1, seed=123),
+                model=train_levit_micro(train, epochs=3, seed=0),
+            )
+        yield data
+    finally:
+        torch.set_num_threads(threads)
