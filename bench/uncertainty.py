@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuner import metrics
 from tuner.uncertainty.conformal import ConformalConfig
+from tuner.uncertainty.predictive import Deterministic
 from tuner.uncertainty.report import evaluate, fit_method
 
 # ---- synthetic problem (16 px blobs) -----------------------------------------------------------
@@ -175,6 +177,12 @@ def run_methods(problem: dict, args) -> list[tuple[str, dict]]:
             ("conformal APS", "conformal", {"conformal": ConformalConfig(score="aps", alpha=0.1)}),
             ("conformal RAPS", "conformal", {"conformal": ConformalConfig(score="raps", alpha=0.1)})]
     rows = []
+    # the ensemble's members one by one: is the ensemble better calibrated than each of them?
+    member_ece = []
+    for member in problem["models"]:
+        probs = Deterministic(member).predict(problem["test"].images).probs.double().numpy()
+        member_ece.append(metrics.ece(probs, problem["test"].labels.numpy()))
+    problem["member_ece"] = member_ece
     for label, name, kw in runs:
         models = problem["hyper_pool"] if name == "hyper_ensemble" else problem["models"]
         fitted = fit_method(name, models, problem["val"], train=problem["train"], **kw)
@@ -225,7 +233,7 @@ def tables(rows: list[tuple[str, dict]], shifts: list[str], n_test: int) -> list
     return lines
 
 
-def summary(rows: list[tuple[str, dict]], shifts: list[str]) -> list[str]:
+def summary(rows: list[tuple[str, dict]], shifts: list[str], member_ece: list[float]) -> list[str]:
     """Statements read off the tables above (computed, so a rerun keeps them true)."""
     lines = ["Summary (computed from the tables):", ""]
     for s in shifts:
@@ -240,6 +248,9 @@ def summary(rows: list[tuple[str, dict]], shifts: list[str]) -> list[str]:
                      f"{', '.join(up) or 'no method'}; not higher for {', '.join(down) or 'no method'}. "
                      f"Best OOD AUROC {best_auc:.4f} ({best[0]}).{collapse}")
     base = rows[0][1]
+    ens = next(m for label, m in rows if label.startswith("ensemble"))
+    lines.append(f"- Deep-ensemble ECE {ens['ece']:.4f}; its members' ECE (same test images): "
+                 f"{', '.join(f'{e:.4f}' for e in member_ece)} (ensemble <= every member: {ens['ece'] <= min(member_ece)}).")
     better = [label for label, m in rows[1:] if m["ece"] < base["ece"]]
     lines.append(f"- In-distribution ECE below plain's ({base['ece']:.4f}) for: {', '.join(better) or 'no method'}.")
     return lines
@@ -294,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *tables(rows, list(problem["shifts"]), len(problem["test"].labels)),
         "",
-        *summary(rows, list(problem["shifts"])),
+        *summary(rows, list(problem["shifts"]), problem["member_ece"]),
         "",
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
