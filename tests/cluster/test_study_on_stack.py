@@ -23,7 +23,8 @@ def stack_study(tracking_stack, micro_dataset, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("stack-study")
     ray_tmp = Path(tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp"))
-    cmd = study_command(tracking_stack.tracking_uri, "stack-study", micro_dataset, tmp / "runs")
+    # Promotion is exercised explicitly below, against the same stack.
+    cmd = study_command(tracking_stack.tracking_uri, "stack-study", micro_dataset, tmp / "runs", "--no-promote")
     try:
         result = subprocess.run(cmd, env=ray_env(tmp, ray_tmp), capture_output=True, text=True, timeout=600)
     finally:
@@ -58,6 +59,8 @@ def test_promotion_registers_the_champion_and_it_loads_back_from_s3(stack_study,
     client = MlflowClient(stack_study.tracking_uri)
     champion = client.get_model_version_by_alias(result.model_name, "champion")
     assert str(champion.version) == result.version
+    again = promote_champion("stack-study", tracking_uri=stack_study.tracking_uri, echo=lambda _: None)
+    assert again.decision == "unchanged"
     # The registered files are in the S3 bucket, not on the server's disk.
     keys = servers.list_objects(stack_study.s3_endpoint, stack_study.bucket)
     assert any(f"{result.trial_run_id}/artifacts/registered_model/" in k for k in keys)
