@@ -97,10 +97,10 @@ def study_data_root(model_uri: str, tracking_uri: str | None) -> Path | None:
     from mlflow import MlflowClient
 
     from tuner.promotion import PromotionError, _resolve_data_root
-    from tuner.uncertainty.cli import _run_id_of
+    from tuner.registry_model import model_run_id
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    run = client.get_run(_run_id_of(model_uri, tracking_uri))
+    run = client.get_run(model_run_id(model_uri, tracking_uri))
     parent = run.data.tags.get("mlflow.parentRunId")
     study = client.get_run(parent) if parent else run
     try:

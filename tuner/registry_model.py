@@ -316,6 +316,16 @@ def find_model_files(model_dir: Path) -> tuple[Path, Path]:
     )
 
 
+def _model_version(client, uri: str):
+    """The registry's ModelVersion behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    ref = uri[len("models:/") :].strip("/")
+    if "@" in ref:
+        return client.get_model_version_by_alias(*ref.split("@", 1))
+    if "/" in ref:
+        return client.get_model_version(*ref.rsplit("/", 1))
+    raise ValueError(f"model URI {uri!r} names no version or alias: use models:/NAME@ALIAS")
+
+
 def resolve_model_uri(uri: str, tracking_uri: str | None) -> str:
     """The artifact location behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, looked
     up in the registry at ``tracking_uri``; other URIs are returned unchanged.
@@ -328,15 +338,21 @@ def resolve_model_uri(uri: str, tracking_uri: str | None) -> str:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    ref = uri[len("models:/") :].strip("/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
-    elif "/" in ref:
-        name, version = ref.rsplit("/", 1)
-    else:
-        raise ValueError(f"model URI {uri!r} names no version or alias: use models:/NAME@ALIAS")
-    return client.get_model_version_download_uri(name, str(version))
+    version = _model_version(client, uri)
+    return client.get_model_version_download_uri(version.name, str(version.version))
+
+
+def model_run_id(uri: str, tracking_uri: str | None) -> str | None:
+    """The MLflow run a ``runs:/RUN_ID/...`` or ``models:/...`` model came from (registry at
+    ``tracking_uri``); None for a local folder."""
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/", 1)[0]
+    if not uri.startswith("models:/"):
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return _model_version(client, uri).run_id
 
 
 def load_registered(

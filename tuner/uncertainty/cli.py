@@ -56,12 +56,12 @@ def load_model(uri: str, tracking_uri: str | None):
         model, config = load_checkpoint(local)
         names = tuple(config.get("class_names") or ("no_sub", "cdm", "axion"))
         return ResizedMember(model, int(config["img_size"])).eval(), names, None
-    from tuner.registry_model import load_registered
+    from tuner.registry_model import load_registered, model_run_id
 
     model, config = load_registered(uri, tracking_uri=tracking_uri)
     if not config.is_ensemble:
         model = ResizedMember(model, config.img_size).eval()
-    return model, tuple(config.class_names), _run_id_of(uri, tracking_uri)
+    return model, tuple(config.class_names), model_run_id(uri, tracking_uri)
 
 
 def expand_ensembles(models: list, method: str) -> tuple[list, list[float] | None]:
@@ -83,21 +83,6 @@ def expand_ensembles(models: list, method: str) -> tuple[list, list[float] | Non
         members += parts
         weights += list(m.weights) if isinstance(m, WeightedEnsemble) else [1.0]
     return members, weights if method == "ensemble" else None
-
-
-def _run_id_of(uri: str, tracking_uri: str | None) -> str | None:
-    if uri.startswith("runs:/"):
-        return uri[len("runs:/"):].split("/", 1)[0]
-    if not uri.startswith("models:/"):
-        return None
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    ref = uri[len("models:/"):].strip("/")
-    if "@" in ref:
-        return client.get_model_version_by_alias(*ref.split("@", 1)).run_id
-    name, version = ref.rsplit("/", 1)
-    return client.get_model_version(name, version).run_id
 
 
 def main(argv: list[str] | None = None) -> int:
