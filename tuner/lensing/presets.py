@@ -80,8 +80,9 @@ class Instrument(_Frozen):
     ``noise_model="background_poisson"``: Gaussian background of rms ``background_rms`` plus
     Poisson noise of the model counts over ``exposure_s`` (Model I). ``"survey"``: background
     from sky brightness and read noise over ``num_exposures`` x ``exposure_s``, Poisson noise
-    of the source, counts from ``zero_point`` (lenstronomy's SimAPI conventions, e- units,
-    divided by ``gain`` to give ADU).
+    of the source, counts from ``zero_point`` (lenstronomy's SimAPI conventions in e- units:
+    images stay in e-/s, so ``gain_e_per_adu`` is recorded but never applied; it would only
+    rescale ADU images, which min-max normalisation removes anyway).
     """
 
     num_pix: int
