@@ -26,9 +26,9 @@ from tuner.data.store import (
     staged_dataset,
     write_meta,
 )
+from tuner.lensing.presets import CLASS_NAMES
 
-CLASS_NAMES: tuple[str, ...] = ("no_sub", "cdm", "axion")
-# DeepLense folder name -> our class name
+# DeepLense folder name -> our class name (labels index the simulator's CLASS_NAMES)
 CLASS_FOLDERS: dict[str, str] = {
     "no": "no_sub", "no_sub": "no_sub",
     "sphere": "cdm", "cdm": "cdm",
