@@ -49,3 +49,22 @@ def test_methods_that_do_not_apply_fail_clearly(promoted, tracking, toy_data, tm
     assert uncertainty_main([*base, "--method", "ensemble", "--out", str(tmp_path / "b")]) == 1
     assert "needs at least 2 models" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_nothing_is_written_when_there_is_nowhere_to_log(promoted, tracking, toy_data, tmp_path, capsys):
+    import mlflow
+
+    from tuner.registry_model import resolve_model_uri
+
+    uri = tracking[0]
+    local = mlflow.artifacts.download_artifacts(resolve_model_uri(CHAMPION, uri),
+                                                dst_path=str(tmp_path / "model"), tracking_uri=uri)
+    out = tmp_path / "r"
+    base = ["--method", "temperature", "--data", str(toy_data), "--out", str(out)]
+    assert uncertainty_main([*base, "--model", local, "--tracking-uri", uri]) == 1
+    assert "no MLflow run to log into" in capsys.readouterr().err and not out.exists()
+
+    missing = tmp_path / "missing.db"
+    assert uncertainty_main([*base, "--model", CHAMPION, "--tracking-uri", f"sqlite:///{missing}"]) == 1
+    assert "no MLflow database" in capsys.readouterr().err
+    assert not out.exists() and not missing.exists()

@@ -99,21 +99,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         return fail(f"--out {args.out} already exists; choose a new folder")
     from tuner.data import DatasetError, load_split
+    from tuner.promotion_cli import check_tracking_store, default_tracking_uri, quiet_mlflow
     from tuner.uncertainty.conformal import ConformalConfig
     from tuner.uncertainty.report import evaluate, fit_method, log_report
 
-    tracking_uri = args.tracking_uri
-    if tracking_uri is None and not args.no_mlflow:
-        from tuner.promotion_cli import default_tracking_uri
-
-        tracking_uri = default_tracking_uri()
+    quiet_mlflow()
+    # registry lookups and logging use the same store (also with --no-mlflow, which only
+    # skips the logging)
+    tracking_uri = args.tracking_uri or default_tracking_uri()
     tmp = None
     try:
+        if any(uri.startswith(("models:/", "runs:/")) for uri in args.model):
+            check_tracking_store(tracking_uri)
         splits = {s: load_split(args.data, s) for s in ("val", "test")}
         train = load_split(args.data, "train") if args.method == "laplace" else None
         shifts = {d.name: load_split(d, "test") for d in args.shift_data}
         loaded = [load_model(uri, tracking_uri) for uri in args.model]
         models, names, run_id = [m for m, _, _ in loaded], loaded[0][1], args.run_id or loaded[0][2]
+        if run_id is None and not args.no_mlflow:  # refused before any report is written
+            return fail("no MLflow run to log into: pass --run-id or a registered model, or use --no-mlflow")
         models, weights = expand_ensembles(models, args.method)
         if tuple(splits["test"].meta.class_names) != tuple(names):
             return fail(f"dataset classes {list(splits['test'].meta.class_names)} differ from the model's {list(names)}")
@@ -138,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key.split('/')[0]}: OOD AUROC (entropy) {m[key]:.4f}")
     print(f"report written to {args.out}")
     if not args.no_mlflow:
-        if run_id is None:
-            return fail("no MLflow run to log into: pass --run-id or a registered model, or use --no-mlflow")
         log_report(report, run_id, tracking_uri=tracking_uri, out_dir=args.out)
         print(f"logged to MLflow run {run_id}")
     return 0
