@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuner.models.scratch import MLP, DropPath, drop_path_schedule
+from tuner.models.scratch import Block, drop_path_schedule
 
 
 def stripe_mask(h: int, w: int, sw: int, horizontal: bool, device=None) -> torch.Tensor:
@@ -60,21 +60,6 @@ class CrossShapedAttention(nn.Module):
         return self.proj(out)
 
 
-class CSWinBlock(nn.Module):
-    """Pre-norm block: x + CSWin-Attn(LN(x)), x + MLP(LN(x)) (paper eq. 5)."""
-
-    def __init__(self, dim: int, num_heads: int, split_size: int, mlp_ratio: float, drop_path: float):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = CrossShapedAttention(dim, num_heads, split_size)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class CSWin(nn.Module):
     """Conv stem (/4) -> stages of CSWin blocks joined by stride-2 convs -> mean token -> logits."""
 
@@ -87,8 +72,9 @@ class CSWin(nn.Module):
         self.stages, self.merges = nn.ModuleList(), nn.ModuleList()
         widths = [dim * 2 ** i for i in range(len(depths))]
         for i, (depth, n_heads, sw) in enumerate(zip(depths, heads, split_sizes)):
-            self.stages.append(nn.ModuleList(
-                CSWinBlock(widths[i], n_heads, sw, mlp_ratio, next(rates)) for _ in range(depth)))
+            self.stages.append(nn.ModuleList(  # pre-norm blocks of CSWin attention (paper eq. 5)
+                Block(widths[i], n_heads, mlp_ratio, 0.0, next(rates),
+                      attn=CrossShapedAttention(widths[i], n_heads, sw)) for _ in range(depth)))
             if i + 1 < len(depths):  # merge: halve the map, double the width
                 self.merges.append(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1))
         self.norm = nn.LayerNorm(widths[-1])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuner.models.scratch import MLP, DropPath, drop_path_schedule
+from tuner.models.scratch import Block, drop_path_schedule
 
 
 class ConvEmbedding(nn.Module):
@@ -71,21 +71,6 @@ class ConvAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
-class ConvBlock(nn.Module):
-    """Pre-norm block with convolutional attention; needs the map size (h, w) for its convs."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, kv_stride: int, drop_path: float):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = ConvAttention(dim, num_heads, kv_stride)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class CvT(nn.Module):
     """Stages of [conv token embedding -> conv-attention blocks]; mean of the last tokens -> logits."""
 
@@ -97,8 +82,9 @@ class CvT(nn.Module):
         c_in = in_chans
         for dim, depth, n_heads, k, s in zip(dims, depths, heads, kernels, strides):
             self.embeds.append(ConvEmbedding(c_in, dim, k, s))
-            self.stages.append(nn.ModuleList(
-                ConvBlock(dim, n_heads, mlp_ratio, kv_stride, next(rates)) for _ in range(depth)))
+            self.stages.append(nn.ModuleList(  # pre-norm blocks of convolutional attention
+                Block(dim, n_heads, mlp_ratio, 0.0, next(rates),
+                      attn=ConvAttention(dim, n_heads, kv_stride)) for _ in range(depth)))
             c_in = dim
         self.norm = nn.LayerNorm(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)

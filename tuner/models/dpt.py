@@ -69,11 +69,9 @@ class SpatialReductionAttention(nn.Module):
             raise ValueError(f"dpt width {dim} must be divisible by its heads {num_heads}")
         self.num_heads, self.sr = num_heads, sr
         self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
-        self.hw = (0, 0)  # set by the stage before each call: attention needs the map shape
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        h, w = self.hw
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        B, N, D = x.shape  # tokens of an h x w map
         nh = self.num_heads
         q = self.q(x).reshape(B, N, nh, D // nh).transpose(1, 2)  # (B, nh, N, d)
         src = x
@@ -114,8 +112,7 @@ class DPT(nn.Module):
                 grid = tokens.transpose(1, 2).reshape(B, -1, h, w)
                 tokens, h, w = self.embeds[i - 1](grid)  # (B, N/4, D_i)
             for block in blocks:
-                block.attn.hw = (h, w)
-                tokens = block(tokens)
+                tokens = block(tokens, h, w)
         return self.head(self.head_drop(self.norm(tokens.mean(dim=1))))  # (B, num_classes)
 
 

@@ -2,7 +2,7 @@
 
 Read top to bottom: image -> patches -> tokens (+ position) -> N x [pre-norm attention, pre-norm
 MLP] -> pooled token -> logits. Nothing is imported from timm; the other families written here
-(CCT, DPT) reuse ``Block``. Shapes: B batch, C channels, H=W image side, P patch side,
+(CCT, DPT, CvT, CSWin) reuse ``Block``. Shapes: B batch, C channels, H=W image side, P patch side,
 N = (H/P)^2 patch tokens, D embedding width, h heads, d = D/h width per head.
 """
 
@@ -78,7 +78,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) (ViT eqs. 2-3)."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) (ViT eqs. 2-3).
+
+    ``attn`` replaces the plain self-attention (CvT, CSWin, DPT); attentions that work on the 2D
+    token map get its size (h, w) through ``forward(x, h, w)``.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0,
                  drop_path: float = 0.0, attn: nn.Module | None = None):
@@ -88,8 +92,8 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, *map_size: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), *map_size))  # x: (B, N, D)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
