@@ -98,17 +98,11 @@ class Uniform(_Range):
         return float(rng.uniform(self.low, self.high))
 
 
-class IntRange(_Strict):
+class IntRange(_Range):
     type: Literal["int"]
     low: int
     high: int  # inclusive
     step: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        return self
 
     def tune(self):
         from ray import tune
@@ -180,7 +174,7 @@ class Profile(_Strict):
 
 class SearchSpaceFile(_Strict):
     family: str
-    profiles: dict[Literal["gpu", "micro"], Profile]
+    profiles: dict[Literal[PROFILES], Profile]
 
 
 class SearchSpace(_Strict):
