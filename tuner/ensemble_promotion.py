@@ -21,16 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from tuner.promotion import (
-    PromotionError,
     PromotionResult,
     TAG_DECISION,
-    _client,
     _eval_tags,
-    _resolve_data_root,
     default_model_name,
     evaluate,
-    find_study,
-    list_trials,
     reevaluate_champion,
     settle_champion,
 )
@@ -40,6 +35,13 @@ from tuner.registry_model import (
     load_network,
     predict_probs,
     save_registry_model,
+)
+from tuner.study_runs import (
+    PromotionError,
+    find_study,
+    list_trials,
+    mlflow_client,
+    resolve_data_root,
 )
 
 ENSEMBLE = "ensemble"  # alias of the newest registered hyper-ensemble
@@ -165,14 +167,14 @@ def register_hyper_ensemble(
 
     if top_k < 2:
         raise PromotionError(f"a hyper-ensemble needs top_k >= 2, got {top_k}")
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     study = find_study(client, experiment, study_run_id)
     sid = study.info.run_id
     trials = top_completed(list_trials(client, study.info.experiment_id, sid), top_k)
     if len(trials) < 2:
         raise PromotionError(f"a hyper-ensemble needs at least 2 completed trials; study {sid} "
                              f"has {len(trials)}")
-    root = _resolve_data_root(study, data_root)
+    root = resolve_data_root(study, data_root)
     val, test = load_split(root, "val"), load_split(root, "test")
     name = model_name or default_model_name(test.meta, root)
     key = f"{sid}:top{top_k}"

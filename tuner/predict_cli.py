@@ -96,7 +96,7 @@ def study_data_root(model_uri: str, tracking_uri: str | None) -> Path | None:
         return None
     from mlflow import MlflowClient
 
-    from tuner.promotion import PromotionError, _resolve_data_root
+    from tuner.study_runs import PromotionError, resolve_data_root
     from tuner.registry_model import model_run_id
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -104,7 +104,7 @@ def study_data_root(model_uri: str, tracking_uri: str | None) -> Path | None:
     parent = run.data.tags.get("mlflow.parentRunId")
     study = client.get_run(parent) if parent else run
     try:
-        return _resolve_data_root(study, None)
+        return resolve_data_root(study, None)
     except PromotionError:
         return None
 

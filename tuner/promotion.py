@@ -34,31 +34,19 @@ from tuner.registry_model import (
     predict_probs,
     save_registry_model,
 )
+from tuner.study_runs import (
+    PromotionError,
+    TrialSummary,
+    best_completed,
+    find_study,
+    list_trials,
+    mlflow_client,
+    resolve_data_root,
+)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_TRIAL = "lenstune.trial_run_id"
 TAG_DECISION = "lenstune.decision"
-# Fallbacks when a study run logged no dataset input: its ``data`` param (StudyConfig.data) or tag.
-_DATA_ROOT_KEYS = ("data", "lenstune.data_root")
-
-
-class PromotionError(ValueError):
-    """Nothing can be promoted: no study, no completed trial, data that does not match, ..."""
-
-
-class TrialSummary(BaseModel):
-    """A trial run as promotion sees it. ``val_auc``: best validation macro AUC over epochs."""
-
-    model_config = ConfigDict(frozen=True)
-
-    run_id: str
-    family: str
-    trial_id: str
-    stop_reason: str
-    val_auc: float
-    epochs: int
-    start_time_ms: int
-    end_time_ms: int | None
 
 
 class Evaluation(BaseModel):
@@ -101,78 +89,6 @@ class PromotionResult(BaseModel):
     message: str
 
 
-def _client(tracking_uri: str | None):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _all_runs(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def find_study(client, experiment: str, study_run_id: str | None = None):
-    """The study run (``lenstune.kind=study``): ``study_run_id`` or the newest in ``experiment``."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise PromotionError(f"no MLflow experiment named {experiment!r}")
-    if study_run_id:
-        run = client.get_run(study_run_id)
-        if run.info.experiment_id != exp.experiment_id:
-            raise PromotionError(f"run {study_run_id} is not in experiment {experiment!r}")
-        return run
-    studies = _all_runs(client, exp.experiment_id, "tags.`lenstune.kind` = 'study'")
-    if not studies:
-        raise PromotionError(f"experiment {experiment!r} has no study run (tag lenstune.kind=study)")
-    return max(studies, key=lambda r: r.info.start_time)
-
-
-def _tag(run, name: str, default: str = "") -> str:
-    tags = run.data.tags
-    return tags.get(name, tags.get(f"lenstune.{name}", default))
-
-
-def summarize_trial(client, run) -> TrialSummary:
-    """Read one trial run: best validation macro AUC over its epochs, epochs run."""
-    history = client.get_metric_history(run.info.run_id, "val_auc_macro")
-    values = [m.value for m in history if np.isfinite(m.value)]
-    return TrialSummary(
-        run_id=run.info.run_id,
-        family=_tag(run, "family") or run.data.params.get("family", "?"),
-        trial_id=_tag(run, "trial_id"),
-        stop_reason=_tag(run, "stop_reason", "unknown"),
-        val_auc=max(values) if values else float("nan"),
-        epochs=len(history),
-        start_time_ms=run.info.start_time,
-        end_time_ms=run.info.end_time,
-    )
-
-
-def list_trials(client, experiment_id: str, study_run_id: str | None = None) -> list[TrialSummary]:
-    """All trial runs of an experiment (of one study when ``study_run_id`` is given)."""
-    query = "tags.`lenstune.kind` = 'trial'"
-    if study_run_id:
-        query += f" and tags.`mlflow.parentRunId` = '{study_run_id}'"
-    return [summarize_trial(client, run) for run in _all_runs(client, experiment_id, query)]
-
-
-def best_completed(trials: list[TrialSummary]) -> dict[str, TrialSummary]:
-    """Best completed trial (by validation macro AUC) of each family."""
-    best: dict[str, TrialSummary] = {}
-    for trial in trials:
-        if trial.stop_reason != "completed" or not np.isfinite(trial.val_auc):
-            continue
-        if trial.family not in best or trial.val_auc > best[trial.family].val_auc:
-            best[trial.family] = trial
-    return best
-
-
 def evaluate(model, config: RegistryConfig, split, what: str) -> tuple[Evaluation, np.ndarray]:
     """Test metrics of ``model`` on a loaded split; also returns the (N, C) probabilities.
     ``what`` names the model in errors (classes or image size that do not fit the split)."""
@@ -201,27 +117,6 @@ def evaluate(model, config: RegistryConfig, split, what: str) -> tuple[Evaluatio
         dataset_digest=split.meta.digest,
     )
     return evaluation, probs
-
-
-def _resolve_data_root(study, data_root: Path | None) -> Path:
-    """``data_root``, else the dataset the study logged as its input, else a param/tag."""
-    if data_root is not None:
-        return Path(data_root)
-    for dataset_input in getattr(study.inputs, "dataset_inputs", None) or []:
-        try:
-            uri = json.loads(dataset_input.dataset.source).get("uri")
-        except (ValueError, AttributeError):
-            uri = None
-        if uri and Path(uri).is_dir():
-            return Path(uri)
-    for key in _DATA_ROOT_KEYS:
-        value = study.data.params.get(key) or study.data.tags.get(key)
-        if value and value != "None":
-            return Path(value)
-    raise PromotionError(
-        f"study run {study.info.run_id} does not record its dataset folder "
-        f"(looked for params/tags {', '.join(_DATA_ROOT_KEYS)}); pass --data DIR"
-    )
 
 
 def default_model_name(meta, data_root: Path) -> str:
@@ -354,7 +249,7 @@ def promote_champion(
     """
     from tuner.data import load_split
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     study = find_study(client, experiment, study_run_id)
     sid = study.info.run_id
     trials = list_trials(client, study.info.experiment_id, sid)
@@ -364,7 +259,7 @@ def promote_champion(
         raise PromotionError(f"no trial of study {sid} completed its budget ({len(trials)} trials: "
                              f"{', '.join(reasons)}); nothing to promote")
     best = max(per_family.values(), key=lambda t: t.val_auc)
-    root = _resolve_data_root(study, data_root)
+    root = resolve_data_root(study, data_root)
     split = load_split(root, "test")
     name = model_name or default_model_name(split.meta, root)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from tuner import metrics
-from tuner.promotion import Evaluation, PromotionError, TrialSummary, best_completed, list_trials
+from tuner.promotion import Evaluation
+from tuner.study_runs import PromotionError, TrialSummary, best_completed, list_trials
 
 FIELDS = ("family", "trials", "completed", "best_val_auc", "test_auc", "test_acc", "test_ece",
           "test_nll", "epochs", "cpu_hours", "gpu_hours", "run_id", "params")
