@@ -2,10 +2,10 @@
 
 ``promote_champion`` takes the newest study of an experiment (or a given one), picks the trial
 with the best validation macro AUC among those that completed their budget (``stop_reason`` tag
-``completed``; ASHA-stopped trials end FINISHED too and are excluded), evaluates it on the held-out
-test split, registers it as a new version of ``lenstune-<preset>``, sets the alias ``challenger``
-on it, and moves ``champion`` only if it beats the current champion's test macro AUC, both
-measured now on the same test split. The decision is printed and stored as the version tag
+``completed``; ASHA-stopped trials, tagged ``asha_stopped`` and ended KILLED, are excluded),
+evaluates it on the held-out test split, registers it as a new version of ``lenstune-<preset>``,
+sets the alias ``challenger`` on it, and moves ``champion`` only if it beats the current
+champion's test macro AUC, both measured now on the same test split. The decision is printed and stored as the version tag
 ``lenstune.decision``; running it again for the same trial changes nothing.
 
 The best trial of every family in the study is also evaluated on the test split and its test
