@@ -14,6 +14,12 @@ def test_unknown_family_exits_nonzero(capsys):
     assert "allowed:" in capsys.readouterr().err
 
 
+def test_too_small_size_exits_nonzero_before_the_table(capsys):
+    assert main(["--family", "scratch", "--sizes", "64,8"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and ">= 16 pixels, got 8" in captured.err
+
+
 @pytest.mark.slow
 def test_full_table_prints_every_family(capsys):
     from tuner.models import list_families

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from tuner.models.registry import build_model, family_info, list_families
+from tuner.models.registry import build_model, check_img_size, family_info, list_families
 
 
 def forward_gflops(model: torch.nn.Module, img_size: int, in_chans: int = 1) -> float:
@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
         print(f"lenstune families: --sizes must be integers like 64,150, got {args.sizes!r}", file=sys.stderr)
+        return 2
+    try:  # before the table starts: a bad size must not leave half a table
+        for size in sizes:
+            check_img_size(size)
+    except ValueError as exc:
+        print(f"lenstune families: --sizes {args.sizes}: {exc}", file=sys.stderr)
         return 2
     header = f"{'family':<18} {'origin':<6} {'params (M)':>10} " + " ".join(
         f"{'GFLOPs@' + str(s):>11}" for s in sizes) + "  description"

@@ -85,6 +85,12 @@ def family_info(family: str) -> FamilyInfo:
     return FamilyInfo(family, origin, summary, defaults, builder)
 
 
+def check_img_size(img_size: int) -> None:
+    """ValueError unless ``img_size`` (pixels) is an integer >= 16, the smallest every family builds at."""
+    if not isinstance(img_size, int) or img_size < 16:
+        raise ValueError(f"img_size must be an integer >= 16 pixels, got {img_size!r}")
+
+
 def build_model(family: str, *, img_size: int, in_chans: int = 1, num_classes: int = 3,
                 **hparams: Any) -> nn.Module:
     """Build a randomly initialised model of ``family`` (never downloads weights).
@@ -107,6 +113,5 @@ def build_model(family: str, *, img_size: int, in_chans: int = 1, num_classes: i
         raise ValueError(
             f"family {family!r} does not accept hyperparameter(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(info.hparams)}")
-    if not isinstance(img_size, int) or img_size < 16:
-        raise ValueError(f"img_size must be an integer >= 16 pixels, got {img_size!r}")
+    check_img_size(img_size)
     return info.builder(img_size=img_size, in_chans=in_chans, num_classes=num_classes, **hparams)
