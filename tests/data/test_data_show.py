@@ -70,3 +70,6 @@ def test_cli(simulated, fake_backend, tmp_path, monkeypatch, capsys):
     assert "no dataset at" in capsys.readouterr().err
     assert not (tmp_path / "b.png").exists()
     assert show_main([str(simulated), "--out", str(tmp_path / "c.png"), "--n-per-class", "0"]) == 2
+    capsys.readouterr()
+    assert show_main([str(simulated), "--out", str(tmp_path / "no" / "d.png"), "--n-residuals", "0"]) == 2
+    assert str(tmp_path / "no" / "d.png") in capsys.readouterr().err

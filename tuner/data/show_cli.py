@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
         residuals = render_montage(
             args.data, args.out, split=args.split, n_per_class=args.n_per_class, n_residuals=args.n_residuals
         )
-    except DatasetError as exc:
+    except (DatasetError, OSError) as exc:  # OSError: --out cannot be written (e.g. no such folder)
         print(f"lenstune show: {exc}", file=sys.stderr)
         return 2
     stale = [r.index for r in residuals if not r.reproduced]
