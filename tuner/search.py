@@ -32,46 +32,33 @@ class TrialStopCallback(tune.Callback):
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
 
-    def _run_id(self, trial) -> str | None:
+    def _end(self, trial, stop_reason: str, message: str = "") -> None:
+        """Tag ``stop_reason`` and end the trial's MLflow run (found by the run id the trial
+        reported, else by its trial id); nothing when the trial never opened a run."""
         from mlflow.tracking import MlflowClient
 
-        from tuner.tracking import find_trial_run
+        from tuner.tracking import end_trial_run, find_trial_run
 
-        run_id = (trial.last_result or {}).get("mlflow_run_id")
-        if run_id:
-            return run_id
-        return find_trial_run(MlflowClient(self.tracking_uri), self.experiment_id,
-                              self.parent_run_id, trial.trial_id)
+        client = MlflowClient(self.tracking_uri)
+        run_id = (trial.last_result or {}).get("mlflow_run_id") or find_trial_run(
+            client, self.experiment_id, self.parent_run_id, trial.trial_id)
+        if run_id is not None:
+            end_trial_run(client, run_id, stop_reason, message)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from tuner.tracking import end_trial_run
-
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
         if epochs >= self.max_epochs:
-            end_trial_run(MlflowClient(self.tracking_uri), run_id, "completed")
+            self._end(trial, "completed")
         else:
-            end_trial_run(MlflowClient(self.tracking_uri), run_id, "asha_stopped",
-                          f"stopped by the scheduler after {epochs} of {self.max_epochs} epochs")
+            self._end(trial, "asha_stopped",
+                      f"stopped by the scheduler after {epochs} of {self.max_epochs} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from tuner.tracking import end_trial_run
-
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
-        message = ""
         error = getattr(trial, "error_message", None) or ""
         if callable(error):
             error = error()
         message = str(error).strip().splitlines()[-1] if error else "trial raised an error"
-        end_trial_run(MlflowClient(self.tracking_uri), run_id, "failed", message)
+        self._end(trial, "failed", message)
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
