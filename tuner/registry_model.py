@@ -137,18 +137,13 @@ def build_network(config: RegistryConfig) -> nn.Module:
 def load_network(config: RegistryConfig, weights_path: Path) -> nn.Module:
     """Rebuild the network and load its safetensors weights (strict: every tensor must match).
 
-    Tensors shared between modules (tied weights) are stored once; the file's ``aliases``
-    metadata (JSON alias -> stored name) restores them.
+    The weights file is a checkpoint's ``model.safetensors``: tensors shared between modules
+    (tied weights) are stored once and restored under every name.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from tuner.training.checkpoint import load_tensors
 
-    with safe_open(str(weights_path), framework="pt") as handle:
-        aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
-    tensors = load_file(str(weights_path), device="cpu")
-    tensors.update({alias: tensors[name] for alias, name in aliases.items()})
     model = build_network(config)
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(load_tensors(weights_path), strict=True)
     return model.eval()
 
 

@@ -40,7 +40,9 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file(kept, str(path), metadata={"aliases": json.dumps(aliases)})
 
 
-def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict, with the tensors stored once for several names
+    (the file's ``aliases`` metadata, JSON alias -> stored name) restored under every name."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -94,7 +96,7 @@ def load_weights(model: nn.Module, directory: Path, device: str | torch.device =
     path = Path(directory) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in checkpoint {str(directory)!r}")
-    model.load_state_dict(_load_tensors(path, device), strict=True)
+    model.load_state_dict(load_tensors(path, device), strict=True)
     return model
 
 
@@ -105,7 +107,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> bool:
         return False
     meta = json.loads((directory / OPTIMIZER_META_FILE).read_text())
     state: dict[int, dict[str, Any]] = {}
-    for flat, value in list(_load_tensors(directory / OPTIMIZER_FILE).items()) + list(
+    for flat, value in list(load_tensors(directory / OPTIMIZER_FILE).items()) + list(
         meta["scalars"].items()
     ):
         index, key = flat.split(".", 1)
