@@ -25,7 +25,9 @@ from tuner.promotion import (
     TAG_DECISION,
     _eval_tags,
     default_model_name,
+    ensure_registered_model,
     evaluate,
+    find_version,
     reevaluate_champion,
     settle_champion,
 )
@@ -108,21 +110,9 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
     return config, module, singles, _nll(ens_probs, labels)
 
 
-def _existing(client, name: str, key: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    return next((v for v in versions if v.tags.get(TAG_KEY) == key), None)
-
-
 def _register(client, name: str, study_run_id: str, k: int, config: RegistryConfig, module,
               split, candidate, probs, tags: dict[str, str], work: Path):
     """Log the ensemble model into the study run (``hyper_ensemble_top<k>/``), create a version."""
-    from mlflow.exceptions import MlflowException
-
     from tuner.report_cli import write_evaluation
     from tuner.training.checkpoint import MODEL_FILE, save_checkpoint
 
@@ -133,10 +123,7 @@ def _register(client, name: str, study_run_id: str, k: int, config: RegistryConf
     artifact_path = f"hyper_ensemble_top{k}"
     client.log_artifacts(study_run_id, str(model_dir), artifact_path)
     source = client.get_run(study_run_id).info.artifact_uri.rstrip("/") + "/" + artifact_path
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="lenstune champion/challenger models")
+    ensure_registered_model(client, name)
     return client.create_model_version(
         name, source, run_id=study_run_id, tags={**tags, **_eval_tags(candidate)},
         description=f"hyper-ensemble of the top {k} completed trials of study {study_run_id}")
@@ -185,7 +172,7 @@ def register_hyper_ensemble(
         candidate, probs = evaluate(module, config, test, f"hyper-ensemble of study {sid}")
         result = dict(model_name=name, study_run_id=sid, trial_run_id=sid, family=KIND,
                       candidate=candidate)
-        existing = _existing(client, name, key)
+        existing = find_version(client, name, TAG_KEY, key)
         if existing is not None and TAG_DECISION in existing.tags:
             message = (f"{name} version {existing.version} already holds the top-{top_k} "
                        f"hyper-ensemble of study {sid}: {existing.tags[TAG_DECISION]}; nothing changed")

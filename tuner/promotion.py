@@ -159,34 +159,36 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
     return config, ckpt / "model.safetensors", evaluation, folder
 
 
-def _existing_version(client, name: str, trial_run_id: str):
-    """The version of ``name`` registered from ``trial_run_id``, or None (also when the
-    registered model does not exist yet)."""
+def find_version(client, name: str, tag: str, value: str):
+    """The version of registered model ``name`` whose tag ``tag`` is ``value``, or None (also
+    when the registered model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get(tag) == value), None)
+
+
+def ensure_registered_model(client, name: str) -> None:
+    """Create the registered model ``name`` unless it exists."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException:
-        return None
-    for version in client.search_model_versions(f"name = '{name}'"):
-        if version.tags.get(TAG_TRIAL) == trial_run_id:
-            return version
-    return None
+        client.create_registered_model(name, description="lenstune champion/challenger models")
 
 
 def _register(client, name: str, trial: TrialSummary, study_run_id: str, config: RegistryConfig,
               weights: Path, eval_dir: Path, split, candidate: Evaluation, work: Path):
     """Log the registry model into the trial run (``registered_model/``) and create a version."""
-    from mlflow.exceptions import MlflowException
-
     model_dir = save_registry_model(work / "model", config, weights, split.images[:2].numpy())
     shutil.copytree(eval_dir, model_dir / "evaluation")
     client.log_artifacts(trial.run_id, str(model_dir), "registered_model")
     source = client.get_run(trial.run_id).info.artifact_uri.rstrip("/") + "/registered_model"
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="lenstune champion/challenger models")
+    ensure_registered_model(client, name)
     tags = {TAG_TRIAL: trial.run_id, "lenstune.study_run_id": study_run_id,
             "lenstune.family": trial.family, "lenstune.dataset_digest": split.meta.digest,
             "lenstune.val_auc_macro": f"{trial.val_auc:.6f}", **_eval_tags(candidate)}
@@ -269,7 +271,7 @@ def promote_champion(
                    for t in per_family.values()}
         config, weights, candidate, eval_dir = results[best.run_id]
 
-        existing = _existing_version(client, name, best.run_id)
+        existing = find_version(client, name, TAG_TRIAL, best.run_id)
         if existing is not None and TAG_DECISION in existing.tags:
             message = (f"{name} version {existing.version} already holds trial {best.run_id}: "
                        f"{existing.tags[TAG_DECISION]}; nothing changed")
