@@ -3,7 +3,7 @@
 Conventions (what promotion and reports rely on):
 - study run: tags ``lenstune.kind=study``, ``lenstune.study=<study name>``; params are the
   resolved study config; artifacts ``leaderboard.csv``, ``leaderboard.png``,
-  ``search_space/<family>.yaml``, ``param_importances/<family>.json``, ``study_config.json``.
+  ``search_space/<family>.json``, ``param_importances/<family>.json``, ``study_config.json``.
 - trial run: tags ``mlflow.parentRunId``, ``lenstune.kind=trial``, ``trial_id``, ``family``,
   ``lenstune.study``, ``stop_reason`` in {completed, asha_stopped, failed} (+ ``stop_message``);
   params are the flattened sampled config (``model.depth``, ``train.lr``, ...) plus ``family``,
