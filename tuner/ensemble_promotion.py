@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuner import metrics
 from tuner.promotion import (
     PromotionResult,
     TAG_DECISION,
@@ -28,13 +29,13 @@ from tuner.promotion import (
     ensure_registered_model,
     evaluate,
     find_version,
+    load_trial,
     reevaluate_champion,
     settle_champion,
 )
 from tuner.registry_model import (
     EnsembleMember,
     RegistryConfig,
-    load_network,
     predict_probs,
     save_registry_model,
 )
@@ -60,37 +61,18 @@ def top_completed(trials, k: int) -> list:
     return sorted(done, key=lambda t: (-t.val_auc, t.run_id))[:k]
 
 
-def _load_member(trial, tracking_uri: str | None, val, work: Path):
-    """(RegistryConfig, network) of a trial's checkpoint; its dataset must be ``val``'s."""
-    import mlflow
-
-    ckpt = Path(mlflow.artifacts.download_artifacts(
-        run_id=trial.run_id, artifact_path="checkpoint", dst_path=str(work / trial.run_id),
-        tracking_uri=tracking_uri))
-    config = RegistryConfig.from_checkpoint_config(json.loads((ckpt / "config.json").read_text()))
-    config = config.model_copy(update={"data_image_size": val.meta.image_size})
-    if config.dataset_digest and config.dataset_digest != val.meta.digest:
-        raise PromotionError(
-            f"trial {trial.run_id} was trained on dataset {config.dataset_digest[:12]}... but the "
-            f"data given is dataset {val.meta.digest[:12]}...; pass the study's --data")
-    return config, load_network(config, ckpt / "model.safetensors")
-
-
-def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)).mean())
-
-
 def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
     """Greedy selection among ``trials`` on ``val``. Returns (ensemble RegistryConfig,
     WeightedEnsemble module, {run id: validation NLL of the member alone}, ensemble val NLL)."""
     from tuner.uncertainty.ensemble import WeightedEnsemble, greedy_hyper_ensemble
 
-    loaded = [_load_member(t, tracking_uri, val, work) for t in trials]
+    loaded = [(config, net) for config, _, net in
+              (load_trial(t, tracking_uri, val, work, "validation") for t in trials)]
     images, labels = val.images.numpy(), val.labels.numpy()
     val_probs = [predict_probs(net, images, cfg.img_size) for cfg, net in loaded]
     _, weights = greedy_hyper_ensemble(val_probs, labels, len(trials))
     chosen = [i for i in range(len(trials)) if weights[i] > 0]
-    singles = {t.run_id: _nll(p, labels) for t, p in zip(trials, val_probs)}
+    singles = {t.run_id: metrics.nll(p, labels) for t, p in zip(trials, val_probs)}
     if len(chosen) < 2:
         only = trials[chosen[0]]
         raise PromotionError(
@@ -107,7 +89,7 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
     module = WeightedEnsemble([loaded[i][1] for i in chosen], [loaded[i][0].img_size for i in chosen],
                               [weights[i] for i in chosen]).eval()
     ens_probs = sum(weights[i] * val_probs[i] for i in chosen) / sum(weights[i] for i in chosen)
-    return config, module, singles, _nll(ens_probs, labels)
+    return config, module, singles, metrics.nll(ens_probs, labels)
 
 
 def _register(client, name: str, study_run_id: str, k: int, config: RegistryConfig, module,

@@ -125,9 +125,11 @@ def default_model_name(meta, data_root: Path) -> str:
     return "lenstune-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
 
 
-def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split, work: Path):
-    """Download a trial's checkpoint, evaluate it, log test metrics + ``evaluation/`` to its run
-    (once per dataset digest). Returns (config, weights path, evaluation, evaluation folder)."""
+def load_trial(trial: TrialSummary, tracking_uri: str | None, split, work: Path,
+               split_name: str = "test"):
+    """Download a trial's ``checkpoint/`` into ``work/<run id>`` and rebuild its network.
+    The trial must have been trained on ``split``'s dataset (PromotionError otherwise).
+    Returns (config, weights path, network in eval mode)."""
     import mlflow
 
     ckpt = Path(mlflow.artifacts.download_artifacts(
@@ -139,9 +141,17 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
     if config.dataset_digest and config.dataset_digest != split.meta.digest:
         raise PromotionError(
             f"trial {trial.run_id} was trained on dataset {config.dataset_digest[:12]}... but the "
-            f"test split given is from dataset {split.meta.digest[:12]}...; pass the study's --data"
+            f"{split_name} split given is from dataset {split.meta.digest[:12]}...; pass the "
+            f"study's --data"
         )
-    network = load_network(config, ckpt / "model.safetensors")
+    weights = ckpt / "model.safetensors"
+    return config, weights, load_network(config, weights)
+
+
+def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split, work: Path):
+    """Download a trial's checkpoint, evaluate it, log test metrics + ``evaluation/`` to its run
+    (once per dataset digest). Returns (config, weights path, evaluation, evaluation folder)."""
+    config, weights, network = load_trial(trial, tracking_uri, split, work)
     evaluation, probs = evaluate(network, config, split, f"trial {trial.run_id} ({trial.family})")
     from tuner.report_cli import write_evaluation
 
@@ -156,7 +166,7 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
             Metric(k, v, now, 0) for k, v in evaluation.metrics().items()])
         client.log_artifacts(trial.run_id, str(folder), "evaluation")
         client.set_tag(trial.run_id, "lenstune.test_digest", split.meta.digest)
-    return config, ckpt / "model.safetensors", evaluation, folder
+    return config, weights, evaluation, folder
 
 
 def find_version(client, name: str, tag: str, value: str):
