@@ -32,6 +32,8 @@ from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from tuner.training.loop import resize_batch  # the training resize, shared by prediction
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -191,17 +193,6 @@ def as_image_batch(images: Any, config: RegistryConfig, *, resize: bool = False)
             stacklevel=2,
         )
     return np.ascontiguousarray(array)
-
-
-def resize_batch(batch: torch.Tensor, img_size: int) -> torch.Tensor:
-    """Resize (B, 1, H, W) to ``img_size`` exactly as training does (bilinear, antialiased when
-    shrinking); returned unchanged when it already has that size."""
-    if batch.shape[-2:] == (img_size, img_size):
-        return batch
-    return torch.nn.functional.interpolate(
-        batch, size=(img_size, img_size), mode="bilinear", align_corners=False,
-        antialias=batch.shape[-1] > img_size,
-    )
 
 
 @torch.no_grad()

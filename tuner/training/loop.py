@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuner import metrics
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the trial is failed with this message."""
@@ -105,12 +107,18 @@ def augment(images: torch.Tensor, hp, generator: torch.Generator) -> torch.Tenso
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def resize_batch(batch: torch.Tensor, img_size: int) -> torch.Tensor:
+    """Resize (B, 1, H, W) to ``img_size`` (bilinear, antialiased when shrinking); returned
+    unchanged when it already has that size. Training, evaluation and prediction all use it."""
+    if batch.shape[-2:] == (img_size, img_size):
+        return batch
+    return F.interpolate(batch, size=(img_size, img_size), mode="bilinear", align_corners=False,
+                         antialias=batch.shape[-1] > img_size)
+
+
 def prepare_batch(images: torch.Tensor, device: torch.device, img_size: int) -> torch.Tensor:
     """Copy a CPU batch (B, 1, H, W) to ``device`` and resize to ``img_size`` if needed."""
-    x = images.to(device, non_blocking=True).float()
-    if x.shape[-1] != img_size or x.shape[-2] != img_size:
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > img_size)
+    x = resize_batch(images.to(device, non_blocking=True).float(), img_size)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -213,5 +221,4 @@ def predict_proba(
 
 def cross_entropy_of_probs(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood (nats) of the true class; the validation loss."""
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return float(-np.mean(np.log(p)))
+    return metrics.nll(probs, labels)
