@@ -53,8 +53,7 @@ def family_rows(client, experiment_id: str) -> tuple[list[dict], dict[str, Trial
             if t.end_time_ms is None:
                 continue
             hours = (t.end_time_ms - t.start_time_ms) / 3.6e6
-            parent = client.get_run(t.run_id).data.tags.get("mlflow.parentRunId", "")
-            cpus, gpus = resources.get(parent, (1.0, 0.0))
+            cpus, gpus = resources.get(t.parent_run_id, (1.0, 0.0))
             cpu_h, gpu_h = cpu_h + hours * cpus, gpu_h + hours * gpus
         row = {"family": family, "trials": len(mine),
                "completed": sum(t.stop_reason == "completed" for t in mine),

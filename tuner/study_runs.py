@@ -32,6 +32,7 @@ class TrialSummary(BaseModel):
     epochs: int
     start_time_ms: int
     end_time_ms: int | None
+    parent_run_id: str = ""  # the study run ("" when the run records none)
 
 
 def mlflow_client(tracking_uri: str | None):
@@ -85,6 +86,7 @@ def summarize_trial(client, run) -> TrialSummary:
         epochs=len(history),
         start_time_ms=run.info.start_time,
         end_time_ms=run.info.end_time,
+        parent_run_id=run.data.tags.get("mlflow.parentRunId", ""),
     )
 
 
