@@ -18,8 +18,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from tuner import metrics
 from tuner.promotion import (
     PromotionResult,
@@ -41,6 +39,7 @@ from tuner.registry_model import (
 )
 from tuner.study_runs import (
     PromotionError,
+    completed,
     find_study,
     list_trials,
     mlflow_client,
@@ -57,8 +56,7 @@ TAG_WEIGHTS = "lenstune.ensemble_weights"  # JSON list, same order, sums to 1
 
 def top_completed(trials, k: int) -> list:
     """The ``k`` completed trials with the best validation macro AUC, best first."""
-    done = [t for t in trials if t.stop_reason == "completed" and np.isfinite(t.val_auc)]
-    return sorted(done, key=lambda t: (-t.val_auc, t.run_id))[:k]
+    return sorted(completed(trials), key=lambda t: (-t.val_auc, t.run_id))[:k]
 
 
 def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):

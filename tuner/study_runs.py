@@ -98,12 +98,16 @@ def list_trials(client, experiment_id: str, study_run_id: str | None = None) -> 
     return [summarize_trial(client, run) for run in _all_runs(client, experiment_id, query)]
 
 
+def completed(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """The trials that may be promoted: they ran their whole epoch budget (``stop_reason``
+    ``completed``) and logged a finite validation macro AUC."""
+    return [t for t in trials if t.stop_reason == "completed" and np.isfinite(t.val_auc)]
+
+
 def best_completed(trials: list[TrialSummary]) -> dict[str, TrialSummary]:
     """Best completed trial (by validation macro AUC) of each family."""
     best: dict[str, TrialSummary] = {}
-    for trial in trials:
-        if trial.stop_reason != "completed" or not np.isfinite(trial.val_auc):
-            continue
+    for trial in completed(trials):
         if trial.family not in best or trial.val_auc > best[trial.family].val_auc:
             best[trial.family] = trial
     return best
