@@ -5,5 +5,8 @@ import os
 # Ray and MLflow must never phone home or touch the user's home directory from tests.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Tests that need a tracking server pass its URI explicitly; a developer's own server must
+# never receive test runs.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Trials checkpoint every epoch by design; Ray would warn about sync frequency each time.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

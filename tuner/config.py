@@ -8,6 +8,7 @@ which is logged with the study's MLflow parent run and saved in every trial chec
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,9 +73,13 @@ class StudyConfig(BaseModel):
         return self.runs_dir.expanduser().resolve()
 
     def resolved_tracking_uri(self) -> str:
-        """The MLflow tracking URI; embedded sqlite under the runs folder when none is given."""
+        """The MLflow tracking URI: the configured one, else ``$MLFLOW_TRACKING_URI`` (what the
+        cluster configs set on every node, and what the other lenstune commands read), else the
+        embedded sqlite store under the runs folder."""
         if self.tracking_uri:
             return self.tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
         return f"sqlite:///{self.resolved_runs_dir() / 'mlflow.db'}"
 
     def resolved_storage(self) -> str:

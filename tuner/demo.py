@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         "families": DEMO_FAMILIES, "profile": "micro", "data": data, "samples": args.samples,
         "max_epochs": args.max_epochs, "runs_dir": runs, "experiment": "lenstune-demo",
         "max_concurrent": 2, "cpus_per_trial": 1,
+        # The demo always uses its own embedded store, whatever MLFLOW_TRACKING_URI says.
+        "tracking_uri": f"sqlite:///{runs / 'mlflow.db'}",
     })
     print(f"[2/4] tuning {', '.join(DEMO_FAMILIES)}: {args.samples} trials each, up to "
           f"{args.max_epochs} epochs, Optuna TPE + ASHA on a local Ray", flush=True)

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue an interrupted study (the latest one, or --study-name)")
     p.add_argument("--tracking-uri", help="MLflow server (http://...) or sqlite:///...; "
-                   "default: embedded sqlite under --runs-dir")
+                   "default: $MLFLOW_TRACKING_URI, else embedded sqlite under --runs-dir")
     p.add_argument("--runs-dir", type=Path, help="local folder for embedded MLflow and studies")
     p.add_argument("--storage", help="Ray Tune storage: a path or s3://bucket/prefix")
     p.add_argument("--seed", type=int)

@@ -32,7 +32,14 @@ def test_family_list_parsing():
         parse_family_list("vit,nope", known)
 
 
-def test_embedded_tracking_and_storage_are_absolute(tmp_path):
+def test_tracking_uri_from_environment_when_not_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert StudyConfig(runs_dir=tmp_path).resolved_tracking_uri() == "http://127.0.0.1:5001"
+    assert StudyConfig(tracking_uri="sqlite:///x.db").resolved_tracking_uri() == "sqlite:///x.db"
+
+
+def test_embedded_tracking_and_storage_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = StudyConfig(runs_dir=tmp_path / "runs")
     assert cfg.resolved_tracking_uri() == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert cfg.resolved_storage() == str(tmp_path / "runs" / "studies")
