@@ -103,18 +103,12 @@ def train_family(family: str, model_kw: dict, train_kw: dict, train, *, epochs: 
     """Train one network of ``family`` at 32 px with the project's training loop (CPU)."""
     from tuner.models import build_model
     from tuner.search_space import TrainHParams
-    from tuner.training.loop import make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
+    from tuner.training.loop import train_epochs
 
     torch.manual_seed(seed)
     model = build_model(family, img_size=32, **model_kw)
-    hp = TrainHParams(**train_kw)
-    opt = make_optimizer(model, hp)
-    sched = make_scheduler(opt, hp, steps_per_epoch=steps_per_epoch(len(train.labels), hp.batch_size), max_epochs=epochs)
-    order, aug = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 10_000)
-    for _ in range(epochs):
-        train_one_epoch(model, train.images, train.labels, optimizer=opt, scheduler=sched, hp=hp,
-                        device=torch.device("cpu"), img_size=32, generator=order, aug_generator=aug)
-    return model.eval()
+    return train_epochs(model, train.images, train.labels, TrainHParams(**train_kw), epochs=epochs,
+                        seed=seed, img_size=32)
 
 
 def lensing_problem(args) -> dict:

@@ -95,18 +95,12 @@ def add_noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
 def train_levit_micro(train, *, epochs: int, seed: int) -> nn.Module:
     from tuner.models import build_model
     from tuner.search_space import TrainHParams
-    from tuner.training.loop import make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
+    from tuner.training.loop import train_epochs
 
     torch.manual_seed(seed)
     model = build_model("levit", img_size=32, **LEVIT_MICRO)
-    hp = TrainHParams(**LEVIT_TRAIN)
-    opt = make_optimizer(model, hp)
-    sched = make_scheduler(opt, hp, steps_per_epoch=steps_per_epoch(len(train.labels), hp.batch_size), max_epochs=epochs)
-    order, aug = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 10_000)
-    for _ in range(epochs):
-        train_one_epoch(model, train.images, train.labels, optimizer=opt, scheduler=sched, hp=hp,
-                        device=torch.device("cpu"), img_size=32, generator=order, aug_generator=aug)
-    return model.eval()
+    return train_epochs(model, train.images, train.labels, TrainHParams(**LEVIT_TRAIN), epochs=epochs,
+                        seed=seed, img_size=32)
 
 
 @pytest.fixture(scope="session")

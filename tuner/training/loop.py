@@ -203,6 +203,24 @@ def train_one_epoch(
     return EpochStats(float(total.item()) * per_step / seen, seconds, seen / max(seconds, 1e-9))
 
 
+def train_epochs(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, hp, *, epochs: int, seed: int,
+    img_size: int, device: torch.device = torch.device("cpu"),
+) -> nn.Module:
+    """Train ``model`` for ``epochs`` with AdamW + warmup/cosine outside any study (no tracking,
+    no checkpoints): batch order seeded by ``seed``, augmentation by ``seed + 10_000``.
+    Returns the model in eval mode."""
+    optimizer = make_optimizer(model, hp)
+    scheduler = make_scheduler(optimizer, hp, steps_per_epoch=steps_per_epoch(len(labels), hp.batch_size),
+                               max_epochs=epochs)
+    order = torch.Generator().manual_seed(seed)
+    aug = torch.Generator(device=device).manual_seed(seed + 10_000)
+    for _ in range(epochs):
+        train_one_epoch(model, images, labels, optimizer=optimizer, scheduler=scheduler, hp=hp,
+                        device=device, img_size=img_size, generator=order, aug_generator=aug)
+    return model.eval()
+
+
 @torch.no_grad()
 def predict_proba(
     model: nn.Module, images: torch.Tensor, *, device: torch.device, img_size: int,
