@@ -83,7 +83,8 @@ class StudyConfig(BaseModel):
         return f"sqlite:///{self.resolved_runs_dir() / 'mlflow.db'}"
 
     def resolved_storage(self) -> str:
-        """Ray Tune storage root: an absolute path or a URI such as ``s3://bucket/prefix``."""
+        """Ray Tune storage root: an absolute path or a URI such as ``s3://bucket/prefix``
+        (pyarrow options may follow as a query, e.g. ``?endpoint_override=host:port&scheme=http``)."""
         if self.storage is None:
             return str(self.resolved_runs_dir() / "studies")
         if "://" in self.storage:
@@ -142,6 +143,14 @@ def parse_family_list(text: str, known: list[str]) -> list[str]:
             f"allowed: all, {', '.join(known)}"
         )
     return names
+
+
+def join_storage(root: str, *parts: str) -> str:
+    """``root/part/...`` for a storage path or URI, keeping a URI's query (pyarrow options such
+    as ``endpoint_override``) at the end: ``s3://b/p?scheme=http`` + ``study`` ->
+    ``s3://b/p/study?scheme=http``."""
+    base, sep, query = root.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Assembly of one family's Ray Tune study: seeded Optuna TPE behind a concurrency limit,
 ASHA on ``val_auc_macro`` (max) with the search space's budget, per-trial resources,
-failure and checkpoint policy, restore of an interrupted study, and the driver-side
-callback that records why each trial stopped in MLflow.
+failure and checkpoint policy, a fail-fast check of the storage, restore of an interrupted
+study, and the driver-side callback that records why each trial stopped in MLflow.
 """
 
 from __future__ import annotations
@@ -144,8 +144,13 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks or [], verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            # The latest checkpoint is enough to resume; the best epoch goes to MLflow.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # The best epoch goes to MLflow; Tune keeps two for resuming. With one, Ray deletes
+            # a trial's previous checkpoint before the experiment state naming the new one is
+            # uploaded (asynchronously, to S3 slowly enough to matter): a driver killed in that
+            # gap leaves the trial unrestorable ("does not exist on storage anymore"). With two
+            # the state's checkpoint survives until the state has moved on, unless epochs are
+            # shorter than Tune's state-snapshot period (>= 10 s).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 
@@ -158,6 +163,41 @@ def restore_tuner(path: str, trainable: Callable, cpus_per_trial: float,
         path, tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial)),
         resume_unfinished=True, resume_errored=True,
     )
+
+
+def check_storage(root: str) -> None:
+    """Fail fast (ConfigError) when Ray Tune could not keep the study at ``root``, before any
+    MLflow run exists. A local path must not be a file. A URI (``s3://bucket/prefix``, ...) is
+    opened the way Ray opens it (``pyarrow.fs.FileSystem.from_uri``: S3 reads AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or ``?endpoint_override=host:port&scheme=http``)
+    and a marker object is written and deleted under the prefix: an unreachable endpoint, a
+    missing bucket or refused credentials all surface here rather than mid-study."""
+    from pathlib import Path
+
+    from tuner.config import ConfigError
+
+    if "://" not in root:
+        if Path(root).exists() and not Path(root).is_dir():
+            raise ConfigError(f"storage {root!r} is a file; give a folder or s3://bucket/prefix")
+        return
+    import pyarrow.fs as pafs
+
+    hint = ("; allowed: a local folder or a pyarrow filesystem URI such as s3://bucket/prefix "
+            "(S3-compatible endpoints: AWS_ENDPOINT_URL, or ?endpoint_override=host:port&scheme=http)")
+    try:
+        fs, path = pafs.FileSystem.from_uri(root)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"storage {root!r} cannot be opened: {exc}{hint}") from None
+    if not path.strip("/"):
+        raise ConfigError(f"storage {root!r} names no bucket or folder{hint}")
+    marker = f"{path.rstrip('/')}/.lenstune-storage-check"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(marker) as out:
+            out.write(b"lenstune")
+        fs.delete_file(marker)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"storage {root!r} is not writable: {exc}{hint}") from None
 
 
 def can_restore(path: str) -> bool:

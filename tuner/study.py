@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tuner import tracking
-from tuner.config import ConfigError, StudyConfig, flatten
+from tuner.config import ConfigError, StudyConfig, flatten, join_storage
 
 DONE_TAG = "lenstune.done."  # + family, on the parent run once that family's sub-study ended
 FAMILIES_TAG = "lenstune.families"
@@ -107,7 +107,8 @@ def _latest_unfinished_study(client, experiment_id: str, families: list[str]) ->
 
 def study_name_for(config: StudyConfig, client, experiment_id: str | None) -> str:
     """``--study-name``; on ``--resume`` the latest unfinished study of these families;
-    else ``<families>-<UTC time>``."""
+    else ``<families>-<UTC time>``, with ``all`` for every registered family (their names joined
+    would make a folder name of some 150 characters in the Tune storage)."""
     if config.study_name:
         return config.study_name
     if config.resume:
@@ -116,7 +117,10 @@ def study_name_for(config: StudyConfig, client, experiment_id: str | None) -> st
             raise ConfigError(f"--resume: no unfinished study of {','.join(config.families)} in "
                               f"experiment {config.experiment!r}; give --study-name")
         return found
-    return f"{'-'.join(config.families)}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    from tuner.models import list_families
+
+    label = "all" if config.families == list(list_families()) else "-".join(config.families)
+    return f"{label}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 def _log_study_files(client, run_id: str, config: StudyConfig, spaces: dict) -> None:
@@ -163,8 +167,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         dataset_source=str(data_root), dataset_preset=str(meta.preset),
         study_config=config.model_dump(mode="json"))
     trainable = tune.with_parameters(train_trial, data=refs, context=ctx.model_dump())
-    storage = f"{config.resolved_storage()}/{study_name}"
-    path = f"{storage}/{family}"
+    storage = join_storage(config.resolved_storage(), study_name)
+    path = join_storage(storage, family)
     if config.resume and can_restore(path):
         tuner = restore_tuner(path, trainable, config.cpus_per_trial, config.gpus_per_trial)
     else:
@@ -197,6 +201,9 @@ def run_study(config: StudyConfig) -> StudyResult:
     spaces = {family: load_search_space(family, config.profile) for family in config.families}
     tracking_uri = config.resolved_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
+    from tuner.search import check_storage
+
+    check_storage(config.resolved_storage())
     data_root = prepare_dataset(config)
     arrays, meta = load_arrays(data_root)
 
