@@ -14,6 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner.asha import RankASHAScheduler
 from tuner.config import METRIC, MODE
 
 
@@ -62,11 +63,16 @@ class TrialStopCallback(tune.Callback):
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
-                   early_stopping: bool = True):
-    """ASHA over epochs (``training_iteration``); FIFO (no early stopping) for baselines."""
+                   early_stopping: bool = True, asha_rule: str = "rank"):
+    """ASHA over epochs (``training_iteration``) with the rank rule of :mod:`tuner.asha`
+    (``asha_rule="percentile"``: Ray's own rule, for comparison); FIFO (no early stopping)
+    for baselines."""
     if not early_stopping:
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+    if asha_rule not in ("rank", "percentile"):
+        raise ValueError(f"asha_rule {asha_rule!r} not allowed; allowed: rank, percentile")
+    scheduler_class = RankASHAScheduler if asha_rule == "rank" else ASHAScheduler
+    return scheduler_class(time_attr="training_iteration", max_t=max_epochs,
                          grace_period=min(grace_period, max_epochs),
                          reduction_factor=reduction_factor)
 
@@ -122,6 +128,7 @@ def build_tuner(
     max_failures: int = 0,
     sampler: str = "tpe",
     early_stopping: bool = True,
+    asha_rule: str = "rank",
     verbose: int = 1,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring)."""
@@ -132,7 +139,8 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE,
             search_alg=make_searcher(seed, max_concurrent, sampler, num_samples),
-            scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping),
+            scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
+                                     asha_rule),
             num_samples=num_samples,
             time_budget_s=time_budget_s,
             # Function trainables rebuild all state per trial, so reusing the worker process

@@ -1,0 +1,59 @@
+"""The rank-rule ASHA scheduler: cutoffs, decisions against Ray's own rule, pickling."""
+
+import pickle
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from tuner.asha import RankASHAScheduler, rank_cutoff
+
+
+def test_rank_cutoff_keeps_the_best_k_over_rf():
+    assert rank_cutoff([], 4) is None
+    assert rank_cutoff([0.5], 4) == 0.5                       # k=2: only the best goes on
+    assert rank_cutoff([0.5, 0.7], 4) == 0.7                  # k=3: still one
+    assert rank_cutoff([0.1, 0.9, 0.3, 0.8, 0.2, 0.5, 0.4], 4) == 0.8  # k=8: the best two
+    assert rank_cutoff([0.1, 0.9, 0.3], 2) == 0.3             # k=4, rf 2: the best two of four
+    assert rank_cutoff([0.1, float("nan"), 0.3], 2) == 0.3
+
+
+def _decisions(scheduler, scores, iteration=1):
+    scheduler.set_search_properties("val_auc_macro", "max")
+    out = []
+    for i, score in enumerate(scores):
+        trial = SimpleNamespace(trial_id=f"t{i}")
+        scheduler.on_trial_add(None, trial)
+        out.append(scheduler.on_trial_result(
+            None, trial, {"training_iteration": iteration, "val_auc_macro": score}))
+    return out
+
+
+def test_stricter_than_rays_percentile_at_the_start():
+    scores = [0.60, 0.70, 0.68, 0.65, 0.72]
+    ray_rule = _decisions(ASHAScheduler(max_t=16, grace_period=1, reduction_factor=4), scores)
+    rank_rule = _decisions(RankASHAScheduler(max_t=16, grace_period=1, reduction_factor=4), scores)
+    go, stop = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    # Ray: the third (0.68) is above 0.60 + 0.75 * (0.70 - 0.60) and goes on.
+    assert ray_rule == [go, go, go, stop, go]
+    # Rank: the third is not the best of three, so it stops.
+    assert rank_rule == [go, go, stop, stop, go]
+
+
+def test_max_t_still_ends_a_trial_and_state_pickles():
+    scheduler = RankASHAScheduler(max_t=4, grace_period=1, reduction_factor=2)
+    assert _decisions(scheduler, [0.5], iteration=4) == [TrialScheduler.STOP]
+    clone = pickle.loads(pickle.dumps(scheduler))  # Tune saves the scheduler with the study
+    assert _decisions(clone, [0.4], iteration=1) == [TrialScheduler.CONTINUE]
+    assert [m for m, _ in clone._brackets[0]._rungs] == [4, 2, 1]
+
+
+@pytest.mark.parametrize("rf", [2, 3, 4])
+def test_long_run_pass_rate_is_one_over_rf(rf):
+    import random
+
+    rng = random.Random(rf)
+    decisions = _decisions(RankASHAScheduler(max_t=64, grace_period=1, reduction_factor=rf),
+                           [rng.random() for _ in range(2000)])
+    rate = decisions.count(TrialScheduler.CONTINUE) / len(decisions)
+    assert abs(rate - 1 / rf) < 0.03

@@ -1,0 +1,56 @@
+"""ASHA with a rank rule at every rung, for small asynchronous studies.
+
+Ray's ``ASHAScheduler`` decides at once whether a trial that reaches a rung goes on: it goes on
+unless its score is below the ``1 - 1/rf`` percentile of the scores already recorded at that
+rung. With few scores recorded that percentile is generous (the first trial at a rung always
+goes on, the second whenever it beats the first, the third whenever it is above three quarters
+of the way from the worse to the better of two), so the first trials of a study run almost to
+the end whatever their quality. In a study of tens of trials that is several full trainings.
+
+Here a trial that is the k-th to reach a rung goes on only if it ranks among the best
+``max(1, floor(k / rf))`` of the k: the number that synchronous successive halving (and
+promotion-based ASHA) would let through from a rung of k. Once many trials have reached a rung
+the two rules agree; the difference is at the start. Measured effect:
+``bench/results/search_efficiency.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
+
+
+def rank_cutoff(recorded_scores: list[float], reduction_factor: float) -> float | None:
+    """Smallest score that keeps a new trial among the best ``max(1, floor(k / rf))`` of the
+    ``k = len(recorded_scores) + 1`` trials at a rung (ties go on); None when nothing is
+    recorded (the first trial goes on). Scores are higher-is-better; NaNs are ignored."""
+    scores = sorted((s for s in recorded_scores if not math.isnan(s)), reverse=True)
+    if not scores:
+        return None
+    keep = max(1, int((len(scores) + 1) // reduction_factor))
+    return scores[min(keep, len(scores)) - 1]
+
+
+class _RankBracket(_Bracket):
+    """Ray's bracket (rungs, bookkeeping, stop_last_trials) with :func:`rank_cutoff`."""
+
+    def cutoff(self, recorded):
+        return rank_cutoff(list(recorded.values()), self.rf)
+
+
+class RankASHAScheduler(ASHAScheduler):
+    """``ASHAScheduler`` (same arguments) whose rungs apply :func:`rank_cutoff`."""
+
+    def __init__(self, *, time_attr: str = "training_iteration", max_t: int = 100,
+                 grace_period: int = 1, reduction_factor: float = 4, brackets: int = 1,
+                 stop_last_trials: bool = True, **kwargs):
+        super().__init__(time_attr=time_attr, max_t=max_t, grace_period=grace_period,
+                         reduction_factor=reduction_factor, brackets=brackets,
+                         stop_last_trials=stop_last_trials, **kwargs)
+        self._brackets = [
+            _RankBracket(grace_period, max_t, reduction_factor, s,
+                         stop_last_trials=stop_last_trials)
+            for s in range(brackets)
+        ]
