@@ -1,6 +1,6 @@
 """`lenstune report`: a results page of an experiment, read from MLflow alone.
 
-Writes into ``--out``: ``leaderboard.csv`` (one row per family), ``roc_families.png`` (test ROC
+Writes a new folder ``--out`` (an earlier report there is replaced only with ``--force``): ``leaderboard.csv`` (one row per family), ``roc_families.png`` (test ROC
 of each family's best trial, macro-averaged over the one-vs-rest curves) and ``README.md``, a
 Markdown page with the leaderboard table that links both.
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -179,10 +181,31 @@ def markdown_page(experiment: str, rows: list[dict], plotted: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(experiment: str, out: Path, *, tracking_uri: str | None) -> Path:
-    """Write leaderboard.csv, roc_families.png and README.md into ``out``; returns the page."""
+def _check_replaceable(out: Path, force: bool) -> None:
+    """Refuse to replace an existing folder without ``force``, and anything but an earlier
+    report (README.md + leaderboard.csv) or an empty folder even with it."""
+    if not out.exists():
+        return
+    if not force:
+        raise PromotionError(f"{out} already exists; pass --force to replace it")
+    if out.is_dir() and (not any(out.iterdir()) or
+                         ((out / "README.md").is_file() and (out / "leaderboard.csv").is_file())):
+        return
+    raise PromotionError(f"{out} exists and is not a lenstune report (no README.md and "
+                         "leaderboard.csv); refusing to replace it")
+
+
+def write_report(experiment: str, out: Path, *, tracking_uri: str | None,
+                 force: bool = False) -> Path:
+    """Write leaderboard.csv, roc_families.png and README.md into ``out``; returns the page.
+
+    The report is written into a temporary folder beside ``out`` and moved into place when
+    complete, so a failure leaves ``out`` as it was. An existing ``out`` is replaced only with
+    ``force`` (and only if it holds an earlier report)."""
     from mlflow import MlflowClient
 
+    out = Path(out)
+    _check_replaceable(out, force)
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -190,21 +213,35 @@ def write_report(experiment: str, out: Path, *, tracking_uri: str | None) -> Pat
     rows, _ = family_rows(client, exp.experiment_id)
     if not rows:
         raise PromotionError(f"experiment {experiment!r} has no trial runs (tag lenstune.kind=trial)")
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "leaderboard.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    plotted = plot_family_rocs(client, rows, out / "roc_families.png")
-    page = out / "README.md"
-    page.write_text(markdown_page(experiment, rows, plotted))
-    return page
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with (tmp / "leaderboard.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        plotted = plot_family_rocs(client, rows, tmp / "roc_families.png")
+        (tmp / "README.md").write_text(markdown_page(experiment, rows, plotted))
+        _check_replaceable(out, force)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "report")
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "README.md"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lenstune report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="MLflow experiment name")
     parser.add_argument("--out", type=Path, required=True, help="folder for the report")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing report in --out")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///runs/mlflow.db)")
@@ -215,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         check_tracking_store(uri)
-        page = write_report(args.experiment, args.out, tracking_uri=uri)
-    except (PromotionError, FileNotFoundError) as exc:
+        page = write_report(args.experiment, args.out, tracking_uri=uri, force=args.force)
+    except (PromotionError, OSError) as exc:
         print(f"lenstune report: error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {page}")

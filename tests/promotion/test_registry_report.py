@@ -40,6 +40,27 @@ def test_report_leaderboard_and_page(promoted, tracking, tmp_path, capsys):
     assert (out / "roc_families.png").stat().st_size > 1000
 
 
+def test_report_refuses_to_overwrite_without_force(promoted, tracking, tmp_path, capsys):
+    uri = tracking[0]
+    out = tmp_path / "report"
+    args = ["--experiment", "toy", "--out", str(out), "--tracking-uri", uri]
+    assert report_main(args) == 0
+    (out / "README.md").write_text("edited by hand")
+    assert report_main(args) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (out / "README.md").read_text() == "edited by hand"
+    assert report_main(args + ["--force"]) == 0
+    assert "| scratch |" in (out / "README.md").read_text()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert report_main(["--experiment", "toy", "--out", str(other), "--tracking-uri", uri,
+                        "--force"]) == 1
+    assert "not a lenstune report" in capsys.readouterr().err
+    assert (other / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_report_unknown_experiment(tracking, tmp_path, capsys):
     code = report_main(["--experiment", "nope", "--out", str(tmp_path / "r"),
                         "--tracking-uri", tracking[0]])
