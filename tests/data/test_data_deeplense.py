@@ -145,6 +145,15 @@ def test_missing_class_and_train_folders(tmp_path, make_deeplense):
         import_deeplense(src2, tmp_path / "out")
 
 
+def test_cli_unwritable_out_is_a_clear_error(deeplense_dir, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert import_main([str(deeplense_dir), "--out", str(blocker / "ds"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "nothing was written" in err
+    assert blocker.read_text() == "not a folder"
+
+
 def test_cli_refuses_overwrite_then_forces(deeplense_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert import_main([str(deeplense_dir), "--out", str(out), "--quiet"]) == 0

@@ -139,6 +139,16 @@ def test_cli_split_options_and_bad_values(tmp_path, cli_backend, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_cli_unwritable_out_is_a_clear_error(tmp_path, cli_backend, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "ds"
+    assert simulate_main(["--preset", "fake16", "--n-per-class", "10", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}" in err and "nothing was written" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"
+
+
 def test_compile_choice_resolves_and_reaches_the_simulator(tmp_path, fake_backend, monkeypatch, capsys):
     assert simulate_mod.resolve_compile("auto", 1000, 64) is False  # micro datasets stay eager
     assert simulate_mod.resolve_compile(None, 10**5, 64) is True

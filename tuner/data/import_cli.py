@@ -34,6 +34,11 @@ def main(argv: list[str]) -> int:
     except DatasetError as exc:
         print(f"lenstune import-deeplense: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. --out below a file, or a folder without write permission
+        where = exc.filename or args.out
+        print(f"lenstune import-deeplense: cannot write {args.out}: {exc.strerror or exc} ({where}); "
+              "nothing was written", file=sys.stderr)
+        return 2
     sizes = ", ".join(f"{s} {meta.n_images(s)}" for s in meta.counts)
     print(f"wrote {args.out}: {meta.image_size} px, {sizes}; digest {meta.digest[:16]}")
     return 0
