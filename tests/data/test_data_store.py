@@ -142,3 +142,22 @@ def test_force_never_replaces_a_foreign_folder(tmp_path):
         with staged_dataset(root, force=True):
             pass
     assert (root / "thesis.tex").read_text() == "precious"
+
+
+def test_staging_left_by_a_killed_writer_is_removed_on_the_next_write(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    root = tmp_path / "ds"
+    abandoned = tmp_path / f".ds.tmp-{host}-{dead.pid}-abc"
+    live = tmp_path / f".ds.tmp-{host}-{os.getpid()}-def"       # a writer still running
+    elsewhere = tmp_path / f".ds.tmp-otherhost-{dead.pid}-ghi"  # another node's writer
+    for folder in (abandoned, live, elsewhere):
+        folder.mkdir()
+    with staged_dataset(root) as tmp:
+        (tmp / "meta.json").write_text("{}")
+    assert not abandoned.exists() and live.exists() and elsewhere.exists() and root.is_dir()

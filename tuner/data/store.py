@@ -14,10 +14,12 @@ with the same digest hold the same numbers.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -311,13 +313,43 @@ def staged_dataset(root: str | Path, *, force: bool = False) -> Iterator[Path]:
     root = Path(root)
     _check_replaceable(root, force)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    remove_abandoned_staging(root)
+    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(root) + f"{os.getpid()}-", dir=root.parent))
     try:
         yield tmp
         _move_into_place(tmp, root, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _staging_prefix(root: Path) -> str:
+    return f".{root.name}.tmp-{socket.gethostname()}-"
+
+
+def remove_abandoned_staging(root: Path) -> list[Path]:
+    """Remove temporary folders that a killed writer of ``root`` on this host left beside it
+    (named ``.<root>.tmp-<host>-<pid>-*``, the process no longer running); returns them.
+    Folders of live writers and of other hosts are left alone."""
+    prefix = _staging_prefix(root)
+    removed = []
+    for path in root.parent.glob(glob.escape(prefix) + "*"):
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_replaceable(root: Path, force: bool) -> None:
