@@ -230,31 +230,6 @@ def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> tuple[Path, P
     return csv_path, png_path
 
 
-def find_best_trial(tracking_uri: str, experiment: str, study_name: str | None = None,
-                    family: str | None = None, include_failed: bool = False):
-    """The trial run with the highest ``best_val_auc_macro`` of a study (the most recent study
-    of the experiment when ``study_name`` is None), optionally of one ``family``; None if none."""
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    if study_name is None:
-        studies = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'study'",
-                                     order_by=["attributes.start_time DESC"], max_results=1)
-        if not studies:
-            return None
-        parent = studies[0]
-    else:
-        parent = find_study_run(client, exp.experiment_id, study_name)
-        if parent is None:
-            return None
-    runs = [r for r in list_trial_runs(client, exp.experiment_id, parent.info.run_id)
-            if BEST_METRIC in r.data.metrics
-            and (include_failed or r.data.tags.get("stop_reason") != "failed")
-            and (family is None or r.data.tags.get("family") == family)]
-    return max(runs, key=lambda r: r.data.metrics[BEST_METRIC], default=None)
-
-
 def download_trial_checkpoint(tracking_uri: str, run_id: str, destination: Path) -> Path:
     """Download a trial's ``checkpoint/`` artifact (model.safetensors + config.json); returns
     the local checkpoint folder, loadable with ``tuner.training.checkpoint.load_model``."""
