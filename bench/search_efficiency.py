@@ -17,6 +17,7 @@ logging or checkpoints: those cost wall time but change neither the search nor t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -31,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
-METHODS = (("asha_tpe", "tpe", True), ("random_fifo", "random", False))
+# name, sampler, ASHA rule (None: no early stopping). asha_tpe is what ``lenstune tune`` runs;
+# asha_ray_tpe uses Ray's own percentile rule at the rungs, for comparison.
+METHODS = (("asha_tpe", "tpe", "rank"), ("asha_ray_tpe", "tpe", "percentile"),
+           ("random_fifo", "random", None))
 
 
 def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, img_size: int,
@@ -70,7 +74,7 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
         tune.report({"val_auc_macro": report["auc_macro"], "epoch": epoch})
 
 
-def run_method(name: str, sampler: str, early_stopping: bool, *, seed: int, refs: dict, space,
+def run_method(name: str, sampler: str, rule: str | None, *, seed: int, refs: dict, space,
                args, class_names: list[str], storage: Path) -> dict[str, Any]:
     """One study; returns best val AUC, total epochs, per-trial epochs and wall seconds."""
     from ray import tune
@@ -84,12 +88,12 @@ def run_method(name: str, sampler: str, early_stopping: bool, *, seed: int, refs
         trainable, space.param_space(), name=f"{name}-s{seed}", storage_path=str(storage),
         num_samples=args.configs, max_epochs=args.max_epochs, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, seed=seed, max_concurrent=args.max_concurrent,
-        cpus_per_trial=1, gpus_per_trial=0, sampler=sampler, early_stopping=early_stopping,
-        verbose=0)
+        cpus_per_trial=1, gpus_per_trial=0, sampler=sampler, early_stopping=rule is not None,
+        asha_rule=rule or "rank", verbose=0)
     start = time.perf_counter()
     results = tuner.fit()
     seconds = time.perf_counter() - start
-    epochs, best = [], float("nan")
+    epochs, best, curves = [], float("nan"), []
     for result in results:
         df = result.metrics_dataframe
         if result.error is not None or df is None or "val_auc_macro" not in df:
@@ -97,8 +101,51 @@ def run_method(name: str, sampler: str, early_stopping: bool, *, seed: int, refs
         epochs.append(int(df["training_iteration"].max()))
         score = float(df["val_auc_macro"].max())
         best = score if not best == best else max(best, score)
+        curves.append({"config": result.config, "val_auc": [float(v) for v in df["val_auc_macro"]]})
     return {"method": name, "seed": seed, "best_auc": best, "epochs": sum(epochs),
-            "trial_epochs": sorted(epochs, reverse=True), "seconds": seconds}
+            "trial_epochs": sorted(epochs, reverse=True), "seconds": seconds, "curves": curves}
+
+
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of an ROC AUC from n_pos positives, n_neg negatives."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc))
+    return (var / (n_pos * n_neg)) ** 0.5
+
+
+def auc_noise_line(n_val: int, auc: float = 0.93) -> str:
+    per_class = n_val // 3
+    se = auc_standard_error(auc, per_class, n_val - per_class)
+    return (f"Validation noise: a one-vs-rest AUC of {auc} on {per_class} positives and "
+            f"{n_val - per_class} negatives has a standard error of {se:.4f} (Hanley & McNeil "
+            "1982); the macro AUC averages three such, correlated.\n")
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=float)
+        for value in np.unique(x):
+            r[x == value] = r[x == value].mean()
+        return r
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def rung_correlations(rows: list[dict], epochs: list[int]) -> str:
+    """How well a configuration's AUC after e epochs predicts its best AUC, from the full
+    learning curves of random search (Spearman over its configurations, per seed)."""
+    parts = []
+    for e in epochs:
+        values = [spearman([c["val_auc"][e - 1] for c in r["curves"]],
+                           [max(c["val_auc"]) for c in r["curves"]])
+                  for r in rows if r["method"] == "random_fifo"]
+        parts.append(f"after {e} epoch{'s' * (e > 1)}: {', '.join(f'{v:+.2f}' for v in values)}")
+    return ("Rank correlation (Spearman, per seed) between a configuration's val AUC after a rung's "
+            "epochs and its best val AUC, from random search's full curves: " + "; ".join(parts)
+            + ".")
 
 
 def machine() -> str:
@@ -111,19 +158,24 @@ def machine() -> str:
 def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, load: tuple,
            wall: float) -> str:
     by = {name: [r for r in rows if r["method"] == name] for name, _, _ in METHODS}
+    by = {name: runs for name, runs in by.items() if runs}
     lines = [
         "# Search efficiency: ASHA + TPE vs random search without early stopping", "",
         f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
         f"Machine: {machine()}, Python {platform.python_version()}; date {date.today()}; "
         f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min); "
         f"whole benchmark {wall / 60:.1f} min.",
-        f"Problem: simulated `model_ii` at 32 px, {args.n_per_class} images per class "
-        f"({n_train} train, {n_val} val), family `{args.family}` micro search space, "
+        f"Problem: simulated `model_ii` at 32 px, {args.n_per_class} training and "
+        f"{args.val_per_class} validation images per class ({n_train} train, {n_val} val), family `{args.family}` micro search space, "
         f"max {args.max_epochs} epochs per configuration, {args.configs} configurations per "
         f"study, {args.max_concurrent} trials at a time, 1 thread each.",
         f"ASHA: grace period {args.grace_period} epoch, reduction factor {args.reduction_factor} "
-        "(on `val_auc_macro`); random search runs every configuration to the full budget (FIFO).",
+        "(on `val_auc_macro`); `asha_tpe` applies the rank rule at the rungs (`tuner/asha.py`, "
+        "what `lenstune tune` runs), `asha_ray_tpe` Ray's percentile rule; both sample with "
+        "seeded Optuna TPE. `random_fifo` samples at random and runs every configuration to the "
+        "full budget.",
         "Best AUC = the highest validation macro AUC any trial reported at any epoch.", "",
+        auc_noise_line(n_val),
         "| method | seed | best val AUC | total epochs | epochs per trial | wall s |",
         "|---|---:|---:|---:|---|---:|",
     ]
@@ -131,22 +183,28 @@ def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, lo
         lines.append(f"| {r['method']} | {r['seed']} | {r['best_auc']:.4f} | {r['epochs']} | "
                      f"{' '.join(map(str, r['trial_epochs']))} | {r['seconds']:.0f} |")
     mean = {k: (statistics.mean(r["best_auc"] for r in v), statistics.mean(r["epochs"] for r in v))
-            for k, v in by.items()}
-    (a_auc, a_ep), (r_auc, r_ep) = mean["asha_tpe"], mean["random_fifo"]
-    gaps = [a["best_auc"] - r["best_auc"] for a, r in zip(by["asha_tpe"], by["random_fifo"])]
-    ratios = [a["epochs"] / r["epochs"] for a, r in zip(by["asha_tpe"], by["random_fifo"])]
-    met = (a_auc >= r_auc - 0.005) and (a_ep / r_ep <= 0.25)
-    lines += [
-        "", "| method | mean best val AUC | mean total epochs |", "|---|---:|---:|",
-        f"| asha_tpe | {a_auc:.4f} | {a_ep:.1f} |", f"| random_fifo | {r_auc:.4f} | {r_ep:.1f} |",
-        "",
-        f"AUC difference ASHA+TPE - random (mean): {a_auc - r_auc:+.4f} "
-        f"(per seed: {', '.join(f'{g:+.4f}' for g in gaps)}).",
-        f"Epoch ratio ASHA+TPE / random (means): {a_ep / r_ep:.3f} "
-        f"(per seed: {', '.join(f'{q:.3f}' for q in ratios)}).",
-        f"Target (within 0.005 AUC using <= 1/4 of the epochs): {'met' if met else 'not met'} "
-        "on the means.",
-    ]
+            for k, v in by.items() if v}
+    r_auc, r_ep = mean["random_fifo"]
+    lines += ["", "| method | mean best val AUC | mean total epochs | AUC - random (per seed) "
+              "| epochs / random (per seed) | target |", "|---|---:|---:|---|---|---|"]
+    for name, (auc, ep) in mean.items():
+        if name == "random_fifo":
+            lines.append(f"| {name} | {auc:.4f} | {ep:.1f} | | | |")
+            continue
+        gaps = [a["best_auc"] - r["best_auc"] for a, r in zip(by[name], by["random_fifo"])]
+        ratios = [a["epochs"] / r["epochs"] for a, r in zip(by[name], by["random_fifo"])]
+        met = (auc >= r_auc - 0.005) and (ep / r_ep <= 0.25)
+        lines.append(
+            f"| {name} | {auc:.4f} | {ep:.1f} | {auc - r_auc:+.4f} "
+            f"({', '.join(f'{g:+.4f}' for g in gaps)}) | {ep / r_ep:.3f} "
+            f"({', '.join(f'{q:.3f}' for q in ratios)}) | {'met' if met else 'not met'} |")
+    lines += ["", "Target: mean best val AUC within 0.005 of random search's, using <= 1/4 of its "
+              "epochs (means over the seeds).", ""]
+    rung_epochs, e = [], args.grace_period
+    while e < args.max_epochs:
+        rung_epochs.append(int(e))
+        e *= args.reduction_factor
+    lines.append(rung_correlations(rows, rung_epochs))
     return "\n".join(lines) + "\n"
 
 
@@ -154,15 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="levit")
-    p.add_argument("--n-per-class", type=int, default=600)
-    p.add_argument("--configs", type=int, default=12, help="configurations per study")
+    p.add_argument("--n-per-class", type=int, default=1500,
+                   help="training images per class")
+    p.add_argument("--val-per-class", type=int, default=500,
+                   help="validation images per class (the AUC's noise shrinks with it)")
+    p.add_argument("--configs", type=int, default=24, help="configurations per study")
     p.add_argument("--max-epochs", type=int, default=16)
     p.add_argument("--grace-period", type=int, default=1)
-    p.add_argument("--reduction-factor", type=float, default=2)
+    p.add_argument("--reduction-factor", type=float, default=4)
     p.add_argument("--max-concurrent", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
+                   choices=[m[0] for m in METHODS], help="run only these (curves for analysis)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data-dir", type=Path, default=Path("runs/bench/data"))
     p.add_argument("--out", type=Path, help="write the markdown results here")
+    p.add_argument("--curves", type=Path,
+                   help="write every trial's config and per-epoch val AUC here (JSON)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, throwaway Ray
@@ -172,12 +237,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from tuner.data import ensure_simulated
+    from tuner.data.simulate import simulate_dataset, split_counts
     from tuner.search_space import load_search_space
     from tuner.study import load_arrays
 
-    root = ensure_simulated(args.data_dir / f"model_ii-32px-n{args.n_per_class}-s0", "model_ii",
-                            args.n_per_class, seed=0, img_size=32)
+    root = args.data_dir / f"model_ii-32px-tr{args.n_per_class}-va{args.val_per_class}-s0"
+    if not (root / "meta.json").exists():
+        counts = split_counts(0, counts=[args.n_per_class, args.val_per_class, 1])
+        simulate_dataset(root, "model_ii", counts, seed=0, img_size=32, progress=True)
     arrays, meta = load_arrays(root)
     space = load_search_space(args.family, "micro")
     tmp = Path(tempfile.mkdtemp(prefix="ltse", dir="/tmp"))
@@ -188,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         refs = {k: ray.put(v) for k, v in arrays.items()}
         for seed in args.seeds:
             for name, sampler, early in METHODS:
+                if name not in args.methods:
+                    continue
                 row = run_method(name, sampler, early, seed=seed, refs=refs, space=space, args=args,
                                  class_names=list(meta.class_names), storage=tmp / "studies")
                 rows.append(row)
@@ -196,11 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)  # Ray session, studies, MLflow store of this run
+    if "random_fifo" not in args.methods:
+        if args.curves:
+            args.curves.write_text(json.dumps(
+                [{k: r[k] for k in ("method", "seed", "curves")} for r in rows], indent=1))
+        return 0
     text = render(rows, args, argv, len(arrays["train_labels"]), len(arrays["val_labels"]), load,
                   time.perf_counter() - begin)
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.curves:
+        args.curves.write_text(json.dumps(
+            [{k: r[k] for k in ("method", "seed", "curves")} for r in rows], indent=1))
     return 0
 
 
