@@ -40,6 +40,9 @@ class StudyConfig(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0, description="fractional GPUs allowed")
     max_concurrent: int = Field(2, ge=1)
+    asha_rule: Literal["rank", "percentile"] = Field(
+        "rank", description="ASHA rung rule: rank = the best floor(k/rf) of the k trials at a "
+        "rung go on (tuner/asha.py); percentile = Ray's ASHAScheduler")
     time_budget_s: float | None = Field(None, gt=0, description="seconds per family")
     experiment: str = Field("lenstune", min_length=1)
     study_name: str | None = Field(None, description="Ray Tune run name; None = derived")

@@ -180,7 +180,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             seed=config.seed, max_concurrent=config.max_concurrent,
             cpus_per_trial=config.cpus_per_trial, gpus_per_trial=config.gpus_per_trial,
             callbacks=[callback], time_budget_s=config.time_budget_s,
-            max_failures=config.max_failures)
+            max_failures=config.max_failures, asha_rule=config.asha_rule)
     results = tuner.fit()
     from mlflow.tracking import MlflowClient
 

@@ -57,3 +57,12 @@ def test_long_run_pass_rate_is_one_over_rf(rf):
                            [rng.random() for _ in range(2000)])
     rate = decisions.count(TrialScheduler.CONTINUE) / len(decisions)
     assert abs(rate - 1 / rf) < 0.03
+
+
+def test_make_scheduler_picks_the_rule():
+    from tuner.search import make_scheduler
+
+    assert type(make_scheduler(16, 1, 4)) is RankASHAScheduler
+    assert type(make_scheduler(16, 1, 4, asha_rule="percentile")) is ASHAScheduler
+    with pytest.raises(ValueError, match="allowed: rank, percentile"):
+        make_scheduler(16, 1, 4, asha_rule="median")
