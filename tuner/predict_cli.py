@@ -190,7 +190,7 @@ def write_csv_atomic(frame, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tuner.data import DatasetError
-    from tuner.promotion_cli import check_tracking_store, default_tracking_uri, quiet_mlflow
+    from tuner.tracking_store import check_tracking_store, default_tracking_uri, quiet_mlflow
     from tuner.registry_model import as_image_batch, load_registered
 
     quiet_mlflow()

@@ -3,29 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the embedded store ``lenstune tune`` uses by default
-    (``sqlite:///runs/mlflow.db`` under the working directory)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
-
-
-def check_tracking_store(uri: str) -> None:
-    """Refuse a sqlite URI whose database file does not exist (MLflow would create an empty one)."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise FileNotFoundError(
-            f"no MLflow database at {uri[len('sqlite:///'):]}; pass --tracking-uri "
-            f"(or set MLFLOW_TRACKING_URI) to the store the study logged to"
-        )
-
-
-def quiet_mlflow() -> None:
-    """No per-file artifact progress bars on the terminal (set only if the user has not)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from tuner.tracking_store import check_tracking_store, default_tracking_uri, quiet_mlflow
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///runs/mlflow.db)")
     args = parser.parse_args(argv)
-    from tuner.promotion_cli import check_tracking_store, default_tracking_uri, quiet_mlflow
+    from tuner.tracking_store import check_tracking_store, default_tracking_uri, quiet_mlflow
 
     quiet_mlflow()
     uri = args.tracking_uri or default_tracking_uri()

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         return fail(f"--out {args.out} already exists; choose a new folder")
     from tuner.data import DatasetError, load_split
-    from tuner.promotion_cli import check_tracking_store, default_tracking_uri, quiet_mlflow
+    from tuner.tracking_store import check_tracking_store, default_tracking_uri, quiet_mlflow
     from tuner.uncertainty.conformal import ConformalConfig
     from tuner.uncertainty.report import evaluate, fit_method, log_report
 
