@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from tuner.data.deeplense import import_deeplense
-from tuner.data.store import DatasetError
+from tuner.data.store import DatasetError, write_error_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,13 +31,8 @@ def main(argv: list[str]) -> int:
             args.src, args.out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             seed=args.seed, force=args.force, progress=not args.quiet,
         )
-    except DatasetError as exc:
-        print(f"lenstune import-deeplense: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. --out below a file, or a folder without write permission
-        where = exc.filename or args.out
-        print(f"lenstune import-deeplense: cannot write {args.out}: {exc.strerror or exc} ({where}); "
-              "nothing was written", file=sys.stderr)
+    except (DatasetError, OSError) as exc:
+        print(f"lenstune import-deeplense: {write_error_message(args.out, exc)}", file=sys.stderr)
         return 2
     sizes = ", ".join(f"{s} {meta.n_images(s)}" for s in meta.counts)
     print(f"wrote {args.out}: {meta.image_size} px, {sizes}; digest {meta.digest[:16]}")

@@ -12,7 +12,7 @@ from tuner.data.simulate import (
     simulate_dataset,
     split_counts,
 )
-from tuner.data.store import DatasetError
+from tuner.data.store import DatasetError, write_error_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,13 +57,8 @@ def main(argv: list[str]) -> int:
             args.out, args.preset, counts, seed=args.seed, device=args.device, img_size=args.img_size,
             block_size=args.batch_size, force=args.force, progress=not args.quiet, compile=args.compile,
         )
-    except (DatasetError, ValueError) as exc:
-        print(f"lenstune simulate: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. --out below a file, or a folder without write permission
-        where = exc.filename or args.out
-        print(f"lenstune simulate: cannot write {args.out}: {exc.strerror or exc} ({where}); "
-              "nothing was written", file=sys.stderr)
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"lenstune simulate: {write_error_message(args.out, exc)}", file=sys.stderr)
         return 2
     sizes = ", ".join(f"{s} {meta.n_images(s)}" for s in meta.counts)
     print(f"wrote {args.out}: {meta.preset}, {meta.image_size} px, {sizes}; digest {meta.digest[:16]}")

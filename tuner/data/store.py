@@ -323,6 +323,15 @@ def staged_dataset(root: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise
 
 
+def write_error_message(out: str | Path, exc: Exception) -> str:
+    """One line for a failed dataset write: a DatasetError or ValueError as it is, an OSError
+    (``out`` below a file, no permission, disk full, an unreadable source) with the path it hit. Writes are staged,
+    so nothing is left at ``out`` either way."""
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or out}; nothing was written to {out}"
+    return str(exc)
+
+
 def _staging_prefix(root: Path) -> str:
     return f".{root.name}.tmp-{socket.gethostname()}-"
 
