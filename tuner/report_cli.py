@@ -1,8 +1,9 @@
 """`lenstune report`: a results page of an experiment, read from MLflow alone.
 
-Writes a new folder ``--out`` (an earlier report there is replaced only with ``--force``): ``leaderboard.csv`` (one row per family), ``roc_families.png`` (test ROC
-of each family's best trial, macro-averaged over the one-vs-rest curves) and ``README.md``, a
-Markdown page with the leaderboard table that links both.
+Writes a new folder ``--out`` (an earlier report there is replaced only with ``--force``):
+``leaderboard.csv`` (one row per family), ``roc_families.png`` (test ROC of each family's best
+trial, macro-averaged over the one-vs-rest curves) and ``README.md``, a Markdown page with the
+leaderboard table that links both.
 
 Per family: trials run and completed, the best validation macro AUC among completed trials, that
 trial's test metrics (logged by ``lenstune promote``, which evaluates every family's best), its
@@ -16,8 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from tuner import metrics
 from tuner.promotion import Evaluation
+from tuner.staging import staged_folder
 from tuner.study_runs import PromotionError, TrialSummary, best_completed, list_trials
 
 FIELDS = ("family", "trials", "completed", "best_val_auc", "test_auc", "test_acc", "test_ece",
@@ -181,20 +181,6 @@ def markdown_page(experiment: str, rows: list[dict], plotted: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _check_replaceable(out: Path, force: bool) -> None:
-    """Refuse to replace an existing folder without ``force``, and anything but an earlier
-    report (README.md + leaderboard.csv) or an empty folder even with it."""
-    if not out.exists():
-        return
-    if not force:
-        raise PromotionError(f"{out} already exists; pass --force to replace it")
-    if out.is_dir() and (not any(out.iterdir()) or
-                         ((out / "README.md").is_file() and (out / "leaderboard.csv").is_file())):
-        return
-    raise PromotionError(f"{out} exists and is not a lenstune report (no README.md and "
-                         "leaderboard.csv); refusing to replace it")
-
-
 def write_report(experiment: str, out: Path, *, tracking_uri: str | None,
                  force: bool = False) -> Path:
     """Write leaderboard.csv, roc_families.png and README.md into ``out``; returns the page.
@@ -205,7 +191,8 @@ def write_report(experiment: str, out: Path, *, tracking_uri: str | None,
     from mlflow import MlflowClient
 
     out = Path(out)
-    _check_replaceable(out, force)
+    if out.exists() and not force:  # before any MLflow query
+        raise PromotionError(f"{out} already exists; pass --force to replace it")
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -213,26 +200,15 @@ def write_report(experiment: str, out: Path, *, tracking_uri: str | None,
     rows, _ = family_rows(client, exp.experiment_id)
     if not rows:
         raise PromotionError(f"experiment {experiment!r} has no trial runs (tag lenstune.kind=trial)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    is_report = lambda p: (p / "README.md").is_file() and (p / "leaderboard.csv").is_file()  # noqa: E731
+    with staged_folder(out, force=force, replaceable=is_report, error=PromotionError,
+                       kind="a lenstune report (no README.md and leaderboard.csv)") as tmp:
         with (tmp / "leaderboard.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=FIELDS)
             writer.writeheader()
             writer.writerows(rows)
         plotted = plot_family_rocs(client, rows, tmp / "roc_families.png")
         (tmp / "README.md").write_text(markdown_page(experiment, rows, plotted))
-        _check_replaceable(out, force)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "report")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "README.md"
 
 

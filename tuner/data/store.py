@@ -14,13 +14,8 @@ with the same digest hold the same numbers.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
-import shutil
-import socket
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tuner.staging import staged_folder
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ARRAY_FILES: tuple[str, ...] = ("images.npy", "labels.npy", "params.npz")
@@ -303,89 +300,24 @@ def write_meta(folder: Path, meta: DatasetMeta) -> None:
 
 @contextmanager
 def staged_dataset(root: str | Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``root``; on success move it to ``root``.
+    """Yield a temporary folder beside ``root``; on success move it to ``root``
+    (:func:`tuner.staging.staged_folder`).
 
-    Refuses (DatasetError) if ``root`` exists and ``force`` is False. With ``force`` an existing
-    dataset is replaced by two renames (old aside, new in place), so readers see either the old
-    or the new dataset, never a mix. On any exception the temporary folder is removed and
-    ``root`` is left as it was.
+    Refuses (DatasetError) if ``root`` exists and ``force`` is False, and anything but a
+    lenstune dataset or an empty folder even with ``force``. With ``force`` an existing dataset
+    is replaced by two renames (old aside, new in place), so readers see either the old or the
+    new dataset, never a mix. On any exception ``root`` is left as it was.
     """
-    root = Path(root)
-    _check_replaceable(root, force)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_staging(root)
-    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(root) + f"{os.getpid()}-", dir=root.parent))
-    try:
+    with staged_folder(root, force=force, replaceable=lambda p: (p / META_FILE).is_file(),
+                       kind=f"a lenstune dataset (no {META_FILE})",
+                       force_hint="--force (force=True)", error=DatasetError) as tmp:
         yield tmp
-        _move_into_place(tmp, root, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_error_message(out: str | Path, exc: Exception) -> str:
-    """One line for a failed dataset write: a DatasetError or ValueError as it is, an OSError
-    (``out`` below a file, no permission, disk full, an unreadable source) with the path it hit. Writes are staged,
-    so nothing is left at ``out`` either way."""
+    """One line for a failed dataset write: a DatasetError or ValueError as it is; an OSError
+    (``out`` below a file, no permission, disk full, an unreadable source) with the path it
+    hit. Writes are staged, so nothing is left at ``out`` either way."""
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}: {exc.filename or out}; nothing was written to {out}"
     return str(exc)
-
-
-def _staging_prefix(root: Path) -> str:
-    return f".{root.name}.tmp-{socket.gethostname()}-"
-
-
-def remove_abandoned_staging(root: Path) -> list[Path]:
-    """Remove temporary folders that a killed writer of ``root`` on this host left beside it
-    (named ``.<root>.tmp-<host>-<pid>-*``, the process no longer running); returns them.
-    Folders of live writers and of other hosts are left alone."""
-    prefix = _staging_prefix(root)
-    removed = []
-    for path in root.parent.glob(glob.escape(prefix) + "*"):
-        pid = path.name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _check_replaceable(root: Path, force: bool) -> None:
-    """Refuse to replace anything but a lenstune dataset or an empty folder, even with force."""
-    if not root.exists():
-        return
-    if not force:
-        raise DatasetError(f"{root} already exists; pass --force (force=True) to replace it")
-    if root.is_dir() and ((root / META_FILE).is_file() or not any(root.iterdir())):
-        return
-    raise DatasetError(
-        f"{root} exists and is not a lenstune dataset (no {META_FILE}); refusing to replace it"
-    )
-
-
-def _move_into_place(tmp: Path, root: Path, force: bool) -> None:
-    if not root.exists():
-        os.rename(tmp, root)  # atomic on one filesystem; fails if another writer got there first
-        return
-    if not force:
-        raise DatasetError(f"{root} appeared while writing; pass --force (force=True) to replace it")
-    _check_replaceable(root, force)
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    os.rename(root, old / "dataset")
-    try:
-        os.rename(tmp, root)
-    except BaseException:
-        os.rename(old / "dataset", root)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
