@@ -89,7 +89,8 @@ def run_method(name: str, sampler: str, rule: str | None, *, seed: int, refs: di
         num_samples=args.configs, max_epochs=args.max_epochs, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, seed=seed, max_concurrent=args.max_concurrent,
         cpus_per_trial=1, gpus_per_trial=0, sampler=sampler, early_stopping=rule is not None,
-        asha_rule=rule or "rank", verbose=0)
+        asha_rule=rule or "rank", verbose=0,
+        tell_epoch=args.grace_period if args.tpe_told == "first-rung" and sampler == "tpe" else None)
     start = time.perf_counter()
     results = tuner.fit()
     seconds = time.perf_counter() - start
@@ -159,6 +160,7 @@ def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, lo
            wall: float) -> str:
     by = {name: [r for r in rows if r["method"] == name] for name, _, _ in METHODS}
     by = {name: runs for name, runs in by.items() if runs}
+    told = "score at the first rung" if args.tpe_told == "first-rung" else "last score"
     lines = [
         "# Search efficiency: ASHA + TPE vs random search without early stopping", "",
         f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
@@ -172,7 +174,7 @@ def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, lo
         f"ASHA: grace period {args.grace_period} epoch, reduction factor {args.reduction_factor} "
         "(on `val_auc_macro`); `asha_tpe` applies the rank rule at the rungs (`tuner/asha.py`, "
         "what `lenstune tune` runs), `asha_ray_tpe` Ray's percentile rule; both sample with "
-        "seeded Optuna TPE. `random_fifo` samples at random and runs every configuration to the "
+        f"seeded Optuna TPE, told each trial's {told}. `random_fifo` samples at random and runs every configuration to the "
         "full budget.",
         "Best AUC = the highest validation macro AUC any trial reported at any epoch.", "",
         auc_noise_line(n_val),
@@ -221,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grace-period", type=int, default=1)
     p.add_argument("--reduction-factor", type=float, default=4)
     p.add_argument("--max-concurrent", type=int, default=2)
+    p.add_argument("--tpe-told", choices=["last", "first-rung"], default="last",
+                   help="what TPE is told of a trial: its last score (Ray's default) or its "
+                   "score at the first rung (tuner.asha.EqualFidelityOptunaSearch)")
     p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
                    choices=[m[0] for m in METHODS], help="run only these (curves for analysis)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

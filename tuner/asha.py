@@ -12,6 +12,9 @@ Here a trial that is the k-th to reach a rung goes on only if it ranks among the
 promotion-based ASHA) would let through from a rung of k. Once many trials have reached a rung
 the two rules agree; the difference is at the start. Measured effect:
 ``bench/results/search_efficiency.md``.
+
+:class:`EqualFidelityOptunaSearch` is the searcher side of the same problem: what TPE is told
+about a trial that ASHA stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
+from ray.tune.search.optuna import OptunaSearch
 
 
 def rank_cutoff(recorded_scores: list[float], reduction_factor: float) -> float | None:
@@ -54,3 +58,31 @@ class RankASHAScheduler(ASHAScheduler):
                          stop_last_trials=stop_last_trials)
             for s in range(brackets)
         ]
+
+
+class EqualFidelityOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna each trial's score at epoch ``at_epoch`` (the first
+    rung) instead of its last one.
+
+    Under ASHA a trial's last score comes from however many epochs it ran: 16-epoch scores of
+    the few trials that went through every rung sit beside 1-epoch scores of stopped ones, and
+    TPE takes the configurations of the first trials through the rungs for the good region.
+    Every trial reaches the first rung, so scores there compare like with like. A trial that
+    ends before ``at_epoch`` (an error, a time budget) is told as Ray's OptunaSearch would.
+    """
+
+    def __init__(self, *args, at_epoch: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._at_epoch = at_epoch
+        self._first_rung: dict[str, float] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        if result.get("training_iteration") == self._at_epoch and self._metric in result:
+            self._first_rung[trial_id] = result[self._metric]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if result is not None and not error and trial_id in self._first_rung:
+            result = {**result, self._metric: self._first_rung.pop(trial_id)}
+        super().on_trial_complete(trial_id, result, error)

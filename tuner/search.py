@@ -14,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.asha import RankASHAScheduler
+from tuner.asha import EqualFidelityOptunaSearch, RankASHAScheduler
 from tuner.config import METRIC, MODE
 
 
@@ -86,8 +86,11 @@ def tpe_startup_trials(num_samples: int | None) -> int:
     return max(2, min(10, num_samples // 3))
 
 
-def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe", num_samples: int | None = None):
-    """Seeded Optuna search (``tpe`` or ``random``) limited to ``max_concurrent`` trials."""
+def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
+                  num_samples: int | None = None, tell_epoch: int | None = None):
+    """Seeded Optuna search (``tpe`` or ``random``) limited to ``max_concurrent`` trials.
+    ``tell_epoch``: tell Optuna each trial's score at that epoch (the first rung) rather than
+    its last (:class:`tuner.asha.EqualFidelityOptunaSearch`); None = the last, Ray's default."""
     import optuna
 
     if sampler == "tpe":
@@ -97,7 +100,11 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe", num_samp
         optuna_sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, random")
-    search = OptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE)
+    if tell_epoch is None:
+        search = OptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE)
+    else:
+        search = EqualFidelityOptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE,
+                                           at_epoch=tell_epoch)
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
 
 
@@ -129,6 +136,7 @@ def build_tuner(
     sampler: str = "tpe",
     early_stopping: bool = True,
     asha_rule: str = "rank",
+    tell_epoch: int | None = None,
     verbose: int = 1,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring)."""
@@ -138,7 +146,7 @@ def build_tuner(
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE,
-            search_alg=make_searcher(seed, max_concurrent, sampler, num_samples),
+            search_alg=make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch),
             scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
                                      asha_rule),
             num_samples=num_samples,

@@ -66,3 +66,34 @@ def test_make_scheduler_picks_the_rule():
     assert type(make_scheduler(16, 1, 4, asha_rule="percentile")) is ASHAScheduler
     with pytest.raises(ValueError, match="allowed: rank, percentile"):
         make_scheduler(16, 1, 4, asha_rule="median")
+
+
+def test_equal_fidelity_search_tells_optuna_the_first_rung_score():
+    import optuna
+    from ray import tune
+
+    from tuner.asha import EqualFidelityOptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = EqualFidelityOptunaSearch(
+        space={"lr": tune.loguniform(1e-4, 1e-2)}, metric="val_auc_macro", mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0), at_epoch=1)
+    for trial_id, curve in (("full", [0.6, 0.8, 0.9]), ("stopped", [0.7]), ("short", [])):
+        assert search.suggest(trial_id) is not None
+        for epoch, score in enumerate(curve, start=1):
+            search.on_trial_result(trial_id, {"training_iteration": epoch, "val_auc_macro": score})
+        last = {"training_iteration": len(curve), "val_auc_macro": curve[-1] if curve else 0.5}
+        search.on_trial_complete(trial_id, last)
+    values = [t.value for t in search._ot_study.trials]
+    # the full trial is told its epoch-1 score, not 0.9; one that never reached epoch 1 its last
+    assert values == [0.6, 0.7, 0.5]
+
+
+def test_make_searcher_tell_epoch_switch():
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.asha import EqualFidelityOptunaSearch
+    from tuner.search import make_searcher
+
+    assert type(make_searcher(0, 2, "tpe", 12).searcher) is OptunaSearch
+    assert type(make_searcher(0, 2, "tpe", 12, tell_epoch=1).searcher) is EqualFidelityOptunaSearch
