@@ -25,6 +25,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner.config import EPOCH_ATTR
+
 
 def rank_cutoff(recorded_scores: list[float], reduction_factor: float) -> float | None:
     """Smallest score that keeps a new trial among the best ``max(1, floor(k / rf))`` of the
@@ -69,6 +71,8 @@ class EqualFidelityOptunaSearch(OptunaSearch):
     TPE takes the configurations of the first trials through the rungs for the good region.
     Every trial reaches the first rung, so scores there compare like with like. A trial that
     ends before ``at_epoch`` (an error, a time budget) is told as Ray's OptunaSearch would.
+    Results of a trial Optuna never suggested (restored from an experiment state saved after
+    this searcher's state) are left out instead of failing the study.
     """
 
     def __init__(self, *args, at_epoch: int = 1, **kwargs):
@@ -77,12 +81,19 @@ class EqualFidelityOptunaSearch(OptunaSearch):
         self._first_rung: dict[str, float] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._ot_trials:
+            # A trial restored from an experiment state newer than this searcher's saved
+            # state (a driver killed between the two uploads): Optuna never suggested it.
+            return
         super().on_trial_result(trial_id, result)
-        if result.get("training_iteration") == self._at_epoch and self._metric in result:
+        epoch = result.get(EPOCH_ATTR, result.get("training_iteration"))
+        if epoch == self._at_epoch and self._metric in result:
             self._first_rung[trial_id] = result[self._metric]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        if trial_id not in self._ot_trials:
+            return
         if result is not None and not error and trial_id in self._first_rung:
             result = {**result, self._metric: self._first_rung.pop(trial_id)}
         super().on_trial_complete(trial_id, result, error)

@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 METRIC = "val_auc_macro"  # the study's objective, maximised
 MODE = "max"
+# The trial's own epoch count (reported with every result and kept in its checkpoint): what
+# ASHA's rungs and the stop reason count. Ray's training_iteration restarts from the metrics
+# Tune kept with a checkpoint and can lag the epochs trained after a restore.
+EPOCH_ATTR = "epoch"
 
 
 class ConfigError(ValueError):

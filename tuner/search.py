@@ -15,7 +15,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.asha import EqualFidelityOptunaSearch, RankASHAScheduler
-from tuner.config import METRIC, MODE
+from tuner.config import EPOCH_ATTR, METRIC, MODE
 
 
 class TrialStopCallback(tune.Callback):
@@ -47,7 +47,8 @@ class TrialStopCallback(tune.Callback):
             end_trial_run(client, run_id, stop_reason, message)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        last = trial.last_result or {}
+        epochs = int(last.get(EPOCH_ATTR, last.get("training_iteration", 0)))
         if epochs >= self.max_epochs:
             self._end(trial, "completed")
         else:
@@ -64,7 +65,7 @@ class TrialStopCallback(tune.Callback):
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
                    early_stopping: bool = True, asha_rule: str = "rank"):
-    """ASHA over epochs (``training_iteration``) with the rank rule of :mod:`tuner.asha`
+    """ASHA over the trials' reported epochs (``EPOCH_ATTR``) with the rank rule of :mod:`tuner.asha`
     (``asha_rule="percentile"``: Ray's own rule, for comparison); FIFO (no early stopping)
     for baselines."""
     if not early_stopping:
@@ -72,7 +73,7 @@ def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
     if asha_rule not in ("rank", "percentile"):
         raise ValueError(f"asha_rule {asha_rule!r} not allowed; allowed: rank, percentile")
     scheduler_class = RankASHAScheduler if asha_rule == "rank" else ASHAScheduler
-    return scheduler_class(time_attr="training_iteration", max_t=max_epochs,
+    return scheduler_class(time_attr=EPOCH_ATTR, max_t=max_epochs,
                          grace_period=min(grace_period, max_epochs),
                          reduction_factor=reduction_factor)
 
@@ -174,7 +175,11 @@ def build_tuner(
 def restore_tuner(path: str, trainable: Callable, cpus_per_trial: float,
                   gpus_per_trial: float) -> tune.Tuner:
     """Reopen an interrupted study at ``path``: unfinished and errored trials continue from
-    their last checkpoint; the searcher's (Optuna) state is restored."""
+    their last checkpoint; the searcher's (Optuna) state is restored, first brought up to the
+    saved trials where a killed driver left it behind them (:mod:`tuner.tune_state`)."""
+    from tuner.tune_state import reconcile_search_state
+
+    reconcile_search_state(path)
     return tune.Tuner.restore(
         path, tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial)),
         resume_unfinished=True, resume_errored=True,

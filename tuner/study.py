@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,33 @@ def _log_importances(client, run_id: str, family: str, space, results) -> None:
         client.log_artifact(run_id, str(path), "param_importances")
 
 
+def known_trials(results) -> Callable[[str], bool] | None:
+    """Whether a Tune trial id belongs to a trial of this ResultGrid: the id a result reports,
+    else its folder (``<trainable>_<trial id>``, the id's own underscores kept); None when a
+    result has neither."""
+    ids, folders = set(), []
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id:
+            ids.add(str(trial_id))
+        elif result.path:
+            folders.append(str(result.path).rstrip("/").rsplit("/", 1)[-1])
+        else:
+            return None
+    return lambda trial_id: trial_id in ids or any(f.endswith("_" + trial_id) for f in folders)
+
+
+def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str, results) -> None:
+    known = known_trials(results)
+    if known is None:  # never guess: an unknown id could be a real trial's run
+        return
+    orphans = tracking.delete_orphan_trial_runs(client, experiment_id, parent_run_id, family,
+                                                known)
+    if orphans:
+        client.set_tag(parent_run_id, f"lenstune.orphan_trial_runs_deleted.{family}",
+                       ",".join(orphans))
+
+
 def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, data_root: Path,
                study_name: str, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
     """Tune one family (fresh, or restored on ``--resume``) to the end of its budget."""
@@ -169,7 +197,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     trainable = tune.with_parameters(train_trial, data=refs, context=ctx.model_dump())
     storage = join_storage(config.resolved_storage(), study_name)
     path = join_storage(storage, family)
-    if config.resume and can_restore(path):
+    restored = config.resume and can_restore(path)
+    if restored:
         tuner = restore_tuner(path, trainable, config.cpus_per_trial, config.gpus_per_trial)
     else:
         callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs)

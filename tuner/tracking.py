@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,26 @@ def list_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str
         token = page.token
         if not token:
             return runs
+
+
+def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                             family: str, known: Callable[[str], bool]) -> list[str]:
+    """Soft-delete the ``family`` trial runs of a study whose trial id is not ``known`` (to
+    the trials Tune has after a resume) and return their run ids.
+
+    A driver killed between starting a trial and uploading the experiment state that names it
+    leaves an MLflow run for a trial the restored study never heard of; the restored searcher
+    samples a new trial in its place. Without this the study would count one run too many.
+    The run stays restorable from MLflow's deleted runs (``mlflow runs restore``)."""
+    orphans = [run.info.run_id for run in list_trial_runs(client, experiment_id, parent_run_id)
+               if run.data.tags.get(KIND_TAG) == "trial"
+               and run.data.tags.get("family") == family
+               and not known(run.data.tags.get("trial_id", ""))]
+    for run_id in orphans:
+        client.set_tag(run_id, "lenstune.orphaned", "trial unknown to the resumed study")
+        client.set_terminated(run_id, status="KILLED")
+        client.delete_run(run_id)
+    return orphans
 
 
 def leaderboard_rows(runs: list) -> list[dict[str, Any]]:

@@ -49,7 +49,7 @@ def test_compiled_and_eager_datasets_agree(tmp_path):
     """Same seed: the compiled simulator gives the eager dataset to float32 rounding, and is
     itself bitwise reproducible."""
     kwargs = dict(seed=5, block_size=4)
-    eager = simulate_dataset(tmp_path / "e", "model_ii", COUNTS, compile=False, **kwargs)
+    simulate_dataset(tmp_path / "e", "model_ii", COUNTS, compile=False, **kwargs)
     compiled = simulate_dataset(tmp_path / "c", "model_ii", COUNTS, compile=True, **kwargs)
     again = simulate_dataset(tmp_path / "a", "model_ii", COUNTS, compile=True, **kwargs)
     assert compiled.digest == again.digest

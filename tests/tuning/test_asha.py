@@ -97,3 +97,42 @@ def test_make_searcher_tell_epoch_switch():
 
     assert type(make_searcher(0, 2, "tpe", 12).searcher) is OptunaSearch
     assert type(make_searcher(0, 2, "tpe", 12, tell_epoch=1).searcher) is EqualFidelityOptunaSearch
+
+
+def test_equal_fidelity_search_keeps_first_rung_scores_across_save_and_restore(tmp_path):
+    """A study restored after its driver died still tells TPE the first-rung score of a trial
+    that reached the rung before the crash and completes after it."""
+    import optuna
+    from ray import tune
+
+    from tuner.asha import EqualFidelityOptunaSearch
+
+    def fresh():
+        return EqualFidelityOptunaSearch(
+            space={"lr": tune.loguniform(1e-4, 1e-2)}, metric="val_auc_macro", mode="max",
+            sampler=optuna.samplers.RandomSampler(seed=0), at_epoch=2)
+
+    search = fresh()
+    assert search.suggest("t1") is not None
+    for epoch, score in ((1, 0.55), (2, 0.65), (3, 0.7)):
+        search.on_trial_result("t1", {"training_iteration": epoch, "val_auc_macro": score})
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = fresh()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("t1", {"training_iteration": 4, "val_auc_macro": 0.9})
+    restored.on_trial_complete("t1", {"training_iteration": 4, "val_auc_macro": 0.9})
+    assert [t.value for t in restored._ot_study.trials] == [0.65]
+
+
+def test_rungs_count_the_trials_own_epochs_not_rays_iterations():
+    """After a restore Ray's training_iteration can restart below the epochs a trial has
+    trained; ASHA and the stop reason count the epoch the trial reports."""
+    from tuner.search import make_scheduler
+
+    scheduler = make_scheduler(16, 1, 4)
+    scheduler.set_search_properties("val_auc_macro", "max")
+    trial = SimpleNamespace(trial_id="t0")
+    scheduler.on_trial_add(None, trial)
+    # epoch 16 of 16 reported as Ray's first iteration since restore: the trial is done
+    result = {"training_iteration": 1, "epoch": 16.0, "val_auc_macro": 0.9}
+    assert scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP

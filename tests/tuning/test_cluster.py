@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.servers import free_port
-from tests.tuning.studies import REPO, check_trial_runs, ray_env, run_args, run_study_process, trial_runs
+from tests.tuning.studies import (REPO, check_restored_not_restarted, check_trial_runs, ray_env,
+                                  run_args, run_study_process, trial_runs)
 
 pytestmark = pytest.mark.slow
 VENV_BIN = Path(os.sys.executable).parent
@@ -43,6 +44,7 @@ def test_sigkilled_driver_resumes_without_duplicates(micro_dataset, tmp_path):
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.5)
     assert list(study_dir.glob("*/checkpoint_00000[1-9]")), "no trial reached its second epoch"
+    trained = {p.parent.name for p in study_dir.glob("*/checkpoint_00000[1-9]")}
     os.kill(proc.pid, signal.SIGKILL)  # the driver, by pid
     time.sleep(1)
     _kill_group(proc)  # then the local Ray it started
@@ -54,7 +56,8 @@ def test_sigkilled_driver_resumes_without_duplicates(micro_dataset, tmp_path):
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
     assert len(trials) == 4 and len({r.data.tags["trial_id"] for r in trials}) == 4
     check_trial_runs(uri, trials, studies[0].info.run_id, 3)
-    assert len([p for p in study_dir.iterdir() if p.is_dir()]) == 4  # Tune trials, none repeated
+    check_restored_not_restarted({p.name for p in study_dir.iterdir() if p.is_dir()}, trained,
+                                 trials)
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests import servers
-from tests.tuning.studies import REPO, check_trial_runs, ray_env, run_args, run_study_process, trial_runs
+from tests.tuning.studies import (REPO, check_restored_not_restarted, check_trial_runs, ray_env,
+                                  run_args, run_study_process, trial_runs)
 
 pytestmark = pytest.mark.slow
 BUCKET = "lenstune-studies"
@@ -74,12 +75,13 @@ def test_study_on_s3_survives_a_sigkilled_driver(micro_dataset, s3_endpoint, tmp
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
     assert len(trials) == 3 and len({r.data.tags["trial_id"] for r in trials}) == 3
     check_trial_runs(uri, trials, studies[0].info.run_id, 3)
-    keys = servers.list_objects(s3_endpoint, BUCKET)
+    at_kill, keys = keys, servers.list_objects(s3_endpoint, BUCKET)
     trial_dirs = {k[len(prefix):].split("/")[0] for k in keys
                   if k.startswith(prefix + "train_trial_") and "/" in k[len(prefix):]}
-    # Restored, not restarted: the same three Tune trials, no new ones.
-    assert trial_dirs == {f"train_trial_{r.data.tags['trial_id']}" for r in trials}
-    for name in trial_dirs:
+    trained = {k[len(prefix):].split("/")[0] for k in at_kill
+               if k.startswith(prefix) and "/checkpoint_000001/" in k}
+    check_restored_not_restarted(trial_dirs, trained, trials)
+    for name in (f"train_trial_{r.data.tags['trial_id']}" for r in trials):
         assert any(k.startswith(f"{prefix}{name}/checkpoint_") and k.endswith("model.safetensors")
                    for k in keys), name
     assert {prefix + "tuner.pkl"} <= set(keys)

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -59,3 +58,35 @@ def test_unreachable_or_unsupported_tracking_uri_fails_fast():
     with pytest.raises(tracking.TrackingError, match="not allowed"):
         tracking.check_tracking_uri("/some/folder")
     tracking.check_tracking_uri("sqlite:////tmp/x.db")
+
+
+def test_resume_deletes_only_this_familys_runs_unknown_to_the_restored_study(sqlite_uri):
+    client, exp, parent = _study(sqlite_uri, "orphans")
+    runs = {}
+    for trial_id, family in (("a_00000", "vit"), ("a_00001", "vit"), ("a_00002", "vit"),
+                             ("b_00000", "swin")):
+        runs[trial_id] = tracking.start_trial_run(
+            client, experiment_id=exp, parent_run_id=parent, study_name="s1", trial_id=trial_id,
+            family=family, run_name=trial_id, params={}, dataset=DATASET)
+    known = {"a_00000", "a_00001"}
+    deleted = tracking.delete_orphan_trial_runs(client, exp, parent, "vit", known.__contains__)
+    assert deleted == [runs["a_00002"]]
+    assert client.get_run(runs["a_00002"]).info.lifecycle_stage == "deleted"
+    assert client.get_run(runs["a_00002"]).info.status == "KILLED"
+    left = {r.data.tags["trial_id"] for r in tracking.list_trial_runs(client, exp, parent)}
+    assert left == {"a_00000", "a_00001", "b_00000"}  # the other family is not this resume's
+    assert tracking.delete_orphan_trial_runs(client, exp, parent, "vit", known.__contains__) == []
+
+
+def test_trials_of_a_result_grid_are_known_by_reported_id_or_folder_name():
+    from types import SimpleNamespace as R
+
+    from tuner.study import known_trials
+
+    grid = [R(metrics={"trial_id": "ab12c8f0"}, path="/s/levit/train_trial_ab12c8f0"),
+            R(metrics={}, path="bucket/studies/s/levit/train_trial_0c1d2e3f"),
+            R(metrics=None, path="/s/levit/train_trial_ab12c_00002/")]
+    known = known_trials(grid)
+    assert all(known(t) for t in ("ab12c8f0", "0c1d2e3f", "ab12c_00002"))
+    assert not any(known(t) for t in ("ab12c8f1", "trial_0c1d2e3f_x", "ab12c"))
+    assert known_trials(grid + [R(metrics={}, path="")]) is None  # unknown: delete nothing

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
