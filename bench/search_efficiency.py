@@ -223,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grace-period", type=int, default=1)
     p.add_argument("--reduction-factor", type=float, default=4)
     p.add_argument("--max-concurrent", type=int, default=2)
-    p.add_argument("--tpe-told", choices=["last", "first-rung"], default="last",
+    p.add_argument("--tpe-told", choices=["last", "first-rung"], default="first-rung",
                    help="what TPE is told of a trial: its last score (Ray's default) or its "
                    "score at the first rung (tuner.asha.EqualFidelityOptunaSearch)")
     p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
                    choices=[m[0] for m in METHODS], help="run only these (curves for analysis)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--data-dir", type=Path, default=Path("runs/bench/data"))
     p.add_argument("--out", type=Path, help="write the markdown results here")
     p.add_argument("--curves", type=Path,

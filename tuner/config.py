@@ -47,6 +47,10 @@ class StudyConfig(BaseModel):
     asha_rule: Literal["rank", "percentile"] = Field(
         "rank", description="ASHA rung rule: rank = the best floor(k/rf) of the k trials at a "
         "rung go on (tuner/asha.py); percentile = Ray's ASHAScheduler")
+    tpe_told: Literal["first-rung", "last"] = Field(
+        "first-rung", description="what TPE learns of a trial: its score at the first ASHA rung, "
+        "which every trial reaches (tuner.asha.EqualFidelityOptunaSearch), or its last score "
+        "(Ray's OptunaSearch)")
     time_budget_s: float | None = Field(None, gt=0, description="seconds per family")
     experiment: str = Field("lenstune", min_length=1)
     study_name: str | None = Field(None, description="Ray Tune run name; None = derived")

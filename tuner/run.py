@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials running at once per family")
     p.add_argument("--asha-rule", choices=["rank", "percentile"],
                    help="ASHA rung rule (docs/tuning.md); default rank")
+    p.add_argument("--tpe-told", choices=["first-rung", "last"],
+                   help="score TPE learns of a trial (docs/tuning.md); default first-rung")
     p.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds per family")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--study-name", help="name of the study (Ray Tune run); default derived")

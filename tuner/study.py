@@ -209,11 +209,14 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             seed=config.seed, max_concurrent=config.max_concurrent,
             cpus_per_trial=config.cpus_per_trial, gpus_per_trial=config.gpus_per_trial,
             callbacks=[callback], time_budget_s=config.time_budget_s,
-            max_failures=config.max_failures, asha_rule=config.asha_rule)
+            max_failures=config.max_failures, asha_rule=config.asha_rule,
+            tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None)
     results = tuner.fit()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
+    if restored:
+        _delete_orphans(client, experiment_id, parent_run_id, family, results)
     try:
         _log_importances(client, parent_run_id, family, space, results)
     except Exception as exc:  # importances are a report, never a reason to fail the study

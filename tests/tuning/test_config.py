@@ -7,6 +7,8 @@ def test_defaults_then_profile_then_file_then_flags(tmp_path):
     assert resolve_study_config({}).profile == "gpu"
     assert resolve_study_config({}).asha_rule == "rank"
     assert resolve_study_config({"asha_rule": "percentile"}).asha_rule == "percentile"
+    assert resolve_study_config({}).tpe_told == "first-rung"
+    assert resolve_study_config({"tpe_told": "last"}).tpe_told == "last"
     micro = resolve_study_config({"profile": "micro"})
     assert micro.img_size == 32 and micro.samples == 4
     user = tmp_path / "study.yaml"
@@ -22,6 +24,8 @@ def test_bad_values_are_named():
         resolve_study_config({"profile": "tpu"})
     with pytest.raises(ConfigError, match="asha_rule.*'rank' or 'percentile'"):
         resolve_study_config({"asha_rule": "median"})
+    with pytest.raises(ConfigError, match="tpe_told.*'first-rung' or 'last'"):
+        resolve_study_config({"tpe_told": "best"})
     with pytest.raises(ConfigError, match="bogus"):
         resolve_study_config({"bogus": 1})
     with pytest.raises(ConfigError, match="does not exist"):
