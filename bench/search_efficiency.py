@@ -12,11 +12,14 @@ augmentation, the same metrics) reporting ``val_auc_macro`` every epoch, without
 logging or checkpoints: those cost wall time but change neither the search nor the scores.
 
     .venv/bin/python bench/search_efficiency.py --out bench/results/search_efficiency.md
+    # several runs (other seeds) summarised together from their saved curves:
+    .venv/bin/python bench/search_efficiency.py --pool run1.json.gz run2.json.gz
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -158,8 +161,6 @@ def machine() -> str:
 
 def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, load: tuple,
            wall: float) -> str:
-    by = {name: [r for r in rows if r["method"] == name] for name, _, _ in METHODS}
-    by = {name: runs for name, runs in by.items() if runs}
     told = "score at the first rung" if args.tpe_told == "first-rung" else "last score"
     lines = [
         "# Search efficiency: ASHA + TPE vs random search without early stopping", "",
@@ -184,30 +185,60 @@ def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, lo
     for r in rows:
         lines.append(f"| {r['method']} | {r['seed']} | {r['best_auc']:.4f} | {r['epochs']} | "
                      f"{' '.join(map(str, r['trial_epochs']))} | {r['seconds']:.0f} |")
-    mean = {k: (statistics.mean(r["best_auc"] for r in v), statistics.mean(r["epochs"] for r in v))
-            for k, v in by.items() if v}
-    r_auc, r_ep = mean["random_fifo"]
-    lines += ["", "| method | mean best val AUC | mean total epochs | AUC - random (per seed) "
-              "| epochs / random (per seed) | target |", "|---|---:|---:|---|---|---|"]
-    for name, (auc, ep) in mean.items():
-        if name == "random_fifo":
-            lines.append(f"| {name} | {auc:.4f} | {ep:.1f} | | | |")
-            continue
-        gaps = [a["best_auc"] - r["best_auc"] for a, r in zip(by[name], by["random_fifo"])]
-        ratios = [a["epochs"] / r["epochs"] for a, r in zip(by[name], by["random_fifo"])]
-        met = (auc >= r_auc - 0.005) and (ep / r_ep <= 0.25)
-        lines.append(
-            f"| {name} | {auc:.4f} | {ep:.1f} | {auc - r_auc:+.4f} "
-            f"({', '.join(f'{g:+.4f}' for g in gaps)}) | {ep / r_ep:.3f} "
-            f"({', '.join(f'{q:.3f}' for q in ratios)}) | {'met' if met else 'not met'} |")
-    lines += ["", "Target: mean best val AUC within 0.005 of random search's, using <= 1/4 of its "
-              "epochs (means over the seeds).", ""]
+    lines += ["", *summary_table(rows)]
     rung_epochs, e = [], args.grace_period
     while e < args.max_epochs:
         rung_epochs.append(int(e))
         e *= args.reduction_factor
     lines.append(rung_correlations(rows, rung_epochs))
     return "\n".join(lines) + "\n"
+
+
+def summary_table(rows: list[dict]) -> list[str]:
+    """Means over the seeds per method, each against random search on the same seeds, and
+    whether the target holds."""
+    by = {name: sorted((r for r in rows if r["method"] == name), key=lambda r: r["seed"])
+          for name, _, _ in METHODS}
+    by = {name: runs for name, runs in by.items() if runs}
+    mean = {k: (statistics.mean(r["best_auc"] for r in v), statistics.mean(r["epochs"] for r in v))
+            for k, v in by.items()}
+    r_auc, r_ep = mean["random_fifo"]
+    lines = ["| method | mean best val AUC | mean total epochs | AUC - random (per seed) "
+              "| epochs / random (per seed) | target |", "|---|---:|---:|---|---|---|"]
+    for name, (auc, ep) in mean.items():
+        if name == "random_fifo":
+            lines.append(f"| {name} | {auc:.4f} | {ep:.1f} | | | |")
+            continue
+        ref = {r["seed"]: r for r in by["random_fifo"]}
+        gaps = [a["best_auc"] - ref[a["seed"]]["best_auc"] for a in by[name]]
+        ratios = [a["epochs"] / ref[a["seed"]]["epochs"] for a in by[name]]
+        met = (auc >= r_auc - 0.005) and (ep / r_ep <= 0.25)
+        lines.append(
+            f"| {name} | {auc:.4f} | {ep:.1f} | {auc - r_auc:+.4f} "
+            f"({', '.join(f'{g:+.4f}' for g in gaps)}) | {ep / r_ep:.3f} "
+            f"({', '.join(f'{q:.3f}' for q in ratios)}) | {'met' if met else 'not met'} |")
+    return lines + ["", "Target: mean best val AUC within 0.005 of random search's, using <= "
+                    "1/4 of its epochs (means over the seeds).", ""]
+
+
+def rows_from_curves(paths: list[Path]) -> list[dict]:
+    """Per method and seed, best val AUC and total epochs from saved ``--curves`` files (every
+    trial's per-epoch val AUC); a seed measured twice for a method is refused."""
+    rows, seen = [], set()
+    for path in paths:
+        text = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
+        for entry in json.loads(text):
+            key = (entry["method"], entry["seed"])
+            if key in seen:
+                raise SystemExit(f"{path}: {key[0]} seed {key[1]} is in more than one file")
+            seen.add(key)
+            rows.append({"method": key[0], "seed": key[1],
+                         "best_auc": max(max(c["val_auc"]) for c in entry["curves"]),
+                         "epochs": sum(len(c["val_auc"]) for c in entry["curves"])})
+    missing = {r["seed"] for r in rows} ^ {r["seed"] for r in rows if r["method"] == "random_fifo"}
+    if missing:
+        raise SystemExit(f"no random_fifo run for seeds {sorted(missing)}: nothing to compare with")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the markdown results here")
     p.add_argument("--curves", type=Path,
                    help="write every trial's config and per-epoch val AUC here (JSON)")
+    p.add_argument("--pool", type=Path, nargs="+", metavar="CURVES",
+                   help="run nothing: the summary over the seeds of these saved --curves files "
+                   "(.json or .json.gz)")
     args = p.parse_args(argv)
+    if args.pool:
+        text = "\n".join([f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
+                          "", *summary_table(rows_from_curves(args.pool))])
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return 0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, throwaway Ray
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
