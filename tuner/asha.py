@@ -62,8 +62,23 @@ class RankASHAScheduler(ASHAScheduler):
         ]
 
 
-class EqualFidelityOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that tells Optuna each trial's score at epoch ``at_epoch`` (the first
+class RestorableOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that leaves out results of a trial Optuna never suggested instead of
+    failing the study (Ray's raises KeyError): a trial restored from an experiment state saved
+    after this searcher's state, when a driver was killed between the two uploads."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._ot_trials:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._ot_trials:
+            super().on_trial_complete(trial_id, result, error)
+
+
+class EqualFidelityOptunaSearch(RestorableOptunaSearch):
+    """Optuna search that tells Optuna each trial's score at epoch ``at_epoch`` (the first
     rung) instead of its last one.
 
     Under ASHA a trial's last score comes from however many epochs it ran: 16-epoch scores of
@@ -71,8 +86,6 @@ class EqualFidelityOptunaSearch(OptunaSearch):
     TPE takes the configurations of the first trials through the rungs for the good region.
     Every trial reaches the first rung, so scores there compare like with like. A trial that
     ends before ``at_epoch`` (an error, a time budget) is told as Ray's OptunaSearch would.
-    Results of a trial Optuna never suggested (restored from an experiment state saved after
-    this searcher's state) are left out instead of failing the study.
     """
 
     def __init__(self, *args, at_epoch: int = 1, **kwargs):
@@ -81,19 +94,13 @@ class EqualFidelityOptunaSearch(OptunaSearch):
         self._first_rung: dict[str, float] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._ot_trials:
-            # A trial restored from an experiment state newer than this searcher's saved
-            # state (a driver killed between the two uploads): Optuna never suggested it.
-            return
         super().on_trial_result(trial_id, result)
         epoch = result.get(EPOCH_ATTR, result.get("training_iteration"))
-        if epoch == self._at_epoch and self._metric in result:
+        if epoch == self._at_epoch and self._metric in result and trial_id in self._ot_trials:
             self._first_rung[trial_id] = result[self._metric]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if trial_id not in self._ot_trials:
-            return
         if result is not None and not error and trial_id in self._first_rung:
             result = {**result, self._metric: self._first_rung.pop(trial_id)}
         super().on_trial_complete(trial_id, result, error)

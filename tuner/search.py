@@ -14,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.asha import EqualFidelityOptunaSearch, RankASHAScheduler
+from tuner.asha import EqualFidelityOptunaSearch, RankASHAScheduler, RestorableOptunaSearch
 from tuner.config import EPOCH_ATTR, METRIC, MODE
 
 
@@ -102,7 +102,7 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
     else:
         raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, random")
     if tell_epoch is None:
-        search = OptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE)
+        search = RestorableOptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE)
     else:
         search = EqualFidelityOptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE,
                                            at_epoch=tell_epoch)

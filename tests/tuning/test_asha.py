@@ -92,10 +92,11 @@ def test_equal_fidelity_search_tells_optuna_the_first_rung_score():
 def test_make_searcher_tell_epoch_switch():
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuner.asha import EqualFidelityOptunaSearch
+    from tuner.asha import EqualFidelityOptunaSearch, RestorableOptunaSearch
     from tuner.search import make_searcher
 
-    assert type(make_searcher(0, 2, "tpe", 12).searcher) is OptunaSearch
+    assert type(make_searcher(0, 2, "tpe", 12).searcher) is RestorableOptunaSearch
+    assert issubclass(RestorableOptunaSearch, OptunaSearch)
     assert type(make_searcher(0, 2, "tpe", 12, tell_epoch=1).searcher) is EqualFidelityOptunaSearch
 
 
@@ -136,3 +137,23 @@ def test_rungs_count_the_trials_own_epochs_not_rays_iterations():
     # epoch 16 of 16 reported as Ray's first iteration since restore: the trial is done
     result = {"training_iteration": 1, "epoch": 16.0, "val_auc_macro": 0.9}
     assert scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP
+
+
+@pytest.mark.parametrize("at_epoch", [None, 1])
+def test_results_of_a_trial_optuna_never_suggested_are_left_out(at_epoch):
+    """Restored from an experiment state newer than the searcher's: Ray's OptunaSearch would
+    raise KeyError and end the study."""
+    import optuna
+    from ray import tune
+
+    from tuner.asha import EqualFidelityOptunaSearch, RestorableOptunaSearch
+
+    kwargs = dict(space={"lr": tune.loguniform(1e-4, 1e-2)}, metric="val_auc_macro", mode="max",
+                  sampler=optuna.samplers.RandomSampler(seed=0))
+    search = (RestorableOptunaSearch(**kwargs) if at_epoch is None
+              else EqualFidelityOptunaSearch(**kwargs, at_epoch=at_epoch))
+    assert search.suggest("known") is not None
+    for trial_id in ("stranger", "known"):
+        search.on_trial_result(trial_id, {"training_iteration": 1, "val_auc_macro": 0.8})
+        search.on_trial_complete(trial_id, {"training_iteration": 1, "val_auc_macro": 0.8})
+    assert [t.value for t in search._ot_study.trials] == [0.8]
