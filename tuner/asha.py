@@ -28,6 +28,11 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.config import EPOCH_ATTR
 
 
+def reported_epoch(result: dict) -> int | float | None:
+    """The epoch a result reports (``EPOCH_ATTR``), else Ray's ``training_iteration``."""
+    return result.get(EPOCH_ATTR, result.get("training_iteration"))
+
+
 def rank_cutoff(recorded_scores: list[float], reduction_factor: float) -> float | None:
     """Smallest score that keeps a new trial among the best ``max(1, floor(k / rf))`` of the
     ``k = len(recorded_scores) + 1`` trials at a rung (ties go on); None when nothing is
@@ -95,8 +100,7 @@ class EqualFidelityOptunaSearch(RestorableOptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, result)
-        epoch = result.get(EPOCH_ATTR, result.get("training_iteration"))
-        if epoch == self._at_epoch and self._metric in result and trial_id in self._ot_trials:
+        if reported_epoch(result) == self._at_epoch and self._metric in result:
             self._first_rung[trial_id] = result[self._metric]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,

@@ -14,7 +14,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.asha import EqualFidelityOptunaSearch, RankASHAScheduler, RestorableOptunaSearch
+from tuner.asha import (EqualFidelityOptunaSearch, RankASHAScheduler, RestorableOptunaSearch,
+                        reported_epoch)
 from tuner.config import EPOCH_ATTR, METRIC, MODE
 
 
@@ -47,8 +48,7 @@ class TrialStopCallback(tune.Callback):
             end_trial_run(client, run_id, stop_reason, message)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        last = trial.last_result or {}
-        epochs = int(last.get(EPOCH_ATTR, last.get("training_iteration", 0)))
+        epochs = int(reported_epoch(trial.last_result or {}) or 0)
         if epochs >= self.max_epochs:
             self._end(trial, "completed")
         else:
