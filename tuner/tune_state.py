@@ -6,10 +6,12 @@ state (``search_gen_state-<session>.json``: how many trials the searcher has cre
 concurrency limiter's live trials) and the searcher's own (``searcher-state-<session>.pkl``:
 Optuna). It writes them together but uploads them one file at a time, so a driver killed
 during an upload (seen with ``s3://`` storage) can leave an experiment state newer than the
-search state. Restored as it is, the generator's count lags the trials that exist and Tune
-creates more trials than ``--samples`` asked for, and the limiter keeps slots for trials that
-ended before the kill. :func:`reconcile_search_state` brings the search state up to the
-experiment state's trials before ``Tuner.restore`` reads them.
+search state, or the other way round. Restored as it is, a generator count that lags the
+trials makes Tune create more trials than ``--samples`` asked for; a count ahead of them (a
+trial created after the last experiment state was uploaded) makes it create fewer, and the
+concurrency limiter keeps slots for trials that ended, or that the restored study will never
+see. :func:`reconcile_search_state` makes the search state agree with the experiment state's
+trials before ``Tuner.restore`` reads them.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ def saved_trials(fs, experiment_state_path: str) -> dict[str, str]:
 
 def reconcile_search_state(path: str) -> list[str]:
     """Make the newest search generator state at ``path`` (a local folder or a URI Ray can
-    open) agree with the newest experiment state: its trial count at least the number of
-    trials that exist, no limiter slot held by a trial that has ended. Rewrites the file only
-    when something changes; returns what changed, one line each (empty: already consistent
-    or nothing saved)."""
+    open) agree with the newest experiment state: its trial count equal to the number of
+    trials that state holds, no limiter slot held by a trial that has ended or that it does not
+    hold. Rewrites the file only when something changes; returns what changed, one line each
+    (empty: already consistent or nothing saved)."""
     import ray.cloudpickle as cloudpickle
     from ray.train._internal.storage import get_fs_and_path
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
@@ -68,14 +70,26 @@ def reconcile_search_state(path: str) -> list[str]:
         changes.append(f"search state had created {state['counter']} trials, the experiment "
                        f"state holds {len(trials)}: no further trial for those")
         state["counter"] = len(trials)
+    elif state["counter"] > len(trials):
+        # Trials created after the experiment state was saved: the restored study never runs
+        # them, so it must create as many again to reach --samples.
+        changes.append(f"search state had created {state['counter']} trials, the experiment "
+                       f"state holds {len(trials)}: {state['counter'] - len(trials)} more to "
+                       f"create")
+        state["counter"] = len(trials)
     limiter = state.get(LIMITER_KEY)
     if limiter is not None:
         ended = {t for t in limiter["live_trials"] if trials.get(t) == "TERMINATED"}
+        unsaved = {t for t in limiter["live_trials"] if t not in trials}
         if ended:
             changes.append(f"concurrency slots freed of ended trials {sorted(ended)}")
-            limiter["live_trials"] = set(limiter["live_trials"]) - ended
+        if unsaved:
+            changes.append(f"concurrency slots freed of trials the experiment state does not "
+                           f"hold {sorted(unsaved)}")
+        if ended or unsaved:
+            limiter["live_trials"] = set(limiter["live_trials"]) - ended - unsaved
             limiter["num_unfinished_live_trials"] = max(
-                0, limiter["num_unfinished_live_trials"] - len(ended))
+                0, limiter["num_unfinished_live_trials"] - len(ended | unsaved))
     if changes:
         payload = cloudpickle.dumps(state)
         with fs.open_output_stream(gen_path) as f:

@@ -73,7 +73,8 @@ def test_study_on_s3_survives_a_sigkilled_driver(micro_dataset, s3_endpoint, tmp
     uri = f"sqlite:///{runs / 'mlflow.db'}"
     studies, trials = trial_runs(uri)
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
-    assert len(trials) == 3 and len({r.data.tags["trial_id"] for r in trials}) == 3
+    ids = sorted(r.data.tags["trial_id"] for r in trials)
+    assert len(ids) == 3 and len(set(ids)) == 3, (ids, resumed.stderr[-3000:])
     check_trial_runs(uri, trials, studies[0].info.run_id, 3)
     at_kill, keys = keys, servers.list_objects(s3_endpoint, BUCKET)
     trial_dirs = {k[len(prefix):].split("/")[0] for k in keys

@@ -1,6 +1,7 @@
-"""A study whose search state was saved before its experiment state (a driver killed between
-Tune's uploads) restores without extra trials: a real Tune study on local storage, its
-search state then rolled back the way a torn upload leaves it."""
+"""A study whose search state and experiment state were saved at different moments (a driver
+killed between Tune's uploads) restores with exactly the trials it asked for: a real Tune
+study on local storage, one of its state files then rolled back the way a torn upload leaves
+it."""
 
 from pathlib import Path
 
@@ -69,6 +70,41 @@ def test_restore_after_a_torn_save_creates_no_extra_trial(local_ray, tmp_path):
 
     restored = restore_tuner(str(path), _trainable, 1.0, 0.0).fit()
     assert sorted(r.metrics["trial_id"] for r in restored) == ids
+
+
+def _drop_last_trial(path: Path) -> str:
+    """Remove the newest trial from the experiment state (saved before that trial existed);
+    return its id."""
+    import json
+
+    from ray.tune.experiment.trial import Trial
+
+    experiment = max(path.glob("experiment_state-*.json"))
+    state = json.loads(experiment.read_text())
+    json_state, _ = state["trial_data"].pop()
+    experiment.write_text(json.dumps(state))
+    return Trial.from_json_state(json_state, stub=True).trial_id
+
+
+def test_restore_after_a_torn_save_creates_the_missing_trial(local_ray, tmp_path):
+    from tuner.search import restore_tuner
+    from tuner.tune_state import reconcile_search_state
+
+    first = _fit(tmp_path, samples=3)
+    path = tmp_path / "torn"
+    lost = _drop_last_trial(path)
+    kept = sorted(r.metrics["trial_id"] for r in first if r.metrics["trial_id"] != lost)
+    assert len(kept) == 2
+    _roll_back_search_state(path, counter=3, live={lost})  # the search state knew it, running
+
+    changes = reconcile_search_state(str(path))
+    assert len(changes) == 2 and "holds 2: 1 more to create" in changes[0] and lost in changes[1]
+    assert reconcile_search_state(str(path)) == []
+
+    restored = restore_tuner(str(path), _trainable, 1.0, 0.0).fit()
+    ids = [r.metrics["trial_id"] for r in restored]
+    assert len(ids) == 3 and lost not in ids and set(kept) < set(ids)
+    assert [r.metrics["training_iteration"] for r in restored] == [2, 2, 2]
 
 
 def test_nothing_saved_nothing_changed(tmp_path):
