@@ -50,6 +50,7 @@ def test_sigkilled_driver_resumes_without_duplicates(micro_dataset, tmp_path):
     _kill_group(proc)  # then the local Ray it started
     resumed = run_study_process(run_args(micro_dataset, runs, "vit", samples=4,
                                          extra=("--study-name", "killed", "--resume")))
+    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)  # kept for a post-mortem
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     uri = f"sqlite:///{runs / 'mlflow.db'}"
     studies, trials = trial_runs(uri)

@@ -68,6 +68,7 @@ def test_study_on_s3_survives_a_sigkilled_driver(micro_dataset, s3_endpoint, tmp
     resumed = run_study_process(run_args(micro_dataset, runs, "levit", samples=3, extra=(
         "--study-name", "s3kill", "--storage", STORAGE, "--no-promote", "--resume")),
         **s3_env(s3_endpoint))
+    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)  # kept for a post-mortem
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     uri = f"sqlite:///{runs / 'mlflow.db'}"
