@@ -175,11 +175,13 @@ def build_tuner(
 def restore_tuner(path: str, trainable: Callable, cpus_per_trial: float,
                   gpus_per_trial: float) -> tune.Tuner:
     """Reopen an interrupted study at ``path``: unfinished and errored trials continue from
-    their last checkpoint; the searcher's (Optuna) state is restored, first brought up to the
-    saved trials where a killed driver left it behind them (:mod:`tuner.tune_state`)."""
-    from tuner.tune_state import reconcile_search_state
+    their last checkpoint; the searcher's (Optuna) state is restored, first made to agree with
+    the saved trials where a killed driver left the two from different moments, and a trial
+    whose saved checkpoint was already deleted resumes from the next (:mod:`tuner.tune_state`)."""
+    from tuner.tune_state import reconcile_search_state, repoint_lost_checkpoints
 
     reconcile_search_state(path)
+    repoint_lost_checkpoints(path)
     return tune.Tuner.restore(
         path, tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial)),
         resume_unfinished=True, resume_errored=True,

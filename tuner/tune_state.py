@@ -11,13 +11,16 @@ trials makes Tune create more trials than ``--samples`` asked for; a count ahead
 trial created after the last experiment state was uploaded) makes it create fewer, and the
 concurrency limiter keeps slots for trials that ended, or that the restored study will never
 see. :func:`reconcile_search_state` makes the search state agree with the experiment state's
-trials before ``Tuner.restore`` reads them.
+trials before ``Tuner.restore`` reads them, and :func:`repoint_lost_checkpoints` points a
+trial whose saved latest checkpoint was deleted before the kill at the one that replaced it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
+import re
 from pathlib import PurePosixPath
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,107 @@ def reconcile_search_state(path: str) -> list[str]:
     if changes:
         payload = cloudpickle.dumps(state)
         with fs.open_output_stream(gen_path) as f:
+            f.write(payload)
+        for line in changes:
+            log.warning("restore of %s: %s", path, line)
+    return changes
+
+
+CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)$")
+
+
+def _checkpoint_index(path: str) -> int | None:
+    match = CHECKPOINT_NAME.search(path.rstrip("/"))
+    return int(match.group(1)) if match else None
+
+
+def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
+    """For one unfinished trial whose latest checkpoint is gone from storage: its runtime
+    metadata and state pointing at the oldest newer checkpoint that exists, and what changed."""
+    import pyarrow.fs as pafs
+    from ray._common.utils import binary_to_hex, hex_to_binary
+    import ray.cloudpickle as cloudpickle
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    run = _TrainingRunMetadata.from_json_state(run_json)
+    manager = run.checkpoint_manager
+    latest = manager.latest_checkpoint_result if manager is not None else None
+    if latest is None:
+        return None
+    fs, lost = latest.checkpoint.filesystem, latest.checkpoint.path
+    lost_index = _checkpoint_index(lost)
+    if lost_index is None or fs.get_file_info(lost).type != pafs.FileType.NotFound:
+        return None
+    folder = str(PurePosixPath(lost).parent)
+    newer = sorted((index, info.path) for info in fs.get_file_info(
+        pafs.FileSelector(folder, allow_not_found=True))
+        if info.type == pafs.FileType.Directory
+        and (index := _checkpoint_index(info.path)) is not None and index > lost_index)
+    if not newer:
+        return None
+    # The oldest newer one: Tune deletes a checkpoint only after registering the two that
+    # follow it, so that one is complete; a newer one may be a half-finished upload.
+    index, path = newer[0]
+    metrics = dict(latest.metrics)
+    if "training_iteration" in metrics:
+        metrics["training_iteration"] += index - lost_index
+    metrics["checkpoint_dir_name"] = PurePosixPath(path).name
+    result = _TrainingResult(checkpoint=Checkpoint(path=path, filesystem=fs), metrics=metrics)
+    manager._checkpoint_results = [
+        r for r in manager._checkpoint_results
+        if fs.get_file_info(r.checkpoint.path).type != pafs.FileType.NotFound] + [result]
+    manager._latest_checkpoint_result = result
+    run.checkpoint_manager = manager  # invalidates the cached JSON
+    # The next checkpoint the trial writes follows the one it resumes from.
+    storage = cloudpickle.loads(hex_to_binary(trial_state["storage"]["value"]))
+    storage.current_checkpoint_index = index
+    trial_state = {**trial_state,
+                   "storage": {**trial_state["storage"],
+                               "value": binary_to_hex(cloudpickle.dumps(storage))}}
+    return run.get_json_state(), trial_state, f"{PurePosixPath(lost).name} -> {PurePosixPath(path).name}"
+
+
+def repoint_lost_checkpoints(path: str) -> list[str]:
+    """Point every unfinished trial of the newest experiment state at ``path`` whose latest
+    checkpoint no longer exists at the oldest newer checkpoint that does; returns what
+    changed, one line per trial (empty: nothing to do).
+
+    Tune keeps each trial's two latest checkpoints and deletes older ones as new ones are
+    registered, and it saves the experiment state naming them at most every couple of
+    checkpoints. When epochs are short, a driver killed while that state is being written
+    leaves it naming a checkpoint already deleted, and Tune would fail the trial on restore
+    ("does not exist on storage anymore"). The trial resumes instead from the checkpoint
+    that came next, which was written before the kill."""
+    from ray.train._internal.storage import get_fs_and_path
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    fs, fs_path = get_fs_and_path(path)
+    experiment_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
+    if experiment_path is None:
+        return []
+    with fs.open_input_stream(experiment_path) as f:
+        state = json.loads(f.readall())
+    changes = []
+    for entry in state["trial_data"]:
+        trial_state = json.loads(entry[0])
+        if trial_state.get("status") == "TERMINATED" or "storage" not in trial_state:
+            continue
+        try:
+            repaired = _repoint(entry[1], trial_state)
+        except Exception as exc:  # left as saved: Tune restores it, or fails it, as before
+            log.warning("restore of %s: could not check the checkpoint of trial %s: %s", path,
+                        trial_state.get("trial_id"), exc)
+            continue
+        if repaired is not None:
+            entry[1], new_state, line = repaired
+            entry[0] = json.dumps(new_state, indent=2)
+            changes.append(f"trial {trial_state.get('trial_id')}: saved checkpoint gone, "
+                           f"resuming from the next one ({line})")
+    if changes:
+        payload = json.dumps(state).encode()
+        with fs.open_output_stream(experiment_path) as f:
             f.write(payload)
         for line in changes:
             log.warning("restore of %s: %s", path, line)

@@ -111,3 +111,69 @@ def test_nothing_saved_nothing_changed(tmp_path):
     from tuner.tune_state import reconcile_search_state
 
     assert reconcile_search_state(str(tmp_path)) == []
+
+
+def _epochs(config):
+    """Six epochs, a checkpoint each (``state.json``: the epoch); the first attempt dies
+    after its third."""
+    import json
+    import tempfile
+
+    from ray import tune
+
+    start = 0
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
+    for epoch in range(start + 1, 7):
+        if epoch == 4 and start == 0:
+            raise RuntimeError("driver killed")
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report({"epoch": epoch, "resumed_at": start, "val_auc_macro": 0.5},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _write_checkpoint(folder: Path, epoch: int) -> None:
+    import json
+
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
+
+
+def test_trial_whose_saved_checkpoint_was_deleted_resumes_from_the_next(local_ray, tmp_path):
+    """Tune keeps two checkpoints per trial. A driver killed while saving the experiment state
+    after a trial's 5th epoch leaves the state naming the 3rd epoch's checkpoint, which Tune had
+    already deleted when the 5th was registered: checkpoints 000003 and 000004 are on storage,
+    000002 is not."""
+    import shutil
+
+    from ray import tune
+
+    from tuner.search import restore_tuner
+    from tuner.tune_state import repoint_lost_checkpoints
+
+    tune.Tuner(_epochs, run_config=tune.RunConfig(
+        name="gap", storage_path=str(tmp_path), verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))).fit()
+    path = tmp_path / "gap"
+    (trial,) = path.glob("_epochs_*")
+    assert sorted(p.name for p in trial.glob("checkpoint_*")) == ["checkpoint_000001",
+                                                                   "checkpoint_000002"]
+    for name in ("checkpoint_000001", "checkpoint_000002"):
+        shutil.rmtree(trial / name)
+    _write_checkpoint(trial / "checkpoint_000003", 4)
+    _write_checkpoint(trial / "checkpoint_000004", 5)
+
+    changes = repoint_lost_checkpoints(str(path))
+    assert len(changes) == 1 and "checkpoint_000002 -> checkpoint_000003" in changes[0]
+    assert repoint_lost_checkpoints(str(path)) == []
+
+    (result,) = restore_tuner(str(path), _epochs, 1.0, 0.0).fit()
+    assert result.error is None
+    assert (result.metrics["resumed_at"], result.metrics["epoch"]) == (4, 6)
+    # Epochs 5 and 6 went to the checkpoints that follow the one it resumed from.
+    assert sorted(p.name for p in trial.glob("checkpoint_*")) == ["checkpoint_000004",
+                                                                   "checkpoint_000005"]
+    assert '"epoch": 6' in (trial / "checkpoint_000005" / "state.json").read_text()
