@@ -167,7 +167,12 @@ def known_trials(results) -> Callable[[str], bool] | None:
     return lambda trial_id: trial_id in ids or any(f.endswith("_" + trial_id) for f in folders)
 
 
-def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str, results) -> None:
+def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str, results,
+                    path: str) -> None:
+    """Remove what a trial the restored study never knew left: its MLflow run (soft-deleted,
+    tagged) and its folder in the study's storage at ``path``."""
+    from tuner.tune_state import delete_orphan_trial_folders
+
     known = known_trials(results)
     if known is None:  # never guess: an unknown id could be a real trial's run
         return
@@ -176,6 +181,10 @@ def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str,
     if orphans:
         client.set_tag(parent_run_id, f"lenstune.orphan_trial_runs_deleted.{family}",
                        ",".join(orphans))
+    folders = delete_orphan_trial_folders(path, known)
+    if folders:
+        client.set_tag(parent_run_id, f"lenstune.orphan_trial_folders_deleted.{family}",
+                       ",".join(folders))
 
 
 def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, data_root: Path,
@@ -216,7 +225,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
 
     client = MlflowClient(tracking_uri)
     if restored:
-        _delete_orphans(client, experiment_id, parent_run_id, family, results)
+        _delete_orphans(client, experiment_id, parent_run_id, family, results, path)
     try:
         _log_importances(client, parent_run_id, family, space, results)
     except Exception as exc:  # importances are a report, never a reason to fail the study

@@ -21,6 +21,7 @@ import fnmatch
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 log = logging.getLogger(__name__)
@@ -201,3 +202,29 @@ def repoint_lost_checkpoints(path: str) -> list[str]:
         for line in changes:
             log.warning("restore of %s: %s", path, line)
     return changes
+
+
+def delete_orphan_trial_folders(path: str, known: Callable[[str], bool],
+                                trainable_name: str = "train_trial") -> list[str]:
+    """Delete the trial folders (``<trainable_name>_<trial id>``) under the study at ``path``
+    whose trial is not ``known`` to the restored study; return their names.
+
+    A trial started just before the driver was killed, and never recorded in the saved
+    experiment state, may have written checkpoints; the restored study does not know it and
+    sampled another in its place, so its folder is only clutter (and storage cost)."""
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import get_fs_and_path
+
+    fs, fs_path = get_fs_and_path(path)
+    prefix = trainable_name + "_"
+    orphans = []
+    for info in fs.get_file_info(pafs.FileSelector(fs_path, allow_not_found=True)):
+        name = PurePosixPath(info.path).name
+        if (info.type == pafs.FileType.Directory and name.startswith(prefix)
+                and not known(name[len(prefix):])):
+            fs.delete_dir(info.path)
+            orphans.append(name)
+    for name in orphans:
+        log.warning("restore of %s: deleted %s, a trial the saved state never recorded", path,
+                    name)
+    return orphans

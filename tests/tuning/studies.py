@@ -71,10 +71,10 @@ def check_trial_runs(uri: str, trials: list, parent_id: str, max_epochs: int) ->
 
 def check_restored_not_restarted(trial_dirs: set[str], trained: set[str], trials: list) -> None:
     """After a SIGKILL and ``--resume``: the trials that had trained before the kill (their
-    storage folders, ``train_trial_<id>``) went on in their own MLflow runs, and every trial
-    run has its folder. A trial started in the moment before the kill, which the saved
-    experiment state does not name, may leave a folder and no run: the restored study sampled
-    another in its place (at most one such here: two trials run at a time)."""
+    storage folders, ``train_trial_<id>``) went on in their own MLflow runs, and the storage
+    holds a folder for every trial run and nothing else. (A trial started in the moment before
+    the kill, which the saved experiment state does not name, is replaced by the restored
+    study; its run and folder are deleted.)"""
     kept = {f"train_trial_{r.data.tags['trial_id']}" for r in trials}
     assert trained and trained <= kept, (trained, kept)
-    assert kept <= trial_dirs and len(trial_dirs - kept) <= 1, (trial_dirs, kept)
+    assert kept == trial_dirs, (trial_dirs, kept)

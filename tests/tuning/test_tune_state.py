@@ -177,3 +177,19 @@ def test_trial_whose_saved_checkpoint_was_deleted_resumes_from_the_next(local_ra
     assert sorted(p.name for p in trial.glob("checkpoint_*")) == ["checkpoint_000004",
                                                                    "checkpoint_000005"]
     assert '"epoch": 6' in (trial / "checkpoint_000005" / "state.json").read_text()
+
+
+def test_orphan_trial_folders_are_deleted_and_nothing_else(tmp_path):
+    from tuner.tune_state import delete_orphan_trial_folders
+
+    for name in ("train_trial_aaa11111", "train_trial_bbb22222", "other_ccc33333"):
+        (tmp_path / name / "checkpoint_000000").mkdir(parents=True)
+        (tmp_path / name / "checkpoint_000000" / "model.safetensors").write_bytes(b"w")
+    (tmp_path / "experiment_state-x.json").write_text("{}")
+    (tmp_path / "train_trial_ddd44444").write_text("a file, not a trial folder")
+
+    deleted = delete_orphan_trial_folders(str(tmp_path), lambda trial_id: trial_id == "aaa11111")
+    assert deleted == ["train_trial_bbb22222"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "experiment_state-x.json", "other_ccc33333", "train_trial_aaa11111", "train_trial_ddd44444"]
+    assert delete_orphan_trial_folders(str(tmp_path), lambda trial_id: True) == []
