@@ -103,3 +103,29 @@ def test_unusable_s3_storage_exits_before_any_mlflow_run(micro_dataset, s3_endpo
         assert f"storage {storage!r} is not writable" in proc.stderr and why in proc.stderr.lower()
         assert "Traceback" not in proc.stderr
         assert not (runs / "mlflow.db").exists()  # no MLflow store, let alone a run
+
+
+def test_trial_whose_saved_checkpoint_was_deleted_on_s3_resumes_from_the_next(
+        s3_endpoint, monkeypatch):
+    """The checkpoint repair of ``--resume`` (tuner.tune_state.repoint_lost_checkpoints) on S3,
+    where a torn save happens: the same torn study as tests/tuning/test_tune_state.py, kept
+    in the bucket. Ray runs in this process, started with the S3 environment its workers
+    need."""
+    import sys
+
+    import ray
+    import ray.cloudpickle
+
+    from tests.tuning import test_tune_state as torn
+
+    for key, value in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(key, value)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[torn.__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        path, fs, trial = torn.fit_and_tear(f"s3://{BUCKET}/torn")
+        assert trial.startswith(f"{BUCKET}/torn/gap/") and type(fs).__name__ == "S3FileSystem"
+        torn.check_repointed_and_resumed(path, fs, trial)
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[torn.__name__])

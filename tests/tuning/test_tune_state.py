@@ -135,48 +135,64 @@ def _epochs(config):
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _write_checkpoint(folder: Path, epoch: int) -> None:
+def fit_and_tear(storage: str) -> tuple[str, object, str]:
+    """Run one ``_epochs`` trial at ``storage`` (a folder or a URI), keeping two checkpoints,
+    then leave its storage as a driver killed mid-save after the 5th epoch does: the saved
+    state names the 3rd epoch's checkpoint (000002), which Tune had already deleted when it
+    registered the 5th; 000003 and 000004 are on storage. Returns the study path, its pyarrow
+    filesystem and the trial folder on it."""
     import json
 
-    folder.mkdir()
-    (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
-
-
-def test_trial_whose_saved_checkpoint_was_deleted_resumes_from_the_next(local_ray, tmp_path):
-    """Tune keeps two checkpoints per trial. A driver killed while saving the experiment state
-    after a trial's 5th epoch leaves the state naming the 3rd epoch's checkpoint, which Tune had
-    already deleted when the 5th was registered: checkpoints 000003 and 000004 are on storage,
-    000002 is not."""
-    import shutil
-
+    import pyarrow.fs as pafs
     from ray import tune
+    from ray.train._internal.storage import get_fs_and_path
 
+    tune.Tuner(_epochs, run_config=tune.RunConfig(
+        name="gap", storage_path=storage, verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))).fit()
+    path = storage.rstrip("/") + "/gap"
+    fs, fs_path = get_fs_and_path(path)
+    (trial,) = [i.path for i in fs.get_file_info(pafs.FileSelector(fs_path))
+                if i.type == pafs.FileType.Directory and i.path.rsplit("/", 1)[-1].startswith("_epochs_")]
+    assert checkpoints(fs, trial) == ["checkpoint_000001", "checkpoint_000002"]
+    for name in ("checkpoint_000001", "checkpoint_000002"):
+        fs.delete_dir(f"{trial}/{name}")
+    for index, epoch in ((3, 4), (4, 5)):
+        fs.create_dir(f"{trial}/checkpoint_{index:06d}")
+        with fs.open_output_stream(f"{trial}/checkpoint_{index:06d}/state.json") as f:
+            f.write(json.dumps({"epoch": epoch}).encode())
+    return path, fs, trial
+
+
+def checkpoints(fs, trial: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    return sorted(name for i in fs.get_file_info(pafs.FileSelector(trial))
+                  if (name := i.path.rstrip("/").rsplit("/", 1)[-1]).startswith("checkpoint_"))
+
+
+def check_repointed_and_resumed(path: str, fs, trial: str) -> None:
+    """The repair points the trial at 000003 (epoch 4); restored, it trains epochs 5 and 6
+    into the checkpoints that follow."""
     from tuner.search import restore_tuner
     from tuner.tune_state import repoint_lost_checkpoints
 
-    tune.Tuner(_epochs, run_config=tune.RunConfig(
-        name="gap", storage_path=str(tmp_path), verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))).fit()
-    path = tmp_path / "gap"
-    (trial,) = path.glob("_epochs_*")
-    assert sorted(p.name for p in trial.glob("checkpoint_*")) == ["checkpoint_000001",
-                                                                   "checkpoint_000002"]
-    for name in ("checkpoint_000001", "checkpoint_000002"):
-        shutil.rmtree(trial / name)
-    _write_checkpoint(trial / "checkpoint_000003", 4)
-    _write_checkpoint(trial / "checkpoint_000004", 5)
-
-    changes = repoint_lost_checkpoints(str(path))
+    changes = repoint_lost_checkpoints(path)
     assert len(changes) == 1 and "checkpoint_000002 -> checkpoint_000003" in changes[0]
-    assert repoint_lost_checkpoints(str(path)) == []
+    assert repoint_lost_checkpoints(path) == []
 
-    (result,) = restore_tuner(str(path), _epochs, 1.0, 0.0).fit()
+    (result,) = restore_tuner(path, _epochs, 1.0, 0.0).fit()
     assert result.error is None
     assert (result.metrics["resumed_at"], result.metrics["epoch"]) == (4, 6)
-    # Epochs 5 and 6 went to the checkpoints that follow the one it resumed from.
-    assert sorted(p.name for p in trial.glob("checkpoint_*")) == ["checkpoint_000004",
-                                                                   "checkpoint_000005"]
-    assert '"epoch": 6' in (trial / "checkpoint_000005" / "state.json").read_text()
+    assert checkpoints(fs, trial) == ["checkpoint_000004", "checkpoint_000005"]
+    with fs.open_input_stream(f"{trial}/checkpoint_000005/state.json") as f:
+        assert b'"epoch": 6' in f.readall()
+
+
+def test_trial_whose_saved_checkpoint_was_deleted_resumes_from_the_next(local_ray, tmp_path):
+    """Without the repair Ray fails this trial on restore: "Could not recover from checkpoint
+    as it does not exist on storage anymore"."""
+    check_repointed_and_resumed(*fit_and_tear(str(tmp_path)))
 
 
 def test_orphan_trial_folders_are_deleted_and_nothing_else(tmp_path):
