@@ -50,6 +50,15 @@ def saved_trials(fs, experiment_state_path: str) -> dict[str, str]:
     return {t.trial_id: t.status for t in trials}
 
 
+def _newest_experiment_state(path: str) -> tuple[object, str, str | None]:
+    """(pyarrow filesystem, path on it, newest experiment state file or None) of ``path``."""
+    from ray.train._internal.storage import get_fs_and_path
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    fs, fs_path = get_fs_and_path(path)
+    return fs, fs_path, _find_newest_experiment_checkpoint(fs_path, fs=fs)
+
+
 def reconcile_search_state(path: str) -> list[str]:
     """Make the newest search generator state at ``path`` (a local folder or a URI Ray can
     open) agree with the newest experiment state: its trial count equal to the number of
@@ -57,11 +66,8 @@ def reconcile_search_state(path: str) -> list[str]:
     hold. Rewrites the file only when something changes; returns what changed, one line each
     (empty: already consistent or nothing saved)."""
     import ray.cloudpickle as cloudpickle
-    from ray.train._internal.storage import get_fs_and_path
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
-    fs, fs_path = get_fs_and_path(path)
-    experiment_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
+    fs, fs_path, experiment_path = _newest_experiment_state(path)
     gen_path = _newest(fs, fs_path, SEARCH_GEN_PATTERN)
     if experiment_path is None or gen_path is None:
         return []
@@ -70,17 +76,15 @@ def reconcile_search_state(path: str) -> list[str]:
         state = cloudpickle.loads(f.readall())
 
     changes = []
-    if state["counter"] < len(trials):
-        changes.append(f"search state had created {state['counter']} trials, the experiment "
-                       f"state holds {len(trials)}: no further trial for those")
-        state["counter"] = len(trials)
-    elif state["counter"] > len(trials):
-        # Trials created after the experiment state was saved: the restored study never runs
-        # them, so it must create as many again to reach --samples.
-        changes.append(f"search state had created {state['counter']} trials, the experiment "
-                       f"state holds {len(trials)}: {state['counter'] - len(trials)} more to "
-                       f"create")
-        state["counter"] = len(trials)
+    created, saved = state["counter"], len(trials)
+    if created != saved:
+        # Fewer created: no further trial for those that exist. More created: trials made
+        # after the experiment state was saved, which the restored study never runs, so it
+        # must create as many again to reach --samples.
+        changes.append(f"search state had created {created} trials, the experiment state "
+                       f"holds {saved}: " + ("no further trial for those" if created < saved
+                                             else f"{created - saved} more to create"))
+        state["counter"] = saved
     limiter = state.get(LIMITER_KEY)
     if limiter is not None:
         ended = {t for t in limiter["live_trials"] if trials.get(t) == "TERMINATED"}
@@ -115,10 +119,11 @@ def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
     """For one unfinished trial whose latest checkpoint is gone from storage: its runtime
     metadata and state pointing at the oldest newer checkpoint that exists, and what changed."""
     import pyarrow.fs as pafs
-    from ray._common.utils import binary_to_hex, hex_to_binary
     import ray.cloudpickle as cloudpickle
+    from ray._common.utils import binary_to_hex, hex_to_binary
     from ray.train import Checkpoint
     from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import _exists_at_fs_path
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
     run = _TrainingRunMetadata.from_json_state(run_json)
@@ -128,7 +133,7 @@ def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
         return None
     fs, lost = latest.checkpoint.filesystem, latest.checkpoint.path
     lost_index = _checkpoint_index(lost)
-    if lost_index is None or fs.get_file_info(lost).type != pafs.FileType.NotFound:
+    if lost_index is None or _exists_at_fs_path(fs, lost):
         return None
     folder = str(PurePosixPath(lost).parent)
     newer = sorted((index, info.path) for info in fs.get_file_info(
@@ -145,9 +150,8 @@ def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
         metrics["training_iteration"] += index - lost_index
     metrics["checkpoint_dir_name"] = PurePosixPath(path).name
     result = _TrainingResult(checkpoint=Checkpoint(path=path, filesystem=fs), metrics=metrics)
-    manager._checkpoint_results = [
-        r for r in manager._checkpoint_results
-        if fs.get_file_info(r.checkpoint.path).type != pafs.FileType.NotFound] + [result]
+    manager._checkpoint_results = [r for r in manager._checkpoint_results
+                                   if _exists_at_fs_path(fs, r.checkpoint.path)] + [result]
     manager._latest_checkpoint_result = result
     run.checkpoint_manager = manager  # invalidates the cached JSON
     # The next checkpoint the trial writes follows the one it resumes from.
@@ -156,7 +160,8 @@ def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
     trial_state = {**trial_state,
                    "storage": {**trial_state["storage"],
                                "value": binary_to_hex(cloudpickle.dumps(storage))}}
-    return run.get_json_state(), trial_state, f"{PurePosixPath(lost).name} -> {PurePosixPath(path).name}"
+    line = f"{PurePosixPath(lost).name} -> {PurePosixPath(path).name}"
+    return run.get_json_state(), trial_state, line
 
 
 def repoint_lost_checkpoints(path: str) -> list[str]:
@@ -170,11 +175,7 @@ def repoint_lost_checkpoints(path: str) -> list[str]:
     leaves it naming a checkpoint already deleted, and Tune would fail the trial on restore
     ("does not exist on storage anymore"). The trial resumes instead from the checkpoint
     that came next, which was written before the kill."""
-    from ray.train._internal.storage import get_fs_and_path
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-
-    fs, fs_path = get_fs_and_path(path)
-    experiment_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
+    fs, _, experiment_path = _newest_experiment_state(path)
     if experiment_path is None:
         return []
     with fs.open_input_stream(experiment_path) as f:

@@ -153,7 +153,8 @@ def fit_and_tear(storage: str) -> tuple[str, object, str]:
     path = storage.rstrip("/") + "/gap"
     fs, fs_path = get_fs_and_path(path)
     (trial,) = [i.path for i in fs.get_file_info(pafs.FileSelector(fs_path))
-                if i.type == pafs.FileType.Directory and i.path.rsplit("/", 1)[-1].startswith("_epochs_")]
+                if i.type == pafs.FileType.Directory
+                and i.path.rsplit("/", 1)[-1].startswith("_epochs_")]
     assert checkpoints(fs, trial) == ["checkpoint_000001", "checkpoint_000002"]
     for name in ("checkpoint_000001", "checkpoint_000002"):
         fs.delete_dir(f"{trial}/{name}")
