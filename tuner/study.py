@@ -168,9 +168,10 @@ def known_trials(results) -> Callable[[str], bool] | None:
 
 
 def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str, results,
-                    path: str) -> None:
+                    path: str, trainable_name: str) -> None:
     """Remove what a trial the restored study never knew left: its MLflow run (soft-deleted,
-    tagged) and its folder in the study's storage at ``path``."""
+    tagged) and its folder (``<trainable_name>_<trial id>``) in the study's storage at
+    ``path``."""
     from tuner.tune_state import delete_orphan_trial_folders
 
     known = known_trials(results)
@@ -181,7 +182,7 @@ def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str,
     if orphans:
         client.set_tag(parent_run_id, f"lenstune.orphan_trial_runs_deleted.{family}",
                        ",".join(orphans))
-    folders = delete_orphan_trial_folders(path, known)
+    folders = delete_orphan_trial_folders(path, known, trainable_name)
     if folders:
         client.set_tag(parent_run_id, f"lenstune.orphan_trial_folders_deleted.{family}",
                        ",".join(folders))
@@ -225,7 +226,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
 
     client = MlflowClient(tracking_uri)
     if restored:
-        _delete_orphans(client, experiment_id, parent_run_id, family, results, path)
+        _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
+                        train_trial.__name__)
     try:
         _log_importances(client, parent_run_id, family, space, results)
     except Exception as exc:  # importances are a report, never a reason to fail the study

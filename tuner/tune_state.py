@@ -110,6 +110,15 @@ def reconcile_search_state(path: str) -> list[str]:
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)$")
 
 
+def _folders(fs, fs_path: str) -> list[tuple[str, str]]:
+    """(name, path) of every folder directly under ``fs_path``; none where it does not exist."""
+    import pyarrow.fs as pafs
+
+    return [(PurePosixPath(info.path).name, info.path)
+            for info in fs.get_file_info(pafs.FileSelector(fs_path, allow_not_found=True))
+            if info.type == pafs.FileType.Directory]
+
+
 def _checkpoint_index(path: str) -> int | None:
     match = CHECKPOINT_NAME.search(path.rstrip("/"))
     return int(match.group(1)) if match else None
@@ -118,7 +127,6 @@ def _checkpoint_index(path: str) -> int | None:
 def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
     """For one unfinished trial whose latest checkpoint is gone from storage: its runtime
     metadata and state pointing at the oldest newer checkpoint that exists, and what changed."""
-    import pyarrow.fs as pafs
     import ray.cloudpickle as cloudpickle
     from ray._common.utils import binary_to_hex, hex_to_binary
     from ray.train import Checkpoint
@@ -135,16 +143,15 @@ def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
     lost_index = _checkpoint_index(lost)
     if lost_index is None or _exists_at_fs_path(fs, lost):
         return None
-    folder = str(PurePosixPath(lost).parent)
-    newer = sorted((index, info.path) for info in fs.get_file_info(
-        pafs.FileSelector(folder, allow_not_found=True))
-        if info.type == pafs.FileType.Directory
-        and (index := _checkpoint_index(info.path)) is not None and index > lost_index)
-    if not newer:
-        return None
     # The oldest newer one: Tune deletes a checkpoint only after registering the two that
     # follow it, so that one is complete; a newer one may be a half-finished upload.
-    index, path = newer[0]
+    siblings = _folders(fs, str(PurePosixPath(lost).parent))
+    oldest_newer = min(((index, path) for name, path in siblings
+                        if (index := _checkpoint_index(name)) is not None and index > lost_index),
+                       default=None)
+    if oldest_newer is None:
+        return None
+    index, path = oldest_newer
     metrics = dict(latest.metrics)
     if "training_iteration" in metrics:
         metrics["training_iteration"] += index - lost_index
@@ -206,24 +213,21 @@ def repoint_lost_checkpoints(path: str) -> list[str]:
 
 
 def delete_orphan_trial_folders(path: str, known: Callable[[str], bool],
-                                trainable_name: str = "train_trial") -> list[str]:
+                                trainable_name: str) -> list[str]:
     """Delete the trial folders (``<trainable_name>_<trial id>``) under the study at ``path``
     whose trial is not ``known`` to the restored study; return their names.
 
     A trial started just before the driver was killed, and never recorded in the saved
     experiment state, may have written checkpoints; the restored study does not know it and
     sampled another in its place, so its folder is only clutter (and storage cost)."""
-    import pyarrow.fs as pafs
     from ray.train._internal.storage import get_fs_and_path
 
     fs, fs_path = get_fs_and_path(path)
     prefix = trainable_name + "_"
     orphans = []
-    for info in fs.get_file_info(pafs.FileSelector(fs_path, allow_not_found=True)):
-        name = PurePosixPath(info.path).name
-        if (info.type == pafs.FileType.Directory and name.startswith(prefix)
-                and not known(name[len(prefix):])):
-            fs.delete_dir(info.path)
+    for name, folder in _folders(fs, fs_path):
+        if name.startswith(prefix) and not known(name[len(prefix):]):
+            fs.delete_dir(folder)
             orphans.append(name)
     for name in orphans:
         log.warning("restore of %s: deleted %s, a trial the saved state never recorded", path,

@@ -205,8 +205,9 @@ def test_orphan_trial_folders_are_deleted_and_nothing_else(tmp_path):
     (tmp_path / "experiment_state-x.json").write_text("{}")
     (tmp_path / "train_trial_ddd44444").write_text("a file, not a trial folder")
 
-    deleted = delete_orphan_trial_folders(str(tmp_path), lambda trial_id: trial_id == "aaa11111")
+    deleted = delete_orphan_trial_folders(str(tmp_path), lambda trial_id: trial_id == "aaa11111",
+                                          "train_trial")
     assert deleted == ["train_trial_bbb22222"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "experiment_state-x.json", "other_ccc33333", "train_trial_aaa11111", "train_trial_ddd44444"]
-    assert delete_orphan_trial_folders(str(tmp_path), lambda trial_id: True) == []
+    assert delete_orphan_trial_folders(str(tmp_path), lambda trial_id: True, "train_trial") == []
