@@ -1,6 +1,13 @@
 """Plain training and evaluation functions: AdamW + linear warmup / cosine decay, label
 smoothing, augmentation on the trial's device, mixed precision and channels_last on GPU.
 
+On a GPU a trial keeps its data on the device: :func:`to_device` moves the train and
+validation arrays once (through pinned host memory), :func:`prepare_model` places the model
+(channels_last, cuDNN autotuning for convolutional families, optional ``torch.compile``),
+:func:`make_optimizer` picks fused AdamW, and :func:`train_one_epoch` then draws the batch
+order and the augmentation on the device and never waits for it inside the step loop. With
+CPU tensors everything behaves as it always did (same batches from the same seeds).
+
 Nothing here knows about Ray or MLflow; :mod:`tuner.training.trainable` wraps these.
 ``hp`` is the ``train`` part of a sampled config (:class:`tuner.search_space.TrainHParams`
 or anything with the same attributes: lr, weight_decay, warmup_epochs, batch_size,
@@ -40,15 +47,92 @@ def pick_device(prefer_gpu: bool = True) -> torch.device:
     return torch.device("cuda" if prefer_gpu and torch.cuda.is_available() else "cpu")
 
 
+# Host rows staged through pinned memory per copy in to_device: bounds the page-locked memory
+# a trial holds (a whole Model I split is GBs, and several trials share a node) while the
+# copy of one chunk to the GPU overlaps the staging of the next.
+PIN_CHUNK_BYTES = 256 << 20
+
+
+def _copy_through_pinned(src: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``src`` (host, any dtype) as a new ``dtype`` tensor on ``device``, copied in chunks of
+    leading-axis rows, each converted into a pinned host buffer, then sent without blocking."""
+    out = torch.empty(src.shape, dtype=dtype, device=device)
+    row_bytes = max(src[:1].numel(), 1) * out.element_size()
+    rows = max(PIN_CHUNK_BYTES // row_bytes, 1)
+    for start in range(0, len(src), rows):
+        part = src[start:start + rows]
+        staged = torch.empty(part.shape, dtype=dtype, pin_memory=True)
+        staged.copy_(part)
+        # The caching host allocator records this copy on the stream, so `staged` is not reused
+        # before the transfer has finished although it is released at the next iteration.
+        out[start:start + rows].copy_(staged, non_blocking=True)
+    return out
+
+
+def to_device(images: torch.Tensor, labels: torch.Tensor,
+              device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's ``images`` (N, 1, H, W) and ``labels`` (N,) on ``device``, once per trial.
+
+    On CUDA: images as float32 and labels as int64 on the device, copied through pinned host
+    memory without blocking the host (later kernels on the same stream see the data). The
+    device then holds N x H x W x 4 bytes of images. On CPU: the inputs themselves, unchanged
+    and uncopied (in a trial they are zero-copy views of Ray's object store).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return images, labels
+    return (_copy_through_pinned(images, torch.float32, device),
+            _copy_through_pinned(labels, torch.int64, device))
+
+
+def prepare_model(model: nn.Module, device: torch.device | str, *, compile: bool = False,
+                  convolutional: bool = False) -> nn.Module:
+    """``model`` ready to train on ``device``; call before :func:`make_optimizer`.
+
+    On CUDA the parameters are stored channels_last (the layout the batches have) and
+    ``torch.backends.cudnn.benchmark`` is set to ``convolutional``: cuDNN then times its
+    convolution algorithms for each new input shape once, which pays for convolutional families
+    (fixed batch shapes) and not for transformers. It is a process-wide flag, so it is set both
+    ways: a reused Ray actor does not keep the previous trial's setting.
+
+    ``compile=True`` compiles the module in place with ``nn.Module.compile`` (``torch.compile``
+    of its call): the first forward pass, and the first in eval mode, take seconds to minutes
+    (on CPU too, where it is allowed but slow to start). Compiling in place, rather than
+    wrapping in ``torch.compile(model)``, keeps the module and its ``state_dict`` keys as they
+    are, so its weights load into an uncompiled model of the same family;
+    :func:`unwrap` also undoes a ``torch.compile`` wrapper made elsewhere.
+
+    Returns the module to train (the same object, moved).
+    """
+    device = torch.device(device)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = bool(convolutional)
+    if compile:
+        model.compile()
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a ``torch.compile(model)`` wrapper (its ``_orig_mod``), or
+    ``model`` itself: the module whose ``state_dict`` to save."""
+    return getattr(model, "_orig_mod", model)
+
+
 def make_optimizer(model: nn.Module, hp) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and norm/scale parameters (1-D tensors)."""
+    """AdamW; no weight decay on biases and norm/scale parameters (1-D tensors). Fused (one
+    kernel for all parameters) when every parameter is on CUDA, so call it after
+    :func:`prepare_model`; the default implementation otherwise."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [
         {"params": decay, "weight_decay": float(hp.weight_decay)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=float(hp.lr))
+    params = decay + no_decay
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
+    return torch.optim.AdamW(groups, lr=float(hp.lr), **fused)
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
@@ -117,7 +201,8 @@ def resize_batch(batch: torch.Tensor, img_size: int) -> torch.Tensor:
 
 
 def prepare_batch(images: torch.Tensor, device: torch.device, img_size: int) -> torch.Tensor:
-    """Copy a CPU batch (B, 1, H, W) to ``device`` and resize to ``img_size`` if needed."""
+    """A batch (B, 1, H, W) on ``device`` (copied from the host, or as it is when it already
+    lives there), float32, resized to ``img_size`` if needed, channels_last on CUDA."""
     x = resize_batch(images.to(device, non_blocking=True).float(), img_size)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -131,15 +216,30 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-# Losses are checked for NaN/inf every this many steps (and at the end of the epoch) in one
-# host sync instead of one per step: a per-step `.item()` stalls a GPU's queue every step.
+@contextlib.contextmanager
+def _deliberate_sync(device: torch.device):
+    """Marks a planned host synchronisation (once per epoch or prediction): exempt from
+    ``torch.cuda.set_sync_debug_mode``, so a debug run in "warn" or "error" mode reports only
+    the synchronisations that should not be there."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+# Losses are summed and checked for NaN/inf in blocks of this many steps instead of with a
+# per-step `.item()`, which stalls a GPU's queue every step.
 FINITE_CHECK_STEPS = 32
 
 
-def _check_finite(pending: list[torch.Tensor], first_step: int, lr: float) -> torch.Tensor:
-    """Sum (float64, on the losses' device) of the per-step losses ``pending``, which start at
-    epoch step ``first_step``; raises :class:`NonFiniteLossError` naming the first bad one."""
-    losses = torch.stack(pending)  # (k,)
+def _check_finite(losses: torch.Tensor, first_step: int, lr: float) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first NaN/inf among ``losses`` (k,), the
+    losses of epoch steps ``first_step``, ``first_step + 1``, ..."""
     finite = torch.isfinite(losses)
     if not bool(finite.all()):
         bad = int((~finite).nonzero()[0, 0])
@@ -147,7 +247,60 @@ def _check_finite(pending: list[torch.Tensor], first_step: int, lr: float) -> to
             f"training loss is {losses[bad].item()} at step {first_step + bad} of the epoch "
             f"(lr={lr:.3g})"
         )
-    return losses.double().sum()
+
+
+class _LossLedger:
+    """An epoch's per-step losses: their float64 sum on the losses' device, and the NaN/inf
+    check, one block of ``FINITE_CHECK_STEPS`` steps at a time.
+
+    On the CPU a block is checked as soon as it is full. On CUDA its values are copied to a
+    pinned host buffer without blocking and checked when the next block is full, by which time
+    the device has long finished them: the host never waits inside the step loop, and a NaN is
+    reported at most ``2 * FINITE_CHECK_STEPS - 1`` steps after it. :meth:`finish` checks what
+    is left, so a bad epoch always raises before it ends.
+    """
+
+    def __init__(self, device: torch.device, lr: float):
+        self.lr = lr
+        self.total = torch.zeros((), dtype=torch.float64, device=device)  # sum of closed blocks
+        self.pending: list[torch.Tensor] = []
+        self.first_step = 0  # epoch step of pending[0]
+        self.host = (torch.empty(FINITE_CHECK_STEPS, pin_memory=True)
+                     if device.type == "cuda" else None)
+        self.in_flight: tuple[torch.Tensor, torch.cuda.Event, int] | None = None
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss.detach())
+        if len(self.pending) == FINITE_CHECK_STEPS:
+            self._close_block()
+
+    def _close_block(self) -> None:
+        losses = torch.stack(self.pending)  # (k,)
+        self.total += losses.double().sum()
+        if self.host is None:
+            _check_finite(losses, self.first_step, self.lr)
+        else:
+            self._check_in_flight()  # also frees the one host buffer for this block
+            buffer = self.host[:len(losses)]
+            buffer.copy_(losses.float(), non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self.in_flight = (buffer, done, self.first_step)
+        self.first_step += len(losses)
+        self.pending = []
+
+    def _check_in_flight(self) -> None:
+        if self.in_flight is not None:
+            buffer, done, first_step = self.in_flight
+            self.in_flight = None
+            done.synchronize()  # a block behind: already complete, unless at the epoch's end
+            _check_finite(buffer, first_step, self.lr)
+
+    def finish(self) -> None:
+        """Check every remaining loss (waits for the device on CUDA)."""
+        if self.pending:
+            self._close_block()
+        self._check_in_flight()
 
 
 def train_one_epoch(
@@ -164,18 +317,28 @@ def train_one_epoch(
     aug_generator: torch.Generator,
     scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
-    """One pass over ``images`` (N, 1, H, W) CPU float32 and ``labels`` (N,) int64 in a random
-    order drawn from ``generator`` (CPU); ``aug_generator`` lives on ``device``.
-    Raises :class:`NonFiniteLossError` naming the first NaN/inf loss, at most
-    ``FINITE_CHECK_STEPS`` steps after it (before the epoch ends)."""
+    """One pass over ``images`` (N, 1, H, W) float32 and ``labels`` (N,) int64 in a random
+    order drawn from ``generator``; ``aug_generator`` lives on ``device``.
+
+    The data either stay on the host (CPU tensors; each batch is copied to ``device``) or
+    already live on ``device`` (from :func:`to_device`; no copies). The order is drawn where
+    ``generator`` lives and used where the data live: give device data a generator on the
+    device, so nothing crosses to the host (a CPU generator costs one small copy per epoch).
+    CPU data with a CPU generator draw exactly the batches they always did.
+    Raises :class:`NonFiniteLossError` naming the first NaN/inf loss before the epoch ends
+    (see :class:`_LossLedger` for how soon); ValueError when images and labels are on
+    different devices.
+    """
+    if labels.device != images.device:
+        raise ValueError(f"images ({images.device}) and labels ({labels.device}) must be on one device")
     model.train()
     n, bs = len(labels), int(hp.batch_size)
     steps = steps_per_epoch(n, bs)
     per_step = min(bs, n)  # every step sees a full batch (the last partial one is dropped)
-    smoothing, lr = float(hp.label_smoothing), float(hp.lr)
-    order = torch.randperm(n, generator=generator)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    pending: list[torch.Tensor] = []
+    smoothing = float(hp.label_smoothing)
+    order = torch.randperm(n, generator=generator, device=generator.device).to(
+        images.device, non_blocking=True)  # (N,); a move only for a generator on the other device
+    ledger = _LossLedger(device, float(hp.lr))
     start = time.perf_counter()
     for step in range(steps):
         idx = order[step * bs:(step + 1) * bs]
@@ -184,7 +347,7 @@ def train_one_epoch(
         with _autocast(device):
             loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
+        if scaler is not None:  # float16 only (GPUs without bfloat16): its step syncs
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -192,15 +355,15 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
-        pending.append(loss.detach())
-        if len(pending) == FINITE_CHECK_STEPS or step == steps - 1:
-            total += _check_finite(pending, step + 1 - len(pending), lr)
-            pending = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+        ledger.add(loss)
+    with _deliberate_sync(device):
+        ledger.finish()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        total = float(ledger.total.item())
     seen = steps * per_step
-    return EpochStats(float(total.item()) * per_step / seen, seconds, seen / max(seconds, 1e-9))
+    return EpochStats(total * per_step / seen, seconds, seen / max(seconds, 1e-9))
 
 
 def train_epochs(
@@ -208,12 +371,14 @@ def train_epochs(
     img_size: int, device: torch.device = torch.device("cpu"),
 ) -> nn.Module:
     """Train ``model`` for ``epochs`` with AdamW + warmup/cosine outside any study (no tracking,
-    no checkpoints): batch order seeded by ``seed``, augmentation by ``seed + 10_000``.
-    Returns the model in eval mode."""
+    no checkpoints): batch order seeded by ``seed``, augmentation by ``seed + 10_000``, both
+    drawn on ``device`` (data and model are moved there). Returns the model in eval mode."""
+    model = prepare_model(model, device)
+    images, labels = to_device(images, labels, device)
     optimizer = make_optimizer(model, hp)
     scheduler = make_scheduler(optimizer, hp, steps_per_epoch=steps_per_epoch(len(labels), hp.batch_size),
                                max_epochs=epochs)
-    order = torch.Generator().manual_seed(seed)
+    order = torch.Generator(device=images.device).manual_seed(seed)
     aug = torch.Generator(device=device).manual_seed(seed + 10_000)
     for _ in range(epochs):
         train_one_epoch(model, images, labels, optimizer=optimizer, scheduler=scheduler, hp=hp,
@@ -226,15 +391,18 @@ def predict_proba(
     model: nn.Module, images: torch.Tensor, *, device: torch.device, img_size: int,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Class probabilities (N, C) float64 for images (N, 1, H, W)."""
+    """Class probabilities (N, C) float64 for images (N, 1, H, W) on the host or already on
+    ``device``; on CUDA they come back to the host in one copy at the end."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = prepare_batch(images[start:start + batch_size], device, img_size)
         with _autocast(device):
             logits = model(x)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).double().numpy()
+        out.append(torch.softmax(logits.float(), dim=1))  # (B, C) float32, on device
+    with _deliberate_sync(device):
+        probs = torch.cat(out).cpu()
+    return probs.double().numpy()
 
 
 def cross_entropy_of_probs(probs: np.ndarray, labels: np.ndarray) -> float:
