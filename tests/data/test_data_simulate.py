@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +15,13 @@ import torch
 import tuner.data.simulate as simulate_mod
 from tuner.data import DatasetError, ensure_simulated, load_split, read_meta, simulate_dataset, split_counts
 from tuner.data.simulate_cli import main as simulate_main
-from tuner.data.store import SPLITS
+from tuner.data.store import SPLITS, SplitWriter, combine_digests
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _writer_threads():
+    return [t for t in threading.enumerate() if t.name == "lenstune-dataset-writer"]
 
 
 def _arrays(root):
@@ -78,6 +90,119 @@ def test_interrupted_simulation_leaves_nothing(tmp_path, fake_backend, monkeypat
     with pytest.raises(KeyboardInterrupt):
         simulate_dataset(tmp_path / "a", "fake16", split_counts(10), block_size=4, backend=fake_backend)
     assert list(tmp_path.iterdir()) == []
+    assert _writer_threads() == []
+
+
+def _sequential_reference(root, backend, preset, counts, *, seed, block_size):
+    """The dataset written the plain way: each block simulated, then written, in one thread."""
+    digests = {}
+    for split in SPLITS:
+        labels = simulate_mod.split_labels(seed, split, counts[split], len(backend.CLASS_NAMES))
+        size = simulate_mod.effective_block_size(block_size, len(labels))
+        writer = None
+        for block, start in enumerate(range(0, len(labels), size)):
+            block_labels = labels[start : start + size]
+            bseed = simulate_mod.block_seed(seed, split, block)
+            images, params = simulate_mod.simulate_block(backend, preset, block_labels, seed=bseed, block_size=size)
+            writer = writer or SplitWriter(root / split, len(labels), images.shape[-1])
+            params["sim_seed"] = np.full(len(block_labels), bseed, dtype=np.int64)
+            params["sim_index"] = np.arange(len(block_labels), dtype=np.int64)
+            writer.write(start, images, block_labels, params)
+        digests[split] = writer.close()
+    return combine_digests(digests)
+
+
+def test_writer_thread_writes_what_a_sequential_write_gives(tmp_path, fake_backend, monkeypatch):
+    """Blocks written by the writer thread, with the queue full most of the time (a slow disk),
+    give the arrays and digest of a plain block-by-block write."""
+    counts = split_counts(12)
+    want = _sequential_reference(tmp_path / "ref", fake_backend, "fake16", counts, seed=3, block_size=4)
+    writing_threads, real_write = set(), SplitWriter.write
+
+    def slow_write(self, *args, **kwargs):
+        writing_threads.add(threading.current_thread().name)
+        time.sleep(0.01)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(SplitWriter, "write", slow_write)
+    meta = simulate_dataset(tmp_path / "a", "fake16", counts, seed=3, block_size=4, backend=fake_backend)
+    assert writing_threads == {"lenstune-dataset-writer"} and _writer_threads() == []
+    assert meta.digest == want
+    for split in SPLITS:
+        got = load_split(tmp_path / "a", split, verify=True)
+        np.testing.assert_array_equal(got.images.numpy(), np.load(tmp_path / "ref" / split / "images.npy"))
+        np.testing.assert_array_equal(got.labels.numpy(), np.load(tmp_path / "ref" / split / "labels.npy"))
+        with np.load(tmp_path / "ref" / split / "params.npz") as ref:
+            assert set(got.params) == set(ref.files)
+            for key in ref.files:
+                np.testing.assert_array_equal(got.params[key], ref[key])
+
+
+# Digests of small model_ii datasets written before the writer thread and the CUDA pipeline
+# existed (same code on the CPU since): existing datasets must keep their recorded digests.
+# Float results of CPU kernels can differ between instruction sets, hence the guard.
+PINNED_CPU_CAPABILITY = "AVX512"
+PINNED_DIGESTS = [
+    (dict(seed=7, img_size=32), {"train": 3, "val": 2, "test": 2},
+     "cb9fe383b9137348e01c71508b487937d7272aca96f9e1ee4878c919b6e705a5"),
+    (dict(seed=7, img_size=32, block_size=4), {"train": 5, "val": 2, "test": 2},
+     "15f9155e5cf37b8e30372e63fbe619ffe0660b4c00e1dc11e1d83d94de5db268"),
+]
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != PINNED_CPU_CAPABILITY,
+                    reason=f"digests pinned on a {PINNED_CPU_CAPABILITY} CPU")
+@pytest.mark.parametrize(("kwargs", "counts", "digest"), PINNED_DIGESTS)
+def test_cpu_dataset_keeps_its_pinned_digest(tmp_path, kwargs, counts, digest):
+    meta = simulate_dataset(tmp_path / "a", "model_ii", counts, **kwargs)
+    assert (meta.digest, meta.block_size, meta.compiled) == (digest, kwargs.get("block_size", 128), False)
+
+
+def test_writer_error_surfaces_in_the_caller_and_leaves_nothing(tmp_path, fake_backend, monkeypatch):
+    calls, real_write = [], SplitWriter.write
+
+    def failing_write(self, *args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(SplitWriter, "write", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        simulate_dataset(tmp_path / "a", "fake16", split_counts(20), block_size=4, backend=fake_backend)
+    assert calls[1] == "lenstune-dataset-writer"
+    assert len(calls) == 2  # nothing written after the failure
+    assert list(tmp_path.iterdir()) == [] and _writer_threads() == []
+
+
+def test_block_writer_drops_jobs_after_a_failure_but_releases_them():
+    ran, released = [], []
+
+    def fail():
+        raise ValueError("job failed")
+
+    with pytest.raises(ValueError, match="job failed"):
+        with simulate_mod._BlockWriter(depth=1) as writer:
+            writer.submit(fail, cleanup=lambda: released.append("fail"))
+            for i in range(3):  # the failure may surface at any of these submits
+                writer.submit(lambda i=i: ran.append(i), cleanup=lambda i=i: released.append(i))
+            writer.finish()
+    assert ran == [] and released[0] == "fail" and _writer_threads() == []
+
+
+def test_device_defaults_for_block_size_and_compile(tmp_path, fake_backend):
+    assert simulate_mod.default_block_size("cpu") == 128 and simulate_mod.default_block_size("cuda:0") == 2048
+    assert simulate_mod.resolve_compile("auto", 30, 16, "cuda") is True
+    assert simulate_mod.resolve_compile("auto", 30, 16, "cpu") is False
+    assert simulate_mod.resolve_compile(False, 30, 16, "cuda") is False
+    meta = simulate_dataset(tmp_path / "a", "fake16", split_counts(5), backend=fake_backend)
+    assert (meta.block_size, meta.compiled) == (128, False)
+
+
+def test_simulate_throughput_measures_and_cleans_up(tmp_path, fake_backend):
+    rate = simulate_mod.simulate_throughput("fake16", 40, "cpu", backend=fake_backend, block_size=8,
+                                            workdir=tmp_path)
+    assert rate > 0 and list(tmp_path.iterdir()) == []
 
 
 def test_ensure_simulated_reuses_and_refuses_mismatch(tmp_path, fake_backend, monkeypatch):
@@ -172,3 +297,59 @@ def test_compile_choice_resolves_and_reaches_the_simulator(tmp_path, fake_backen
     assert read_meta(tmp_path / "c").digest == read_meta(tmp_path / "e").digest  # the fake ignores the flag
     assert read_meta(tmp_path / "c").compiled is True
     assert read_meta(tmp_path / "e").compiled is False
+
+
+@pytest.mark.slow
+@needs_cuda
+@pytest.mark.filterwarnings("error:torch.compile failed")
+def test_cuda_block_is_queued_and_copied_without_host_sync():
+    """The caller's per-block work on CUDA (simulation, resize, start of the pinned copy) never
+    waits for the GPU; the copied block equals a plain blocking simulation."""
+    backend = simulate_mod.default_backend()
+    labels = simulate_mod.split_labels(0, "train", 700, 3)[:2048]
+    kw = dict(block_size=2048, device="cuda", img_size=32, compiled=True)
+    simulate_mod.simulate_block_tensors(backend, "model_ii", labels, seed=1, **kw)  # compiles, fills caches
+    torch.cuda.synchronize()
+    copies = simulate_mod._HostCopies("cuda", 2048)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for seed in (1, 2):
+            images, params = simulate_mod.simulate_block_tensors(backend, "model_ii", labels, seed=seed, **kw)
+            pending = copies.start([images, *params.values()])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    got_images, *got_values = pending.arrays()
+    want_images, want_params = simulate_mod.simulate_block(backend, "model_ii", labels, seed=2, **kw)
+    np.testing.assert_array_equal(got_images, want_images)
+    for key, value in zip(params, got_values):
+        np.testing.assert_array_equal(value, want_params[key])
+
+
+@pytest.mark.slow
+@needs_cuda
+@pytest.mark.filterwarnings("error:torch.compile failed")
+def test_cuda_dataset_is_bitwise_reproducible_run_to_run(tmp_path):
+    counts = {"train": 700, "val": 10, "test": 10}  # train: a full block of 2048 and a padded one
+    kwargs = dict(seed=4, img_size=32, device="cuda")
+    meta = simulate_dataset(tmp_path / "a", "model_ii", counts, **kwargs)
+    assert (meta.block_size, meta.compiled, meta.device) == (2048, True, "cuda")
+    assert simulate_dataset(tmp_path / "b", "model_ii", counts, **kwargs).digest == meta.digest
+    # a fresh process compiles afresh (inductor caches off) and must give the same bits
+    code = ("import sys; from tuner.data import simulate_dataset; "
+            f"print(simulate_dataset(sys.argv[1], 'model_ii', {counts!r}, **{kwargs!r}).digest)")
+    env = {**os.environ, "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(simulate_mod.__file__)))
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == meta.digest
+    train = load_split(tmp_path / "a", "train", verify=True)
+    assert train.images.shape == (2100, 1, 32, 32) and float(train.images.min()) == 0.0
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_cuda_throughput_is_measured(tmp_path):
+    rate = simulate_mod.simulate_throughput("model_ii", 3 * 2048, "cuda", workdir=tmp_path)
+    print(f"model_ii on CUDA: {rate:.0f} images/s")
+    assert rate > 0 and list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -138,3 +139,26 @@ def test_compiled_path_matches_eager():
     noisy_eager, _ = _sim("model_ii", labels, seed=3)
     noisy_compiled, _ = _sim("model_ii", labels, seed=3, compiled=True)
     assert (noisy_compiled - noisy_eager).abs().max() < 1e-4  # normalised images
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_large_block_compiled_matches_eager():
+    """The dataset's CUDA setting (2048 images, compiled, chunks of CUDA_COMPILED_CHUNK) gives
+    the eager images to float32 rounding and exactly the same parameters."""
+    labels = torch.from_numpy(np.random.default_rng(0).integers(0, 3, 2048))
+
+    def run(**kw):
+        g = torch.Generator(device="cuda").manual_seed(3)
+        return simulate_batch("model_ii", labels, generator=g, device="cuda", **kw)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")  # no silent eager fallback
+        compiled, params_compiled = run(compiled=True, noise=False, normalize=False)
+        noisy_compiled, _ = run(compiled=True)
+    eager, params_eager = run(noise=False, normalize=False)
+    noisy_eager, _ = run()
+    assert ((compiled - eager).abs().amax() / eager.amax()).item() < 1e-5
+    assert (noisy_compiled - noisy_eager).abs().amax().item() < 1e-4  # normalised images
+    for key in params_eager:
+        torch.testing.assert_close(params_compiled[key], params_eager[key], rtol=0, atol=0, equal_nan=True)

@@ -7,12 +7,25 @@ a split is padded so every simulator call of a split has the same shape; a split
 ``block_size`` is one block of its own size (no padding work wasted). The labels of a
 split are a seeded permutation of ``n_per_class`` copies of each class, independent of the block
 size; images do depend on ``block_size``, which meta.json records.
+
+Writing is a pipeline shared by every device: the caller's thread queues a block's simulation,
+hands the block to :class:`_HostCopies` (on CUDA an asynchronous copy into page-locked buffers;
+on the CPU nothing to do) and queues its write; a writer thread (:class:`_BlockWriter`) puts
+finished blocks into the memory-mapped arrays while the next block is simulated. On CUDA
+nothing in a block waits for the GPU, so its kernels, the previous block's copy and the
+writing of the one before overlap. The bytes written do not depend on the pipeline.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import queue
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,7 +48,16 @@ from tuner.data.store import (
 )
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
-DEFAULT_BLOCK_SIZE = 128
+DEFAULT_BLOCK_SIZE = 128  # CPU (and CLI) default; the block size every CPU dataset so far was made with
+# CUDA default: a block must give the GPU enough work per kernel and amortise the per-block host
+# work (generator, Python, compiled-call overhead). 2048 images of 150 px are 184 MB per float32
+# output; the eager path's (B, P) temporaries reach ~2 GB at 150 px, the compiled path far less.
+# Fixed rather than derived from free GPU memory: the block size decides every block's draws, so
+# it must not change a dataset from one machine to the next.
+CUDA_BLOCK_SIZE = 2048
+# Finished blocks waiting for the writer thread: bounds host memory (and page-locked buffers,
+# one more set than this) when the disk is slower than the simulator.
+WRITE_QUEUE_DEPTH = 2
 # "auto" compiles the simulator when the dataset has at least this many pixels (images x H x W):
 # compiling costs a few seconds per class and saves ~0.45-2 ms per 150 px image and
 # ~0.05-0.25 ms per 64 px image on one CPU core (bench/results/simulate.md), so it pays from
@@ -86,6 +108,11 @@ def block_seed(seed: int, split: str, block: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+def default_block_size(device: str) -> int:
+    """Images per block when none is given: CUDA_BLOCK_SIZE on CUDA, DEFAULT_BLOCK_SIZE else."""
+    return CUDA_BLOCK_SIZE if torch.device(device).type == "cuda" else DEFAULT_BLOCK_SIZE
+
+
 def effective_block_size(block_size: int, n_split: int) -> int:
     """Images per simulator call in a split of ``n_split`` images: ``block_size`` at most."""
     return max(1, min(block_size, n_split))
@@ -109,6 +136,51 @@ def _resize(images: torch.Tensor, size: int, renormalize: bool) -> torch.Tensor:
     return out
 
 
+def simulate_block_tensors(
+    backend: ModuleType | Any,
+    preset: str,
+    labels: np.ndarray,
+    *,
+    seed: int,
+    block_size: int,
+    device: str = "cpu",
+    img_size: int | None = None,
+    substructure: bool = True,
+    noise: bool = True,
+    normalize: bool = True,
+    compiled: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Simulate one block on ``device``: images float32 (b, 1, S, S) and params name -> (b,)
+    for ``labels`` (b,), as tensors where the backend left them (no copy to the host).
+
+    Labels are padded to ``block_size`` (the simulator always sees the same shape) and the padding
+    dropped. ``backend`` provides ``simulate_batch`` (contract of ``tuner.lensing``) and gets the
+    labels on the CPU, where it can group rows by class without waiting for a GPU; ``compiled``
+    selects its ``torch.compile`` path (same draws, float32 rounding differs from eager).
+    """
+    b = len(labels)
+    if b > block_size:
+        raise DatasetError(f"block of {b} labels exceeds block_size {block_size}")
+    n_classes = len(backend.CLASS_NAMES)
+    padded = np.concatenate([labels, np.arange(block_size - b) % n_classes]).astype(np.int64)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    images, params = backend.simulate_batch(
+        preset,
+        torch.from_numpy(padded),
+        generator=generator,
+        device=device,
+        dtype=torch.float32,
+        substructure=substructure,
+        noise=noise,
+        normalize=normalize,
+        **({"compiled": True} if compiled else {}),  # backends without a compiled path stay usable
+    )
+    if img_size is not None:
+        images = _resize(images, img_size, renormalize=normalize)
+    return images[:b].detach().to(torch.float32), {key: value[:b].detach() for key, value in params.items()}
+
+
 def simulate_block(
     backend: ModuleType | Any,
     preset: str,
@@ -123,34 +195,13 @@ def simulate_block(
     normalize: bool = True,
     compiled: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Simulate one block: images float32 (b, 1, S, S) and params name -> (b,) for ``labels`` (b,).
-
-    Labels are padded to ``block_size`` (the simulator always sees the same shape) and the padding
-    dropped. ``backend`` provides ``simulate_batch`` (contract of ``tuner.lensing``); ``compiled``
-    selects its ``torch.compile`` path (same draws, float32 rounding differs from eager).
-    """
-    b = len(labels)
-    if b > block_size:
-        raise DatasetError(f"block of {b} labels exceeds block_size {block_size}")
-    n_classes = len(backend.CLASS_NAMES)
-    padded = np.concatenate([labels, np.arange(block_size - b) % n_classes]).astype(np.int64)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    images, params = backend.simulate_batch(
-        preset,
-        torch.from_numpy(padded).to(device),
-        generator=generator,
-        device=device,
-        dtype=torch.float32,
-        substructure=substructure,
-        noise=noise,
-        normalize=normalize,
-        **({"compiled": True} if compiled else {}),  # backends without a compiled path stay usable
+    """:func:`simulate_block_tensors` copied to host numpy arrays (waits for the device):
+    images float32 (b, 1, S, S), params name -> (b,)."""
+    images, params = simulate_block_tensors(
+        backend, preset, labels, seed=seed, block_size=block_size, device=device, img_size=img_size,
+        substructure=substructure, noise=noise, normalize=normalize, compiled=compiled,
     )
-    if img_size is not None:
-        images = _resize(images, img_size, renormalize=normalize)
-    out_params = {key: value[:b].detach().cpu().numpy() for key, value in params.items()}
-    return images[:b].detach().to("cpu", torch.float32).numpy(), out_params
+    return images.cpu().numpy(), {key: value.cpu().numpy() for key, value in params.items()}
 
 
 def check_device(device: str) -> str:
@@ -166,12 +217,17 @@ def check_device(device: str) -> str:
     return device
 
 
-def resolve_compile(compile: bool | str | None, n_images: int, image_size: int) -> bool:
-    """Whether to use the compiled simulator: True/"yes", False/"no", or None/"auto" (compile
-    when the dataset has at least AUTO_COMPILE_MIN_PIXELS pixels). DatasetError otherwise."""
+def resolve_compile(compile: bool | str | None, n_images: int, image_size: int, device: str = "cpu") -> bool:
+    """Whether to use the compiled simulator: True/"yes", False/"no", or None/"auto" (on CUDA
+    always; on the CPU when the dataset has at least AUTO_COMPILE_MIN_PIXELS pixels).
+    DatasetError otherwise."""
     if isinstance(compile, bool):
         return compile
     if compile is None or compile == "auto":
+        # on a GPU eager mode is launch-bound (one kernel per point mass and op): compiling pays
+        # from the first blocks
+        if torch.device(device).type == "cuda":
+            return True
         return n_images * image_size * image_size >= AUTO_COMPILE_MIN_PIXELS
     if compile in ("yes", "no"):
         return compile == "yes"
@@ -185,6 +241,186 @@ def default_backend() -> ModuleType:
     return tuner.lensing
 
 
+class _BlockWriter:
+    """Runs write jobs in the order given on one background thread, so blocks are written into
+    the memory-mapped arrays while the next ones are simulated.
+
+    At most ``depth`` jobs wait: a disk slower than the simulator holds the simulator back
+    instead of letting finished blocks pile up in memory. The first exception of a job stops
+    the writing (later jobs only run their ``cleanup``) and is re-raised in the caller at its
+    next :meth:`submit`, at :meth:`finish` or when the ``with`` block ends. Leaving the ``with``
+    block always joins the thread; after an exception in the caller, waiting jobs are dropped.
+    """
+
+    def __init__(self, depth: int = WRITE_QUEUE_DEPTH):
+        self._jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        # daemon: were the caller interrupted before the stop signal was queued, the process
+        # could still exit; every normal path joins the thread
+        self._thread = threading.Thread(target=self._run, name="lenstune-dataset-writer", daemon=True)
+
+    def __enter__(self) -> _BlockWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._cancelled.set()
+        self._stop()
+        if exc_type is None and self._error is not None:
+            raise self._error
+
+    def submit(self, job: Callable[[], None], cleanup: Callable[[], None] | None = None) -> None:
+        """Queue ``job`` (waits while ``depth`` jobs wait); ``cleanup`` runs after it, also if
+        it fails or is dropped. Raises the error of an earlier job."""
+        if self._error is not None:
+            raise self._error
+        self._jobs.put((job, cleanup))
+
+    def finish(self) -> None:
+        """Wait until every queued job has run; raises the first job error."""
+        self._stop()
+        if self._error is not None:
+            raise self._error
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)  # room comes: the thread keeps taking jobs, failed or not
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, cleanup = item
+            try:
+                if self._error is None and not self._cancelled.is_set():
+                    job()
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+            finally:
+                if cleanup is not None:
+                    cleanup()
+
+
+class _PendingCopy:
+    """A block on its way to host memory: :meth:`arrays` waits for it (on CUDA, for the copy's
+    event), :meth:`release` hands page-locked buffers back to their pool."""
+
+    def __init__(self, host: list[torch.Tensor], done: Any = None, release: Callable[[], None] | None = None):
+        self._host, self._done, self._release = host, done, release
+
+    def arrays(self) -> list[np.ndarray]:
+        if self._done is not None:
+            self._done.synchronize()
+        return [t.numpy() for t in self._host]
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+
+class _HostCopies:
+    """Brings finished blocks to host memory for the writer thread without the caller waiting.
+
+    On CUDA a block is copied with ``non_blocking=True`` into page-locked buffers on a side
+    stream that first waits for the kernels queued so far, so the next block's kernels run while
+    this one is copied (a copy into pageable memory would make the caller wait for the GPU).
+    Buffer sets (``capacity`` rows each) are recycled through a pool of ``n_buffers``; taking
+    one waits until the writer has released one, so page-locked memory stays bounded. On the CPU
+    the tensors already are host memory: no copy, no pool.
+    """
+
+    def __init__(self, device: str, capacity: int, n_buffers: int = WRITE_QUEUE_DEPTH + 1):
+        self._device = torch.device(device)
+        self._capacity, self._n_buffers, self._n_made = capacity, n_buffers, 0
+        self._free: queue.Queue = queue.Queue()
+        self._stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
+
+    def start(self, tensors: list[torch.Tensor]) -> _PendingCopy:
+        """Start copying ``tensors`` (each with the block's rows first) to the host."""
+        if self._stream is None:
+            return _PendingCopy(list(tensors))
+        buffers = self._take(tensors)
+        self._stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(self._stream):
+            host = []
+            for buffer, t in zip(buffers, tensors):
+                host.append(buffer[: t.shape[0]])
+                host[-1].copy_(t, non_blocking=True)
+                if t.is_cuda:  # the allocator must not hand t's memory to the next block before the copy read it
+                    t.record_stream(self._stream)
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        return _PendingCopy(host, done, functools.partial(self._free.put, buffers))
+
+    def _take(self, like: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A free buffer set that holds ``like``: from the pool, new while fewer than
+        ``n_buffers`` exist, else the next one the writer releases."""
+        if self._free.empty() and self._n_made < self._n_buffers:
+            self._n_made += 1
+            buffers: list[torch.Tensor] = []
+        else:
+            buffers = self._free.get()
+        fits = len(buffers) == len(like) and all(
+            b.dtype == t.dtype and b.shape[1:] == t.shape[1:] and b.shape[0] >= t.shape[0]
+            for b, t in zip(buffers, like)
+        )
+        if fits:
+            return buffers
+        return [torch.empty((self._capacity, *t.shape[1:]), dtype=t.dtype, pin_memory=True) for t in like]
+
+
+def _write_block(split_writer: SplitWriter, start: int, labels: np.ndarray, names: list[str],
+                 pending: _PendingCopy, extra: dict[str, np.ndarray]) -> None:
+    """Writer-thread job: one block's images, labels and params into the split's arrays."""
+    images, *values = pending.arrays()
+    split_writer.write(start, images, labels, {**dict(zip(names, values)), **extra})
+
+
+def _simulate_split(
+    folder: Path, split: str, labels: np.ndarray, *, writer: _BlockWriter, copies: _HostCopies,
+    backend: Any, preset: str, seed: int, block_size: int, device: str, img_size: int | None, compiled: bool,
+    bar: tqdm | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Simulate ``labels`` of ``split`` block by block and queue their writes into ``folder``.
+
+    Returns the image size and a dict that the writer thread fills with ``digest`` and
+    ``param_names`` once the split is closed (valid after ``writer.finish()``). Nothing here
+    waits for the device.
+    """
+    size = effective_block_size(block_size, len(labels))
+    result: dict[str, Any] = {}
+    split_writer: SplitWriter | None = None
+    image_size = 0
+    for block, start in enumerate(range(0, len(labels), size)):
+        block_labels = labels[start : start + size]
+        bseed = block_seed(seed, split, block)
+        images, params = simulate_block_tensors(
+            backend, preset, block_labels, seed=bseed, block_size=size,
+            device=device, img_size=img_size, compiled=compiled,
+        )
+        if split_writer is None:
+            image_size = int(images.shape[-1])
+            split_writer = SplitWriter(folder, len(labels), image_size)
+        pending = copies.start([images, *params.values()])
+        extra = {
+            "sim_seed": np.full(len(block_labels), bseed, dtype=np.int64),
+            "sim_index": np.arange(len(block_labels), dtype=np.int64),
+        }
+        job = functools.partial(_write_block, split_writer, start, block_labels, list(params), pending, extra)
+        writer.submit(job, cleanup=pending.release)
+        if bar is not None:
+            bar.update(len(block_labels))
+    assert split_writer is not None
+
+    def close(done: SplitWriter) -> None:
+        result["digest"] = done.close()
+        result["param_names"] = done.param_names
+
+    writer.submit(functools.partial(close, split_writer))
+    return image_size, result
+
+
 def simulate_dataset(
     root: str | Path,
     preset: str,
@@ -193,7 +429,7 @@ def simulate_dataset(
     seed: int = 0,
     device: str = "cpu",
     img_size: int | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     force: bool = False,
     progress: bool = False,
     backend: ModuleType | Any | None = None,
@@ -202,13 +438,16 @@ def simulate_dataset(
     """Simulate ``counts[split]`` images per class for every split and write the store at ``root``.
 
     Written into a temporary folder beside ``root`` block by block (memory-mapped, never the whole
-    dataset in memory) and renamed into place at the end. Same arguments (``compile`` resolved
-    alike, see :func:`resolve_compile`) on the same device give bitwise identical arrays; the
-    compiled and eager simulators agree to float32 rounding. Returns the dataset's meta.
+    dataset in memory; a writer thread writes while the next block is simulated) and renamed into
+    place at the end. ``block_size`` None takes the device's default (:func:`default_block_size`).
+    Same arguments (``compile`` resolved alike, see :func:`resolve_compile`) on the same device
+    give bitwise identical arrays; the compiled and eager simulators agree to float32 rounding.
+    Returns the dataset's meta.
     """
     backend = backend or default_backend()
     backend.get_preset(preset)  # ValueError naming the allowed presets
     check_device(device)
+    block_size = default_block_size(device) if block_size is None else block_size
     if seed < 0:
         raise DatasetError(f"seed must be >= 0, got {seed}")
     if block_size < 1:
@@ -220,8 +459,6 @@ def simulate_dataset(
     total = n_classes * sum(counts[s] for s in SPLITS)
     if compile not in (True, False, None, *COMPILE_CHOICES):
         resolve_compile(compile, 0, 0)  # raises, naming the allowed values
-    digests: dict[str, str] = {}
-    param_names: tuple[str, ...] = ()
     native: int | None = None
     if img_size is not None:
         native = native_image_size(backend, preset, device)
@@ -229,31 +466,22 @@ def simulate_dataset(
             raise DatasetError(f"img_size {img_size} exceeds preset {preset}'s {native} px; allowed: 8..{native}")
     if native is None and compile in (None, "auto"):
         native = native_image_size(backend, preset, device)
-    compiled = resolve_compile(compile, total, native or 0)
+    compiled = resolve_compile(compile, total, native or 0, device)
+    capacity = max(effective_block_size(block_size, n_classes * counts[s]) for s in SPLITS)
+    results: dict[str, dict[str, Any]] = {}
     with staged_dataset(root, force=force) as tmp, tqdm(
         total=total, unit="img", desc=f"simulate {preset}", file=sys.stderr, disable=not progress
-    ) as bar:
+    ) as bar, _BlockWriter() as writer:
+        copies = _HostCopies(device, capacity)
         for split in SPLITS:
             labels = split_labels(seed, split, counts[split], n_classes)
-            writer: SplitWriter | None = None
-            size = effective_block_size(block_size, len(labels))
-            for block, start in enumerate(range(0, len(labels), size)):
-                block_labels = labels[start : start + size]
-                bseed = block_seed(seed, split, block)
-                images, params = simulate_block(
-                    backend, preset, block_labels, seed=bseed, block_size=size,
-                    device=device, img_size=img_size, compiled=compiled,
-                )
-                if writer is None:
-                    native = native or int(images.shape[-1])
-                    writer = SplitWriter(tmp / split, len(labels), int(images.shape[-1]))
-                params["sim_seed"] = np.full(len(block_labels), bseed, dtype=np.int64)
-                params["sim_index"] = np.arange(len(block_labels), dtype=np.int64)
-                writer.write(start, images, block_labels, params)
-                bar.update(len(block_labels))
-            assert writer is not None
-            param_names = writer.param_names
-            digests[split] = writer.close()
+            image_size, results[split] = _simulate_split(
+                tmp / split, split, labels, writer=writer, copies=copies, backend=backend, preset=preset,
+                seed=seed, block_size=block_size, device=device, img_size=img_size, compiled=compiled, bar=bar,
+            )
+            native = native or image_size
+        writer.finish()  # the last writes and digests; re-raises a writer error
+        digests = {split: results[split]["digest"] for split in SPLITS}
         meta = DatasetMeta(
             source="simulated",
             preset=preset,
@@ -261,7 +489,7 @@ def simulate_dataset(
             class_names=class_names,
             image_size=img_size or native,
             counts={s: {name: counts[s] for name in class_names} for s in SPLITS},
-            param_names=param_names,
+            param_names=results[SPLITS[-1]]["param_names"],
             digest=combine_digests(digests),
             split_digests=digests,
             version=package_version(),
@@ -272,6 +500,47 @@ def simulate_dataset(
         )
         write_meta(tmp, meta)
     return meta
+
+
+def simulate_throughput(
+    preset: str,
+    n_images: int,
+    device: str = "cpu",
+    img_size: int | None = None,
+    *,
+    seed: int = 0,
+    block_size: int | None = None,
+    compile: bool | str | None = "auto",
+    backend: ModuleType | Any | None = None,
+    workdir: str | Path | None = None,
+) -> float:
+    """Images per second of :func:`simulate_dataset`'s pipeline on ``device`` with its production
+    settings (the device's block size and compile choice unless given, page-locked copies,
+    writer thread, memory-mapped writes and the split digest).
+
+    Times one split of ``n_images`` rounded up to whole classes, written to a temporary folder in
+    ``workdir`` (default: the system's) and removed; one block is simulated before timing, so
+    compilation is not counted.
+    """
+    backend = backend or default_backend()
+    backend.get_preset(preset)
+    check_device(device)
+    block_size = default_block_size(device) if block_size is None else block_size
+    n_classes = len(backend.CLASS_NAMES)
+    labels = split_labels(seed, "train", max(1, math.ceil(n_images / n_classes)), n_classes)
+    native = native_image_size(backend, preset, device)
+    compiled = resolve_compile(compile, len(labels), native, device)
+    size = effective_block_size(block_size, len(labels))
+    settings = dict(seed=seed, block_size=size, device=device, img_size=img_size, compiled=compiled)
+    # warm-up, not timed: compiles every class's graph and fills the device caches
+    simulate_block(backend, preset, labels[:size], **settings)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp, _BlockWriter() as writer:
+        start = time.perf_counter()
+        _simulate_split(Path(tmp) / "train", "train", labels, writer=writer, copies=_HostCopies(device, size),
+                        backend=backend, preset=preset, **settings)
+        writer.finish()
+        elapsed = time.perf_counter() - start
+    return len(labels) / elapsed
 
 
 def native_image_size(backend: Any, preset: str, device: str = "cpu") -> int:
@@ -294,9 +563,10 @@ def ensure_simulated(
 ) -> Path:
     """Return ``root`` if it holds the dataset these arguments describe, else simulate it there.
 
-    Splits use the default fractions of ``n_per_class``. ``compile`` picks the simulator path for
-    a new dataset (:func:`resolve_compile`); an existing dataset matches whichever path made it. A different dataset already at ``root``
-    is never overwritten: DatasetError says what differs. Safe against a concurrent writer of the
+    Splits use the default fractions of ``n_per_class``; the block size is the device's default.
+    ``compile`` picks the simulator path for a new dataset (:func:`resolve_compile`); an existing
+    dataset matches whichever path made it. A different dataset already at ``root`` is never
+    overwritten: DatasetError says what differs. Safe against a concurrent writer of the
     same dataset (the loser of the final rename re-checks and returns).
     """
     root = Path(root)

@@ -1,4 +1,11 @@
-"""simulate_batch: draw, ray-trace, observe. Tensors in, tensors out, any device and dtype."""
+"""simulate_batch: draw, ray-trace, observe. Tensors in, tensors out, any device and dtype.
+
+On CUDA a call queues its kernels without waiting for the GPU: class rows are found from the
+labels on the host, host numbers reach the device through page-locked memory with
+``non_blocking=True``, and the block-independent tensors (grid, host deflection, PSF) are built
+once per preset, device and dtype. So a caller can queue the next batch, or copy the last one
+back, while the GPU works.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from tuner.lensing.instrument import (
 from tuner.lensing.populations import (
     AXION,
     CDM,
+    NO_SUB,
     Draws,
     axion_point_masses,
     cdm_point_masses,
@@ -40,7 +48,11 @@ from tuner.lensing.profiles import (
 
 
 RECOMPILE_LIMIT = 64
-COMPILED_CHUNK = 16  # images per compiled call: (16, P) temporaries stay in cache at 150 px
+COMPILED_CHUNK = 16  # images per compiled call on the CPU: (16, P) temporaries stay in cache at 150 px
+# On CUDA every compiled call costs tens of microseconds of host time (guards, launches) for
+# little GPU work at 16 images, so chunks are larger there; the padding of each class to whole
+# chunks (up to 255 wasted rows per class) is cheap GPU work. Not tuned on a GPU yet.
+CUDA_COMPILED_CHUNK = 256
 
 
 def source_amplitude(preset: Preset) -> float:
@@ -74,12 +86,27 @@ def background_rms(preset: Preset) -> float:
     )
 
 
-def _subhalo_groups(preset: Preset, draws: Draws, labels: Tensor) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
-    """Per substructure class: (rows, theta_E, x, y, mass); each class keeps its own fixed N."""
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Move a host tensor to ``device``; to CUDA through page-locked memory with
+    ``non_blocking=True``, since a copy from pageable memory waits for all queued GPU work."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _subhalo_groups(
+    preset: Preset, draws: Draws, labels_host: Tensor, device: torch.device,
+) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """Per substructure class: (rows, theta_E, x, y, mass); each class keeps its own fixed N.
+
+    Rows are found on the host (``labels_host`` on the CPU): ``nonzero`` on a GPU tensor would
+    wait for the GPU to learn the number of rows.
+    """
     groups = []
     for cls, make in ((CDM, cdm_point_masses), (AXION, axion_point_masses)):
-        rows = torch.nonzero(labels == cls).squeeze(1)
+        rows = torch.nonzero(labels_host == cls).squeeze(1)
         if rows.numel():
+            rows = _to_device(rows, device)
             groups.append((rows, *make(preset, draws, rows)))
     return groups
 
@@ -92,6 +119,23 @@ def _host_deflection(x: Tensor, y: Tensor, preset: Preset) -> tuple[Tensor, Tens
     ax, ay = sie_deflection(x, y, *one[:5])
     sx, sy = shear_deflection(x, y, *one[5:])
     return ax + sx, ay + sy
+
+
+@functools.lru_cache(maxsize=8)
+def _instrument_constants(p: Preset, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """The tensors every batch of ``p`` shares: ray-shooting grid x, y (1, P) [arcsec], host
+    deflection x, y (1, P) [arcsec] and PSF taps (K,), on ``device``; never written to.
+
+    Built on the host and copied once: building them on a GPU per batch would copy host numbers
+    (and wait for the GPU) in every batch. Cached like the compiled graphs: pure functions of
+    the (frozen) preset, device and dtype.
+    """
+    inst = p.instrument
+    x, y = pixel_grid(inst.num_pix, inst.pixel_scale_arcsec, inst.supersampling, dtype=dtype)
+    hx, hy = _host_deflection(x, y, p)
+    sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
+    taps = gaussian_kernel_1d(sigma_px, inst.psf_truncation_sigma, dtype=dtype)
+    return tuple(_to_device(t, device) for t in (x, y, hx, hy, taps))
 
 
 def source_shape(preset: Preset) -> dict[str, float]:
@@ -172,22 +216,23 @@ def _enough_recompiles():
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_render(shape: tuple, static: tuple):
-    return torch.compile(functools.partial(render_chunk, shape=shape, static=static), dynamic=False)
+def _compiled_render(shape: tuple, static: tuple, deterministic: bool):
+    # Inductor's deterministic mode (used on GPUs) picks reduction configs without timing them:
+    # timed choices can differ between processes, and with them the float32 rounding of a sum.
+    options = {"deterministic": True} if deterministic else None
+    return torch.compile(functools.partial(render_chunk, shape=shape, static=static), dynamic=False,
+                         options=options)
 
 
-def _render_compiled(x, y, host, psf_taps, draws: Draws, bkg: Tensor, labels: Tensor, groups, shape: dict,
+def _render_compiled(x, y, host, psf_taps, draws: Draws, bkg: Tensor, smooth_rows: Tensor, groups, shape: dict,
                      static: dict, chunk: int) -> Tensor:
-    """Compiled path: every class in fixed chunks of ``chunk`` rows (the last one padded by
-    repeating a real row), so each (preset, class, flags) compiles once."""
-    b = labels.shape[0]
+    """Compiled path: the smooth rows and every substructure class in fixed chunks of ``chunk``
+    rows (the last one padded by repeating a real row), so each (preset, class, flags) compiles
+    once."""
+    b = bkg.shape[0]
     n = static["num_pix"]
     out = torch.empty((b, 1, n, n), device=x.device, dtype=x.dtype)
-    in_group = torch.zeros(b, dtype=torch.bool, device=labels.device)
-    for rows, *_ in groups:
-        in_group[rows] = True
-    smooth_rows = torch.nonzero(~in_group).squeeze(1)
-    fn = _compiled_render(tuple(shape.items()), tuple(static.items()))
+    fn = _compiled_render(tuple(shape.items()), tuple(static.items()), x.device.type == "cuda")
     with _enough_recompiles():
         for rows, *masses in [(smooth_rows,), *[g[:4] for g in groups]]:
             per_row = [draws.source_x[rows], draws.source_y[rows], draws.exposure_s[rows], draws.normals[rows],
@@ -202,16 +247,19 @@ def _render_compiled(x, y, host, psf_taps, draws: Draws, bkg: Tensor, labels: Te
     return out
 
 
-def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.device) -> None:
+def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Validate the arguments; returns the labels on the host (a copy only if they were not)."""
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.dtype != torch.int64:
         raise ValueError(f"labels must be a 1-D int64 tensor, got {getattr(labels, 'dtype', type(labels))} "
                          f"of shape {tuple(getattr(labels, 'shape', ()))}")
+    labels = labels.cpu()
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(CLASS_NAMES)):
         raise ValueError(f"labels must be in 0..{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)}), "
                          f"got values {sorted(set(labels.tolist()))}")
     if generator.device.type != device.type:
         raise ValueError(f"generator lives on {generator.device}, but device is {device}: "
                          "create it with torch.Generator(device=device)")
+    return labels
 
 
 def simulate_batch(
@@ -230,7 +278,8 @@ def simulate_batch(
 
     Args:
         preset: preset name ("model_i", "model_ii", "model_iii") or a Preset.
-        labels: (B,) int64 class indices into CLASS_NAMES.
+        labels: (B,) int64 class indices into CLASS_NAMES. Read on the host to group rows by
+            class: pass them on the CPU, or a CUDA call waits for the GPU to copy them back.
         generator: torch.Generator on ``device``; the only source of randomness.
         substructure: False renders the same systems without subhalos/vortex (same draws).
         noise: False returns the noise-free model (same draws consumed).
@@ -249,26 +298,28 @@ def simulate_batch(
     """
     p = get_preset(preset)
     device = torch.device(device)
-    _check_inputs(labels, generator, device)
-    labels = labels.to(device)
+    labels_host = _check_inputs(labels, generator, device)
+    labels = _to_device(labels_host, device)
     inst = p.instrument
     b = labels.shape[0]
     draws = draw_systems(p, b, generator, device=device, dtype=dtype)
-    groups = _subhalo_groups(p, draws, labels)
+    groups = _subhalo_groups(p, draws, labels_host, device)
 
-    x, y = pixel_grid(inst.num_pix, inst.pixel_scale_arcsec, inst.supersampling, device=device, dtype=dtype)
-    host = _host_deflection(x, y, p)
+    x, y, host_ax, host_ay, psf_taps = _instrument_constants(p, device, dtype)
+    host = (host_ax, host_ay)
     rendered = groups if substructure else []
     bkg = torch.full((b,), background_rms(p), device=device, dtype=dtype)
-    sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
-    psf_taps = gaussian_kernel_1d(sigma_px, inst.psf_truncation_sigma, device=device, dtype=dtype)
     static = dict(num_pix=inst.num_pix, supersampling=inst.supersampling, pixel_area=inst.pixel_scale_arcsec**2,
                   noise=noise, normalize=normalize)
     image = None
     if compiled:
+        # rows rendered without point masses: every row unless substructure is drawn
+        smooth = labels_host == NO_SUB if rendered else torch.ones_like(labels_host, dtype=torch.bool)
+        smooth_rows = _to_device(torch.nonzero(smooth).squeeze(1), device)
+        chunk = CUDA_COMPILED_CHUNK if device.type == "cuda" else COMPILED_CHUNK
         try:
-            image = _render_compiled(x, y, host, psf_taps, draws, bkg, labels, rendered, source_shape(p), static,
-                                     chunk=COMPILED_CHUNK)
+            image = _render_compiled(x, y, host, psf_taps, draws, bkg, smooth_rows, rendered, source_shape(p), static,
+                                     chunk=chunk)
         except Exception as exc:  # inductor/compiler missing or broken: eager gives the same result
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager", stacklevel=2)
     if image is None:
@@ -285,7 +336,7 @@ def _parameters(p: Preset, labels, draws: Draws, groups, bkg: Tensor, substructu
     m_sub = torch.zeros(b, **kw)
     if substructure:
         for rows, theta_e, _, _, mass in groups:
-            n_sub[rows] = theta_e.shape[1]
+            n_sub.index_fill_(0, rows, theta_e.shape[1])  # a scalar argument: no host-to-GPU copy
             m_sub[rows] = mass.sum(dim=1)
     is_axion = labels == AXION
     nan = torch.full((b,), math.nan, **kw)
