@@ -22,6 +22,8 @@ MODE = "max"
 # ASHA's rungs and the stop reason count. Ray's training_iteration restarts from the metrics
 # Tune kept with a checkpoint and can lag the epochs trained after a restore.
 EPOCH_ATTR = "epoch"
+# Where a cluster's Tune storage is named for every study (cluster/ sets it on every node).
+STORAGE_ENV = "LENSTUNE_STORAGE"
 
 
 class ConfigError(ValueError):
@@ -42,8 +44,13 @@ class StudyConfig(BaseModel):
     samples: int = Field(16, ge=1, description="trials per family")
     max_epochs: int | None = Field(None, ge=1, description="overrides the search-space budget")
     cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0, description="fractional GPUs allowed")
-    max_concurrent: int = Field(2, ge=1)
+    gpus_per_trial: float | Literal["auto"] = Field(
+        "auto", description="GPUs per trial (fractions below 1 share a GPU); auto = a share sized "
+        "from the profile when the Ray cluster has GPU nodes or can start them, else 0 "
+        "(tuner/resources.py)")
+    max_concurrent: int | Literal["auto"] = Field(
+        "auto", description="trials running at once per family; auto = the trial slots the "
+        "cluster has or can scale to")
     asha_rule: Literal["rank", "percentile"] = Field(
         "rank", description="ASHA rung rule: rank = the best floor(k/rf) of the k trials at a "
         "rung go on (tuner/asha.py); percentile = Ray's ASHAScheduler")
@@ -73,11 +80,26 @@ class StudyConfig(BaseModel):
             raise ValueError(f"families listed twice: {families}")
         return families
 
-    @model_validator(mode="after")
-    def _gpu_fraction(self) -> StudyConfig:
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            raise ValueError(f"gpus_per_trial={self.gpus_per_trial}: fractions only below 1")
-        return self
+    compile: bool = Field(False, description="torch.compile each trial's model (GPU trials "
+                          "gain throughput after a compile of tens of seconds)")
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpu_fraction(cls, gpus: float | str) -> float | str:
+        if gpus == "auto":
+            return gpus
+        if gpus < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"gpus_per_trial={gpus}: fractions only below 1")
+        return gpus
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _positive_concurrency(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
 
     # Derived paths. Relative paths resolve against the working directory at run time.
     def resolved_runs_dir(self) -> Path:
@@ -94,16 +116,30 @@ class StudyConfig(BaseModel):
         return f"sqlite:///{self.resolved_runs_dir() / 'mlflow.db'}"
 
     def resolved_storage(self) -> str:
-        """Ray Tune storage root: an absolute path or a URI such as ``s3://bucket/prefix``
+        """Ray Tune storage root: the configured one (flag or config file), else
+        ``$LENSTUNE_STORAGE`` (what the cluster configs set on every node), else
+        ``<runs_dir>/studies``; an absolute path or a URI such as ``s3://bucket/prefix``
         (pyarrow options may follow as a query, e.g. ``?endpoint_override=host:port&scheme=http``)."""
-        if self.storage is None:
+        storage = self.storage or os.environ.get(STORAGE_ENV) or None
+        if storage is None:
             return str(self.resolved_runs_dir() / "studies")
-        if "://" in self.storage:
-            return self.storage
-        return str(Path(self.storage).expanduser().resolve())
+        if "://" in storage:
+            return storage
+        return str(Path(storage).expanduser().resolve())
 
-    def embedded_tracking(self) -> bool:
-        return self.tracking_uri is None
+    def tracking_server(self) -> bool:
+        """Whether the study logs to a tracking server (http/https), whichever way it was named:
+        the server then keeps the artifacts (its proxy or its artifact root). Any other store
+        (the embedded sqlite file, a database URI) gets a local artifact folder under the runs
+        folder."""
+        return self.resolved_tracking_uri().startswith(("http://", "https://"))
+
+    def local_artifact_root(self) -> Path | None:
+        """The artifact folder of a new experiment when no tracking server is used, else None
+        (the server decides)."""
+        if self.tracking_server():
+            return None
+        return self.resolved_runs_dir() / "mlartifacts" / self.experiment
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -32,13 +32,27 @@ FIELDS = ("family", "trials", "completed", "best_val_auc", "test_auc", "test_acc
           "test_nll", "epochs", "cpu_hours", "gpu_hours", "run_id", "params")
 
 
-def _study_resources(client, experiment_id: str) -> dict[str, tuple[float, float]]:
-    """study run id -> (CPUs, GPUs) per trial, from the study's params."""
+def _number(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:  # "auto" in a study's configured params
+        return default
+
+
+def _study_resources(client, experiment_id: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(study run id, family) -> (CPUs, GPUs) per trial, from the study's params: the resolved
+    ``resources.<family>.*`` values, else (older studies) the configured ones, which family ""
+    holds for every study."""
     out = {}
     for study in client.search_runs([experiment_id], "tags.`lenstune.kind` = 'study'", max_results=5000):
         params = study.data.params
-        out[study.info.run_id] = (float(params.get("cpus_per_trial", 1.0)),
-                                  float(params.get("gpus_per_trial", 0.0)))
+        cpus = _number(params.get("cpus_per_trial"), 1.0)
+        gpus = _number(params.get("gpus_per_trial"), 0.0)
+        out[study.info.run_id, ""] = (cpus, gpus)
+        for family in filter(None, params.get("families", "").split(",")):
+            out[study.info.run_id, family] = (
+                _number(params.get(f"resources.{family}.cpus_per_trial"), cpus),
+                _number(params.get(f"resources.{family}.gpus_per_trial"), gpus))
     return out
 
 
@@ -55,7 +69,8 @@ def family_rows(client, experiment_id: str) -> tuple[list[dict], dict[str, Trial
             if t.end_time_ms is None:
                 continue
             hours = (t.end_time_ms - t.start_time_ms) / 3.6e6
-            cpus, gpus = resources.get(t.parent_run_id, (1.0, 0.0))
+            cpus, gpus = resources.get((t.parent_run_id, family),
+                                       resources.get((t.parent_run_id, ""), (1.0, 0.0)))
             cpu_h, gpu_h = cpu_h + hours * cpus, gpu_h + hours * gpus
         row = {"family": family, "trials": len(mine),
                "completed": sum(t.stop_reason == "completed" for t in mine),

@@ -26,6 +26,19 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(_here.parent))
 
 
+def _auto_or(kind):
+    """argparse type: the word ``auto`` or a number of ``kind``."""
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; give a number or 'auto'")
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lenstune tune",
@@ -42,8 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, help="trials per family")
     p.add_argument("--max-epochs", type=int, help="override the search space's epoch budget")
     p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float, help="fractions below 1 share a GPU")
-    p.add_argument("--max-concurrent", type=int, help="trials running at once per family")
+    p.add_argument("--gpus-per-trial", type=_auto_or(float), metavar="N|auto",
+                   help="GPUs per trial, fractions below 1 share a GPU; default auto: a share "
+                   "sized from the profile when the Ray cluster has or can start GPU nodes, else 0")
+    p.add_argument("--max-concurrent", type=_auto_or(int), metavar="N|auto",
+                   help="trials running at once per family; default auto: the trial slots the "
+                   "cluster has or can scale to")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile each trial's model (worth it on GPUs for long trials)")
     p.add_argument("--asha-rule", choices=["rank", "percentile"],
                    help="ASHA rung rule (docs/tuning.md); default rank")
     p.add_argument("--tpe-told", choices=["first-rung", "last"],
@@ -56,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow server (http://...) or sqlite:///...; "
                    "default: $MLFLOW_TRACKING_URI, else embedded sqlite under --runs-dir")
     p.add_argument("--runs-dir", type=Path, help="local folder for embedded MLflow and studies")
-    p.add_argument("--storage", help="Ray Tune storage: a path or s3://bucket/prefix")
+    p.add_argument("--storage", help="Ray Tune storage: a path or s3://bucket/prefix; default: "
+                   "$LENSTUNE_STORAGE, else <runs-dir>/studies (refused on a multi-node cluster)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-failures", type=int, help="retries of an errored trial")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")

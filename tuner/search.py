@@ -7,6 +7,7 @@ study, and the driver-side callback that records why each trial stopped in MLflo
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Callable
 
 from ray import tune
@@ -109,6 +110,24 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
 
 
+# Trial folders are <TRIAL_FOLDER_PREFIX>_<trial id> whatever the trainable's registered name.
+TRIAL_FOLDER_PREFIX = "train_trial"
+# Ray Tune's trainable registry is process-wide and not thread-safe; families tuned
+# concurrently register their trainables one at a time.
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register_family_trainable(trainable: Callable, family: str, cpus: float, gpus: float) -> str:
+    """Register ``trainable`` (with its per-trial resources) in Ray Tune under a name of the
+    family's own, ``train_trial_<family>``, and return the name. Tune looks a trial's trainable
+    up by name when it starts the trial; families tuned side by side in one driver must not
+    share one (the second registration would replace the first family's trainable)."""
+    name = f"{TRIAL_FOLDER_PREFIX}_{family}"
+    with _REGISTRY_LOCK:
+        tune.register_trainable(name, tune.with_resources(trainable, trial_resources(cpus, gpus)))
+    return name
+
+
 def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
     """Per-trial resources; fractional GPUs let several small trials share one device."""
     resources = {"cpu": cpus}
@@ -118,7 +137,7 @@ def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
 
 
 def build_tuner(
-    trainable: Callable,
+    trainable: str | Callable,
     param_space: dict[str, Any],
     *,
     name: str,
@@ -140,10 +159,13 @@ def build_tuner(
     tell_epoch: int | None = None,
     verbose: int = 1,
 ) -> tune.Tuner:
-    """A fresh ``tune.Tuner`` for one family (see module docstring)."""
-    resources = trial_resources(cpus_per_trial, gpus_per_trial)
+    """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
+    :func:`register_family_trainable` returned, or a callable (registered here with the
+    resources)."""
+    if not isinstance(trainable, str):
+        trainable = tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial))
     return tune.Tuner(
-        tune.with_resources(trainable, resources),
+        trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE,
@@ -156,7 +178,7 @@ def build_tuner(
             # only saves the ~4 s import of torch/Ray per trial.
             reuse_actors=True,
             # Short trial folders: the default name lists every hyperparameter.
-            trial_dirname_creator=lambda trial: f"{trial.trainable_name}_{trial.trial_id}",
+            trial_dirname_creator=lambda trial: f"{TRIAL_FOLDER_PREFIX}_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks or [], verbose=verbose,
@@ -172,7 +194,7 @@ def build_tuner(
     )
 
 
-def restore_tuner(path: str, trainable: Callable, cpus_per_trial: float,
+def restore_tuner(path: str, trainable: str | Callable, cpus_per_trial: float,
                   gpus_per_trial: float) -> tune.Tuner:
     """Reopen an interrupted study at ``path``: unfinished and errored trials continue from
     their last checkpoint; the searcher's (Optuna) state is restored, first made to agree with
@@ -182,10 +204,9 @@ def restore_tuner(path: str, trainable: Callable, cpus_per_trial: float,
 
     reconcile_search_state(path)
     repoint_lost_checkpoints(path)
-    return tune.Tuner.restore(
-        path, tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial)),
-        resume_unfinished=True, resume_errored=True,
-    )
+    if not isinstance(trainable, str):
+        trainable = tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial))
+    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
 
 
 def check_storage(root: str) -> None:

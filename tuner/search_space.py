@@ -167,6 +167,9 @@ class Budget(_Strict):
 
 class Profile(_Strict):
     img_size: int | None = Field(None, ge=16)
+    # GPU share of a trial when the study's gpus_per_trial is auto and the cluster has GPUs;
+    # None = the profile's default (tuner.resources.PROFILE_GPU_SHARE).
+    gpus_per_trial: float | None = Field(None, gt=0, le=1)
     model: Section = Section()
     train: Section = Section()
     budget: Budget
@@ -183,6 +186,7 @@ class SearchSpace(_Strict):
     family: str
     profile: str
     img_size: int | None
+    gpus_per_trial: float | None = None
     budget: Budget
     model: Section
     train: Section
@@ -289,5 +293,6 @@ def load_search_space(family: str, profile: str = "gpu", path: Path | None = Non
     prefix = f"profiles.{profile}"
     _check_train(path, f"{prefix}.train", prof.train)
     _check_model(path, f"{prefix}.model", family, prof.model, prof.img_size or 64, check_build)
-    return SearchSpace(family=family, profile=profile, img_size=prof.img_size, budget=prof.budget,
+    return SearchSpace(family=family, profile=profile, img_size=prof.img_size,
+                       gpus_per_trial=prof.gpus_per_trial, budget=prof.budget,
                        model=prof.model, train=prof.train)

@@ -1,9 +1,15 @@
 """One study: the dataset once in the object store, one Ray Tune run per family under one
 MLflow parent run, and a leaderboard at the end.
 
-Several families are tuned as sequential per-family sub-studies (each with its own search
-space and ASHA budget) sharing the parent run; ``--resume`` restores each unfinished family
-from ``<storage>/<study>/<family>`` and skips families the parent run marks as done.
+Several families are tuned as concurrent per-family sub-studies (each with its own search
+space, searcher and ASHA budget, each a Ray Tune run driven from its own thread) sharing the
+parent run and the cluster's trial slots, so the long last trials of one family do not leave
+the other slots idle; ``--resume`` restores each unfinished family from
+``<storage>/<study>/<family>`` and skips families the parent run marks as done.
+
+Before any MLflow run exists the study joins (or starts) Ray, looks at the cluster
+(:mod:`tuner.resources`), resolves ``gpus_per_trial``/``max_concurrent`` ``auto`` and refuses a
+node-local Tune storage on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +28,7 @@ import numpy as np
 
 from tuner import tracking
 from tuner.config import ConfigError, StudyConfig, flatten, join_storage
+from tuner.resources import TrialResources
 
 DONE_TAG = "lenstune.done."  # + family, on the parent run once that family's sub-study ended
 FAMILIES_TAG = "lenstune.families"
@@ -189,35 +197,42 @@ def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str,
 
 
 def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, data_root: Path,
-               study_name: str, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+               study_name: str, tracking_uri: str, experiment_id: str, parent_run_id: str,
+               resources: TrialResources) -> None:
     """Tune one family (fresh, or restored on ``--resume``) to the end of its budget."""
     from ray import tune
 
-    from tuner.search import TrialStopCallback, build_tuner, can_restore, restore_tuner
+    from tuner.asha import rung_epochs
+    from tuner.search import (TRIAL_FOLDER_PREFIX, TrialStopCallback, build_tuner, can_restore,
+                              register_family_trainable, restore_tuner)
     from tuner.training.trainable import TrialContext, train_trial
 
     max_epochs = config.max_epochs or space.budget.max_epochs
     ctx = TrialContext(
         family=family, img_size=space.img_size or meta.image_size, class_names=list(meta.class_names),
-        max_epochs=max_epochs, seed=config.seed, cpus_per_trial=config.cpus_per_trial,
+        max_epochs=max_epochs, seed=config.seed, cpus_per_trial=resources.cpus,
+        rungs=rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor),
+        compile=config.compile,
         study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, dataset_name=data_root.name, dataset_digest=meta.digest,
         dataset_source=str(data_root), dataset_preset=str(meta.preset),
         study_config=config.model_dump(mode="json"))
-    trainable = tune.with_parameters(train_trial, data=refs, context=ctx.model_dump())
+    trainable = register_family_trainable(
+        tune.with_parameters(train_trial, data=refs, context=ctx.model_dump()), family,
+        resources.cpus, resources.gpus)
     storage = join_storage(config.resolved_storage(), study_name)
     path = join_storage(storage, family)
     restored = config.resume and can_restore(path)
     if restored:
-        tuner = restore_tuner(path, trainable, config.cpus_per_trial, config.gpus_per_trial)
+        tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus)
     else:
         callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs)
         tuner = build_tuner(
             trainable, space.param_space(), name=family, storage_path=storage,
             num_samples=config.samples, max_epochs=max_epochs,
             grace_period=space.budget.grace_period, reduction_factor=space.budget.reduction_factor,
-            seed=config.seed, max_concurrent=config.max_concurrent,
-            cpus_per_trial=config.cpus_per_trial, gpus_per_trial=config.gpus_per_trial,
+            seed=config.seed, max_concurrent=resources.max_concurrent,
+            cpus_per_trial=resources.cpus, gpus_per_trial=resources.gpus,
             callbacks=[callback], time_budget_s=config.time_budget_s,
             max_failures=config.max_failures, asha_rule=config.asha_rule,
             tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None)
@@ -227,7 +242,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     client = MlflowClient(tracking_uri)
     if restored:
         _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
-                        train_trial.__name__)
+                        TRIAL_FOLDER_PREFIX)
     try:
         _log_importances(client, parent_run_id, family, space, results)
     except Exception as exc:  # importances are a report, never a reason to fail the study
@@ -235,7 +250,47 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     client.set_tag(parent_run_id, DONE_TAG + family, "true")
 
 
-def run_study(config: StudyConfig) -> StudyResult:
+def resolve_study_resources(config: StudyConfig, spaces: dict) -> dict[str, TrialResources]:
+    """Per-family trial resources on the connected Ray cluster; ConfigError when the Tune
+    storage is node-local on a multi-node cluster."""
+    from tuner.resources import check_storage_reachable, inspect_cluster, resolve_resources
+
+    view = inspect_cluster()
+    problem = check_storage_reachable(config.resolved_storage(), view)
+    if problem:
+        raise ConfigError(problem)
+    return {family: resolve_resources(
+        view, cpus=config.cpus_per_trial, gpus=config.gpus_per_trial,
+        max_concurrent=config.max_concurrent, profile=config.profile,
+        declared_share=spaces[family].gpus_per_trial) for family in config.families}
+
+
+def run_families(families: list[str], run_one: Callable[[str], None]) -> None:
+    """``run_one(family)`` for every family, concurrently (one thread each, so the families
+    share the cluster's trial slots); the first error is raised once all have ended. A single
+    family runs in this thread, where Ray Tune can catch Ctrl+C."""
+    if len(families) == 1:
+        run_one(families[0])
+        return
+    errors: list[BaseException] = []
+
+    def target(family: str) -> None:
+        try:
+            run_one(family)
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(f,), name=f"tune-{f}", daemon=True)
+               for f in families]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> StudyResult:
     """Run (or resume) a study as described in the module docstring."""
     from mlflow.tracking import MlflowClient
 
@@ -250,35 +305,49 @@ def run_study(config: StudyConfig) -> StudyResult:
     data_root = prepare_dataset(config)
     arrays, meta = load_arrays(data_root)
 
-    if config.embedded_tracking():
+    import ray
+
+    init_ray(config)
+    resources = resolve_study_resources(config, spaces)
+    echo(f"Tune storage: {config.resolved_storage()}")
+    echo(f"MLflow: {tracking_uri} (artifacts: "
+         f"{config.local_artifact_root() or 'kept by the tracking server'})")
+    for family, res in resources.items():
+        echo(f"{family}: {res.cpus:g} CPU + {res.gpus:g} GPU per trial, up to "
+             f"{res.max_concurrent} at once ({res.reason or 'as configured'})")
+
+    artifacts = config.local_artifact_root()
+    if artifacts is not None:
         config.resolved_runs_dir().mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri)
     existing = client.get_experiment_by_name(config.experiment)
     study_name = study_name_for(config, client, existing.experiment_id if existing else None)
-    artifacts = (str(config.resolved_runs_dir() / "mlartifacts" / config.experiment)
-                 if config.embedded_tracking() else None)
-    experiment_id = tracking.ensure_experiment(client, config.experiment, artifacts)
+    experiment_id = tracking.ensure_experiment(client, config.experiment,
+                                               str(artifacts) if artifacts else None)
     dataset = tracking.DatasetInfo(data_root.name, meta.digest, str(data_root), str(meta.preset))
     params = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k != "resume"}
     params["families"] = ",".join(config.families)
+    params["storage_resolved"] = config.resolved_storage()
+    for family, res in resources.items():
+        params.update(res.as_params(family))
     parent_run_id = tracking.start_study_run(client, experiment_id, study_name, params, dataset)
     client.set_tag(parent_run_id, FAMILIES_TAG, ",".join(config.families))
+    for family, res in resources.items():  # tags: a resumed study may resolve them anew
+        client.set_tag(parent_run_id, f"lenstune.resources.{family}",
+                       f"{res.cpus:g} CPU + {res.gpus:g} GPU per trial, max {res.max_concurrent} "
+                       f"at once; {res.reason or 'as configured'}")
     parent_tags = client.get_run(parent_run_id).data.tags
     if not config.resume or "lenstune.files_logged" not in parent_tags:
         _log_study_files(client, parent_run_id, config, spaces)
         client.set_tag(parent_run_id, "lenstune.files_logged", "true")
 
-    import ray
-
-    init_ray(config)
     refs = {name: ray.put(array) for name, array in arrays.items()}
     del arrays
-    for family in config.families:
-        if parent_tags.get(DONE_TAG + family) == "true":
-            continue
-        run_family(config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
-                   study_name=study_name, tracking_uri=tracking_uri,
-                   experiment_id=experiment_id, parent_run_id=parent_run_id)
+    pending = [f for f in config.families if parent_tags.get(DONE_TAG + f) != "true"]
+    run_families(pending, lambda family: run_family(
+        config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
+        study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
+        parent_run_id=parent_run_id, resources=resources[family]))
 
     rows = tracking.leaderboard_rows(tracking.list_trial_runs(client, experiment_id, parent_run_id))
     board_dir = config.resolved_runs_dir() / "leaderboards" / study_name

@@ -57,3 +57,34 @@ def test_embedded_tracking_and_storage_are_absolute(tmp_path, monkeypatch):
 
 def test_flatten_names_params_like_mlflow():
     assert flatten({"model": {"depth": 4}, "train": {"lr": 1e-3}}) == {"model.depth": 4, "train.lr": 1e-3}
+
+
+def test_storage_from_the_environment_unless_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSTUNE_STORAGE", "s3://lenstune-studies/studies")
+    assert StudyConfig(runs_dir=tmp_path).resolved_storage() == "s3://lenstune-studies/studies"
+    assert StudyConfig(storage=str(tmp_path / "here")).resolved_storage() == str(tmp_path / "here")
+    monkeypatch.delenv("LENSTUNE_STORAGE")
+    assert StudyConfig(runs_dir=tmp_path).resolved_storage() == str(tmp_path / "studies")
+
+
+def test_any_tracking_server_keeps_the_artifacts(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    embedded = StudyConfig(runs_dir=tmp_path, experiment="e")
+    assert not embedded.tracking_server()
+    assert embedded.local_artifact_root() == tmp_path / "mlartifacts" / "e"
+    assert StudyConfig(tracking_uri="http://127.0.0.1:5000").local_artifact_root() is None
+    # Named by the environment only, as on a cluster: still the server's artifacts.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert StudyConfig(runs_dir=tmp_path).tracking_server()
+    assert StudyConfig(runs_dir=tmp_path).local_artifact_root() is None
+
+
+def test_resources_default_to_auto_and_take_numbers(tmp_path):
+    config = resolve_study_config({"runs_dir": tmp_path})
+    assert (config.gpus_per_trial, config.max_concurrent) == ("auto", "auto")
+    config = resolve_study_config({"gpus_per_trial": 0.5, "max_concurrent": 3})
+    assert (config.gpus_per_trial, config.max_concurrent) == (0.5, 3)
+    for bad in ({"gpus_per_trial": -1}, {"gpus_per_trial": 1.5}, {"max_concurrent": 0},
+                {"gpus_per_trial": "many"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            resolve_study_config(bad)
