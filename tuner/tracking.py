@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import csv
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,6 +146,66 @@ def log_epoch(client: MlflowClient, run_id: str, values: dict[str, float], step:
     """Log one epoch's metrics at ``step`` (the epoch number, from 1)."""
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+
+class MetricSender:
+    """Logs a run's per-epoch metrics from a background thread, so a trial never waits on the
+    tracking server between epochs: :meth:`log` queues, the thread sends whatever is queued in
+    one ``log_batch``. :meth:`flush` waits until everything queued has been sent (a trial
+    flushes before each report the scheduler may act on) and raises the first send error;
+    :meth:`close` flushes and stops the thread (idempotent)."""
+
+    _STOP = object()
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self._client, self._run_id = client, run_id
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._send_loop, name=f"metrics-{run_id[:8]}",
+                                        daemon=True)
+        self._thread.start()
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        """Queue one epoch's metrics at ``step`` (timestamped now)."""
+        now = int(time.time() * 1000)
+        self._queue.put([Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def _send_loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:  # everything queued meanwhile goes in the same request
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is self._STOP for item in items)
+            metrics = [m for item in items if item is not self._STOP for m in item]
+            try:
+                for start in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
+                    self._client.log_batch(self._run_id, metrics=metrics[start:start + 1000])
+            except Exception as exc:  # kept for flush()/close() in the trial's thread
+                self._error = self._error or exc
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Wait until every queued metric was sent; raise the first error of a send."""
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Send what is queued, stop the thread; with ``raise_errors`` raise a send error."""
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+        if raise_errors and self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def end_trial_run(client: MlflowClient, run_id: str, stop_reason: str, message: str = "") -> None:

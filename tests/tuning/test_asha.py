@@ -157,3 +157,14 @@ def test_results_of_a_trial_optuna_never_suggested_are_left_out(at_epoch):
         search.on_trial_result(trial_id, {"training_iteration": 1, "val_auc_macro": 0.8})
         search.on_trial_complete(trial_id, {"training_iteration": 1, "val_auc_macro": 0.8})
     assert [t.value for t in search._ot_study.trials] == [0.8]
+
+
+@pytest.mark.parametrize("max_t,grace,rf", [(50, 5, 3), (3, 1, 2), (40, 4, 3), (16, 1, 4),
+                                            (10, 10, 3), (12, 2, 2), (100, 1, 3)])
+def test_rung_epochs_are_the_rungs_of_rays_bracket_below_the_last_epoch(max_t, grace, rf):
+    from tuner.asha import rung_epochs
+
+    scheduler = RankASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=grace,
+                                  reduction_factor=rf)
+    rays = sorted(int(r[0]) for r in scheduler._brackets[0]._rungs if r[0] < max_t)
+    assert rung_epochs(max_t, grace, rf) == rays

@@ -56,15 +56,19 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 def save_checkpoint(
     directory: Path,
     *,
-    model: nn.Module,
     config: dict[str, Any],
+    model: nn.Module | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint into ``directory`` (created); returns it."""
+    """Write a checkpoint into ``directory`` (created); returns it. The weights are ``model``'s
+    state dict, or ``weights`` (a state dict kept aside, e.g. a trial's best epoch)."""
+    if (model is None) == (weights is None):
+        raise ValueError("save_checkpoint takes exactly one of model and weights")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _save_tensors(model.state_dict(), directory / MODEL_FILE)
+    _save_tensors(model.state_dict() if model is not None else weights, directory / MODEL_FILE)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     if optimizer is not None:
         opt = optimizer.state_dict()

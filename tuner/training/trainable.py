@@ -1,10 +1,20 @@
 """The Ray Tune function trainable: one trial = build the sampled model, train, report.
 
 The driver passes (via ``tune.with_parameters``) the dataset as Ray object refs of numpy
-arrays, read here without copying, and a :class:`TrialContext` with everything fixed for
-the study. Each epoch the trial logs to its nested MLflow run, writes a checkpoint
-(weights, AdamW state, scheduler step, resolved config, MLflow run id) and calls
-``tune.report(metrics, checkpoint=...)``; on restart it resumes from ``tune.get_checkpoint()``.
+arrays, read here without copying (and moved to the trial's GPU once, when it has one), and a
+:class:`TrialContext` with everything fixed for the study.
+
+What a trial writes, and when (so that the device trains rather than waits):
+- every epoch: ``tune.report(metrics)``; the metrics go to the trial's nested MLflow run
+  through a background sender (:class:`tuner.tracking.MetricSender`), never blocking training;
+- at each ASHA rung (the only epochs where the scheduler can stop the trial) and at the last
+  epoch: a Tune checkpoint (weights, AdamW state, scheduler step, resolved config, MLflow run
+  id) with the report, and, if the validation AUC improved since the last one, the best
+  weights (kept in memory meanwhile), ROC and confusion-matrix plots to MLflow; the metric
+  sender is flushed first, so the driver sees every epoch of a trial it stops.
+A crash loses at most the epochs since the last rung: ``--resume`` restarts the trial from its
+last Tune checkpoint and trains those epochs again (same seeds, same batches). On restart the
+trial resumes from ``tune.get_checkpoint()``.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import gc
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +48,8 @@ class TrialContext(BaseModel):
     max_epochs: int
     seed: int
     cpus_per_trial: float = 1.0
+    rungs: list[int] = []  # epochs where ASHA decides (tuner.asha.rung_epochs): checkpoint there
+    compile: bool = False  # torch.compile the model
     study_name: str
     tracking_uri: str
     experiment_id: str
@@ -65,21 +78,53 @@ def resolved_config(config: dict[str, Any], ctx: TrialContext) -> dict[str, Any]
         "dataset": {"name": ctx.dataset_name, "digest": ctx.dataset_digest,
                     "source": ctx.dataset_source, "preset": ctx.dataset_preset},
         "study": ctx.study_name,
+        "study_config": dict(ctx.study_config),
     }
 
 
-def _log_best_epoch(client, run_id: str, *, model, resolved: dict, probs: np.ndarray,
-                    labels: np.ndarray, class_names: list[str], epoch: int) -> None:
-    """Artifacts of the best epoch so far: checkpoint/, config.json, ROC and confusion PNGs."""
+def _log_best_epoch(client, run_id: str, *, weights: dict[str, torch.Tensor], resolved: dict,
+                    probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    epoch: int) -> None:
+    """Artifacts of the best epoch so far: checkpoint/ (its ``weights``), config.json, ROC and
+    confusion-matrix PNGs."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        ckpt.save_checkpoint(folder / "checkpoint", model=model, config=resolved)
+        ckpt.save_checkpoint(folder / "checkpoint", weights=weights, config=resolved)
         (folder / "config.json").write_text((folder / "checkpoint" / ckpt.CONFIG_FILE).read_text())
         plot_roc_curves(probs, labels, class_names, folder / "roc_curves.png",
                         title=f"{resolved['family']} epoch {epoch}")
         plot_confusion_matrix(probs, labels, class_names, folder / "confusion_matrix.png")
         client.log_artifacts(run_id, str(folder))
     client.set_tag(run_id, "best_epoch", str(epoch))
+
+
+@dataclass
+class _Best:
+    """The best epoch so far, in memory: its score, weights (a copy on the training device)
+    and validation probabilities; ``logged`` is the epoch last written to MLflow."""
+
+    score: float = -1.0
+    epoch: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+    probs: np.ndarray | None = None
+    logged: int = 0
+
+    def update(self, score: float, epoch: int, model: torch.nn.Module, probs: np.ndarray) -> None:
+        if score > self.score:
+            self.score, self.epoch, self.probs = score, epoch, probs
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _placement() -> dict[str, str]:
+    """Where the trial runs: Ray node id and IP, the resources Ray assigned, the device."""
+    import ray
+
+    context = ray.get_runtime_context()
+    assigned = context.get_assigned_resources()
+    return {"lenstune.node_id": context.get_node_id(),
+            "lenstune.node_ip": ray.util.get_node_ip_address(),
+            "lenstune.assigned_resources": ",".join(f"{k}={v:g}" for k, v in sorted(assigned.items())),
+            "lenstune.device": str(loop.pick_device())}
 
 
 def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[str, Any]) -> None:
@@ -100,28 +145,35 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     device = loop.pick_device()
 
     arrays = {k: (ray.get(v) if isinstance(v, ray.ObjectRef) else v) for k, v in data.items()}
-    x_train, y_train = _as_tensor(arrays["train_images"]), _as_tensor(arrays["train_labels"])
-    x_val, y_val_np = _as_tensor(arrays["val_images"]), np.asarray(arrays["val_labels"])
+    x_train, y_train = loop.to_device(_as_tensor(arrays["train_images"]),
+                                      _as_tensor(arrays["train_labels"]), device)
+    x_val, y_val = loop.to_device(_as_tensor(arrays["val_images"]),
+                                  _as_tensor(arrays["val_labels"]), device)
+    y_val_np = np.asarray(arrays["val_labels"])
 
     resolved = resolved_config(config, ctx)
     torch.manual_seed(ctx.seed)  # same init for a config whether run first or re-run after a crash
-    model = ckpt.build_model_from_config(resolved).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    network = ckpt.build_model_from_config(resolved)
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in network.modules())
+    model = loop.prepare_model(network, device, compile=ctx.compile, convolutional=convolutional)
+    network = loop.unwrap(model)  # the module whose weights are saved (no compile wrapper)
     optimizer = loop.make_optimizer(model, hp)
     n_steps = loop.steps_per_epoch(len(y_train), int(hp.batch_size))
     scheduler = loop.make_scheduler(optimizer, hp, steps_per_epoch=n_steps, max_epochs=ctx.max_epochs)
     scaler = (torch.amp.GradScaler("cuda") if device.type == "cuda"
               and not torch.cuda.is_bf16_supported() else None)
 
-    start_epoch, best, run_id = 0, -1.0, None
+    start_epoch, best, run_id = 0, _Best(), None
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as folder:
-            ckpt.load_weights(model, Path(folder), device)
+            ckpt.load_weights(network, Path(folder), device)
             ckpt.load_optimizer(optimizer, Path(folder))
             state = ckpt.read_state(Path(folder))
-        start_epoch, best = int(state["epoch"]), float(state["best"])
+        start_epoch = int(state["epoch"])
+        # The best epoch up to the checkpoint is in MLflow already (written with it).
+        best.score = float(state["best"])
+        best.epoch = best.logged = int(state.get("best_epoch", start_epoch))
         run_id = state.get("mlflow_run_id")
         scheduler.last_epoch = int(state["scheduler_step"])  # LambdaLR recomputes from this
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -139,14 +191,18 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             run_name=f"{ctx.family}-{trial_id}", params=params, dataset=dataset)
     else:
         client.update_run(run_id, status="RUNNING")
+    for key, value in _placement().items():
+        client.set_tag(run_id, key, value)
     # Epochs a previous attempt logged before dying without a checkpoint are re-trained
     # (deterministically) but not logged twice.
     logged = {m.step for m in client.get_metric_history(run_id, "val_auc_macro")}
+    checkpoint_epochs = set(ctx.rungs) | {ctx.max_epochs}
+    sender = tracking.MetricSender(client, run_id)
 
     try:
         for epoch in range(start_epoch + 1, ctx.max_epochs + 1):
             # Seeds depend on (trial seed, epoch) so a resumed trial draws what it would have.
-            gen = torch.Generator().manual_seed(ctx.seed * 100003 + epoch)
+            gen = torch.Generator(device=x_train.device).manual_seed(ctx.seed * 100003 + epoch)
             aug_gen = torch.Generator(device=device).manual_seed(ctx.seed * 100019 + epoch)
             stats = loop.train_one_epoch(
                 model, x_train, y_train, optimizer=optimizer, scheduler=scheduler, hp=hp,
@@ -162,27 +218,36 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                 "epoch_seconds": stats.seconds, "images_per_second": stats.images_per_second,
                 "epoch": float(epoch),
             }
-            if values["val_auc_macro"] > best:
-                best = values["val_auc_macro"]
-                _log_best_epoch(client, run_id, model=model, resolved=resolved, probs=probs,
-                                labels=y_val_np, class_names=list(ctx.class_names), epoch=epoch)
-            values["best_val_auc_macro"] = best
+            best.update(values["val_auc_macro"], epoch, network, probs)
+            values["best_val_auc_macro"] = best.score
             if epoch not in logged:
-                tracking.log_epoch(client, run_id, values, step=epoch)
+                sender.log(values, step=epoch)
+            if epoch not in checkpoint_epochs:
+                tune.report({**values, "mlflow_run_id": run_id})
+                continue
+            if best.epoch > best.logged:
+                _log_best_epoch(client, run_id, weights=best.weights, resolved=resolved,
+                                probs=best.probs, labels=y_val_np,
+                                class_names=list(ctx.class_names), epoch=best.epoch)
+                best.logged = best.epoch
+            sender.flush()
             with tempfile.TemporaryDirectory() as tmp:
-                state = {"epoch": epoch, "best": best, "mlflow_run_id": run_id,
-                         "scheduler_step": scheduler.last_epoch}
-                ckpt.save_checkpoint(Path(tmp), model=model, config=resolved,
+                state = {"epoch": epoch, "best": best.score, "best_epoch": best.logged,
+                         "mlflow_run_id": run_id, "scheduler_step": scheduler.last_epoch}
+                ckpt.save_checkpoint(Path(tmp), model=network, config=resolved,
                                      optimizer=optimizer, state=state)
                 tune.report({**values, "mlflow_run_id": run_id},
                             checkpoint=tune.Checkpoint.from_directory(tmp))
+        sender.close()
         tracking.end_trial_run(client, run_id, "completed")
     except Exception as exc:
+        sender.close(raise_errors=False)
         tracking.end_trial_run(client, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
+        sender.close(raise_errors=False)
         # Free the device memory even when the actor is reused for the next trial.
-        del model, optimizer
+        del model, network, optimizer, best, x_train, y_train, x_val, y_val
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
