@@ -7,6 +7,7 @@ import sys
 
 from tuner.data.simulate import (
     AUTO_COMPILE_MIN_PIXELS,
+    CUDA_BLOCK_SIZE,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_FRACTIONS,
     simulate_dataset,
@@ -27,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
     parser.add_argument("--img-size", type=int, default=None, help="resize images to N px (area average)")
     parser.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BLOCK_SIZE,
-        help=f"images per simulator call and per seeded block (default {DEFAULT_BLOCK_SIZE}); part of the dataset's identity",
+        "--batch-size", type=int, default=None,
+        help=f"images per simulator call and per seeded block (default {DEFAULT_BLOCK_SIZE} on "
+        f"the CPU, {CUDA_BLOCK_SIZE} on CUDA); part of the dataset's identity",
     )
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument(
