@@ -159,6 +159,24 @@ def _log_importances(client, run_id: str, family: str, space, results) -> None:
         client.log_artifact(run_id, str(path), "param_importances")
 
 
+def _log_trial_plots(client, experiment_id: str, parent_run_id: str, family: str,
+                     class_names: list[str]) -> None:
+    """ROC and confusion-matrix plots of every ``family`` trial that has its best epoch's
+    probabilities but no plots yet: drawn once per trial by the driver, after the family's
+    trials ended (also those a killed driver never drew). A failed drawing is tagged on the
+    run, never a reason to fail the study."""
+    from tuner.training.plots import log_best_epoch_plots
+
+    for run in tracking.list_trial_runs(client, experiment_id, parent_run_id):
+        if run.data.tags.get("family") != family:
+            continue
+        try:
+            log_best_epoch_plots(client, run.info.run_id, class_names,
+                                 title=f"{family} epoch {run.data.tags.get('best_epoch', '?')}")
+        except Exception as exc:
+            client.set_tag(run.info.run_id, "lenstune.plots_error", str(exc)[:500])
+
+
 def known_trials(results) -> Callable[[str], bool] | None:
     """Whether a Tune trial id belongs to a trial of this ResultGrid: the id a result reports,
     else its folder (``<trainable>_<trial id>``, the id's own underscores kept); None when a
@@ -243,6 +261,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     if restored:
         _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
                         TRIAL_FOLDER_PREFIX)
+    _log_trial_plots(client, experiment_id, parent_run_id, family, list(meta.class_names))
     try:
         _log_importances(client, parent_run_id, family, space, results)
     except Exception as exc:  # importances are a report, never a reason to fail the study

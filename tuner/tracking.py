@@ -128,14 +128,18 @@ def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
 
 def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: str,
                     study_name: str, trial_id: str, family: str, run_name: str,
-                    params: dict[str, Any], dataset: DatasetInfo) -> str:
-    """The trial's nested run: reused when one exists for this trial (resume), else created."""
+                    params: dict[str, Any], dataset: DatasetInfo,
+                    tags: dict[str, str] | None = None) -> str:
+    """The trial's nested run: reused when one exists for this trial (resume), else created
+    with ``tags`` beside the conventional ones."""
     existing = find_trial_run(client, experiment_id, parent_run_id, trial_id)
     if existing is not None:
         client.update_run(existing, status="RUNNING")
+        if tags:
+            client.log_batch(existing, tags=[RunTag(k, v) for k, v in tags.items()])
         return existing
-    tags = {"mlflow.parentRunId": parent_run_id, KIND_TAG: "trial", STUDY_TAG: study_name,
-            "trial_id": trial_id, "family": family}
+    tags = {**(tags or {}), "mlflow.parentRunId": parent_run_id, KIND_TAG: "trial",
+            STUDY_TAG: study_name, "trial_id": trial_id, "family": family}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])

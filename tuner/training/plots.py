@@ -1,4 +1,8 @@
-"""Figures logged with a trial at its best epoch: one-vs-rest ROC curves, confusion matrix."""
+"""Figures of a trial's best epoch: one-vs-rest ROC curves, confusion matrix.
+
+A trial logs its best epoch's validation probabilities (``BEST_PROBS``) with its weights; the
+driver draws the figures once per trial, after the trial has ended
+(:func:`log_best_epoch_plots`), so no trial spends device time on matplotlib."""
 
 from __future__ import annotations
 
@@ -7,6 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from tuner import metrics
+
+
+# Artifact of a trial run: its best epoch's validation probabilities (N, C) and labels (N,).
+BEST_PROBS = "best_val_probs.npz"
+PLOTS = ("roc_curves.png", "confusion_matrix.png")
 
 
 def _pyplot():
@@ -57,3 +66,22 @@ def plot_confusion_matrix(probs: np.ndarray, labels: np.ndarray, class_names: li
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def log_best_epoch_plots(client, run_id: str, class_names: list[str], title: str = "") -> bool:
+    """Draw and log the ROC and confusion-matrix PNGs of a trial run from its ``BEST_PROBS``
+    artifact; False (nothing drawn) when the run has no such artifact or has the plots."""
+    import tempfile
+
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if BEST_PROBS not in names or set(PLOTS) <= names:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with np.load(client.download_artifacts(run_id, BEST_PROBS, tmp), allow_pickle=False) as saved:
+            probs, labels = saved["probs"], saved["labels"]
+        plot_roc_curves(probs, labels, class_names, folder / PLOTS[0], title=title)
+        plot_confusion_matrix(probs, labels, class_names, folder / PLOTS[1])
+        for name in PLOTS:
+            client.log_artifact(run_id, str(folder / name))
+    return True

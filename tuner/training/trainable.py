@@ -10,8 +10,10 @@ What a trial writes, and when (so that the device trains rather than waits):
 - at each ASHA rung (the only epochs where the scheduler can stop the trial) and at the last
   epoch: a Tune checkpoint (weights, AdamW state, scheduler step, resolved config, MLflow run
   id) with the report, and, if the validation AUC improved since the last one, the best
-  weights (kept in memory meanwhile), ROC and confusion-matrix plots to MLflow; the metric
-  sender is flushed first, so the driver sees every epoch of a trial it stops.
+  weights (kept in memory meanwhile) and validation probabilities to MLflow; the metric
+  sender is flushed first, so the driver sees every epoch of a trial it stops. The driver
+  draws each trial's ROC and confusion-matrix plots once, from those probabilities, when the
+  family's trials have ended.
 A crash loses at most the epochs since the last rung: ``--resume`` restarts the trial from its
 last Tune checkpoint and trains those epochs again (same seeds, same batches). On restart the
 trial resumes from ``tune.get_checkpoint()``.
@@ -34,7 +36,7 @@ from tuner import metrics as M
 from tuner.config import flatten
 from tuner.training import checkpoint as ckpt
 from tuner.training import loop
-from tuner.training.plots import plot_confusion_matrix, plot_roc_curves
+from tuner.training.plots import BEST_PROBS
 
 
 class TrialContext(BaseModel):
@@ -83,17 +85,15 @@ def resolved_config(config: dict[str, Any], ctx: TrialContext) -> dict[str, Any]
 
 
 def _log_best_epoch(client, run_id: str, *, weights: dict[str, torch.Tensor], resolved: dict,
-                    probs: np.ndarray, labels: np.ndarray, class_names: list[str],
-                    epoch: int) -> None:
-    """Artifacts of the best epoch so far: checkpoint/ (its ``weights``), config.json, ROC and
-    confusion-matrix PNGs."""
+                    probs: np.ndarray, labels: np.ndarray, epoch: int) -> None:
+    """Artifacts of the best epoch so far: checkpoint/ (its ``weights``), config.json, and its
+    validation probabilities (``BEST_PROBS``), from which the driver draws the trial's plots
+    once it has ended (:func:`tuner.training.plots.log_best_epoch_plots`)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         ckpt.save_checkpoint(folder / "checkpoint", weights=weights, config=resolved)
         (folder / "config.json").write_text((folder / "checkpoint" / ckpt.CONFIG_FILE).read_text())
-        plot_roc_curves(probs, labels, class_names, folder / "roc_curves.png",
-                        title=f"{resolved['family']} epoch {epoch}")
-        plot_confusion_matrix(probs, labels, class_names, folder / "confusion_matrix.png")
+        np.savez(folder / BEST_PROBS, probs=probs.astype(np.float32), labels=labels)
         client.log_artifacts(run_id, str(folder))
     client.set_tag(run_id, "best_epoch", str(epoch))
 
@@ -188,11 +188,11 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         run_id = tracking.start_trial_run(
             client, experiment_id=ctx.experiment_id, parent_run_id=ctx.parent_run_id,
             study_name=ctx.study_name, trial_id=trial_id, family=ctx.family,
-            run_name=f"{ctx.family}-{trial_id}", params=params, dataset=dataset)
+            run_name=f"{ctx.family}-{trial_id}", params=params, dataset=dataset,
+            tags=_placement())
     else:
         client.update_run(run_id, status="RUNNING")
-    for key, value in _placement().items():
-        client.set_tag(run_id, key, value)
+        client.log_batch(run_id, tags=[tracking.RunTag(k, v) for k, v in _placement().items()])
     # Epochs a previous attempt logged before dying without a checkpoint are re-trained
     # (deterministically) but not logged twice.
     logged = {m.step for m in client.get_metric_history(run_id, "val_auc_macro")}
@@ -227,8 +227,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                 continue
             if best.epoch > best.logged:
                 _log_best_epoch(client, run_id, weights=best.weights, resolved=resolved,
-                                probs=best.probs, labels=y_val_np,
-                                class_names=list(ctx.class_names), epoch=best.epoch)
+                                probs=best.probs, labels=y_val_np, epoch=best.epoch)
                 best.logged = best.epoch
             sender.flush()
             with tempfile.TemporaryDirectory() as tmp:
