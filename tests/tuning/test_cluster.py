@@ -33,22 +33,26 @@ def _kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 
 
 def test_sigkilled_driver_resumes_without_duplicates(micro_dataset, tmp_path):
+    """Two families tuned side by side, the driver SIGKILLed once a trial has a second
+    checkpoint, then --resume: both families finish with their trial counts, no duplicates."""
     runs = tmp_path / "runs"
-    args = run_args(micro_dataset, runs, "vit", samples=4, extra=("--study-name", "killed"))
+    families = ("vit", "levit")
+    args = run_args(micro_dataset, runs, *families, samples=2, extra=("--study-name", "killed"))
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(args, cwd=REPO, env=ray_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    study_dir = runs / "studies" / "killed" / "vit"
+    study_dir = runs / "studies" / "killed"
+    pattern = "*/*/checkpoint_00000[1-9]"  # <family>/<trial>/: a trial's second checkpoint
     deadline = time.time() + 180
-    while time.time() < deadline and not list(study_dir.glob("*/checkpoint_00000[1-9]")):
+    while time.time() < deadline and not list(study_dir.glob(pattern)):
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.5)
-    assert list(study_dir.glob("*/checkpoint_00000[1-9]")), "no trial reached its second epoch"
-    trained = {p.parent.name for p in study_dir.glob("*/checkpoint_00000[1-9]")}
+    assert list(study_dir.glob(pattern)), "no trial reached its second epoch"
+    trained = {p.parent.name for p in study_dir.glob(pattern)}
     os.kill(proc.pid, signal.SIGKILL)  # the driver, by pid
     time.sleep(1)
     _kill_group(proc)  # then the local Ray it started
-    resumed = run_study_process(run_args(micro_dataset, runs, "vit", samples=4,
+    resumed = run_study_process(run_args(micro_dataset, runs, *families, samples=2,
                                          extra=("--study-name", "killed", "--resume")))
     (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)  # kept for a post-mortem
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -56,9 +60,11 @@ def test_sigkilled_driver_resumes_without_duplicates(micro_dataset, tmp_path):
     studies, trials = trial_runs(uri)
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
     assert len(trials) == 4 and len({r.data.tags["trial_id"] for r in trials}) == 4
+    for family in families:
+        assert sum(r.data.tags["family"] == family for r in trials) == 2, family
     check_trial_runs(uri, trials, studies[0].info.run_id, 3)
-    check_restored_not_restarted({p.name for p in study_dir.iterdir() if p.is_dir()}, trained,
-                                 trials)
+    folders = {p.name for family in families for p in (study_dir / family).iterdir() if p.is_dir()}
+    check_restored_not_restarted(folders, trained, trials)
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
