@@ -32,7 +32,8 @@ from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from tuner.training.loop import resize_batch  # the training resize, shared by prediction
+from tuner.data.preprocess import METHOD as PREPARATION
+from tuner.data.preprocess import prepare_images  # the training preparation, shared by prediction
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -67,6 +68,11 @@ class RegistryConfig(BaseModel):
     members: tuple[EnsembleMember, ...] = Field(
         (), description="hyper-ensemble members; empty for a single network"
     )
+    preprocessing: str = Field(PREPARATION, description="how input images are prepared "
+                               "(tuner/data/preprocess.py), as for the training images")
+    study_config: dict[str, Any] = Field(
+        default_factory=dict, description="the resolved configuration of the study that "
+        "trained the network (tuner.config.StudyConfig), from its checkpoint")
 
     @property
     def is_ensemble(self) -> bool:
@@ -99,6 +105,8 @@ class RegistryConfig(BaseModel):
         }
         if raw.get("class_names"):
             fields["class_names"] = tuple(raw["class_names"])
+        if isinstance(raw.get("study_config"), dict):
+            fields["study_config"] = raw["study_config"]
         return cls(**fields)
 
 
@@ -188,8 +196,9 @@ def as_image_batch(images: Any, config: RegistryConfig, *, resize: bool = False)
                 f"data or allow resizing (lenstune predict --resize)"
             )
         warnings.warn(
-            f"resizing {h}x{w} images to {config.img_size}x{config.img_size} (bilinear); the "
-            f"model was trained on {sizes} images",
+            f"resizing {h}x{w} images to {config.img_size}x{config.img_size} (area average or "
+            f"bilinear, then per-image min-max, as training data are prepared); the model was "
+            f"trained on {sizes} images",
             stacklevel=2,
         )
     return np.ascontiguousarray(array)
@@ -200,12 +209,12 @@ def predict_probs(
     model: nn.Module, images: np.ndarray, img_size: int, batch_size: int = 256
 ) -> np.ndarray:
     """Softmax class probabilities (N, C) float64 of a validated (N, 1, H, W) float32 batch,
-    resized to the model's ``img_size`` batch by batch."""
+    prepared for the model's ``img_size`` batch by batch as its training images were."""
     model.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.float32))
-        logits = model(resize_batch(batch, img_size))
+        logits = model(prepare_images(batch, img_size))
         chunks.append(torch.softmax(logits.float(), dim=1).double().numpy())
     return np.concatenate(chunks)
 
@@ -234,13 +243,14 @@ class LensTuneModel(PythonModel):
 
 
 def model_signature(config: RegistryConfig):
-    """Tensor input (-1, in_chans, img_size, img_size) float32; one column per class + label."""
+    """Tensor input (-1, in_chans, -1, -1) float32; one column per class + label. Height and
+    width are free in the signature because the model takes raw images of the size it was
+    trained from (and its input size) and prepares them itself (``as_image_batch`` refuses
+    other sizes with a message naming the allowed ones)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    inputs = Schema(
-        [TensorSpec(np.dtype(np.float32), (-1, config.in_chans, config.img_size, config.img_size))]
-    )
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, config.in_chans, -1, -1))])
     columns = [ColSpec("double", f"prob_{name}") for name in config.class_names]
     outputs = Schema(columns + [ColSpec("string", "predicted_class")])
     return ModelSignature(inputs=inputs, outputs=outputs)

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from tuner.data.preprocess import prepare_images
 from tuner.data.store import (
     SPLITS,
     DatasetError,
@@ -124,18 +124,6 @@ def split_labels(seed: int, split: str, n_per_class: int, n_classes: int) -> np.
     return rng.permutation(np.repeat(np.arange(n_classes, dtype=np.int64), n_per_class))
 
 
-def _resize(images: torch.Tensor, size: int, renormalize: bool) -> torch.Tensor:
-    """Area-average (B, 1, H, W) to (B, 1, size, size); optionally min-max each image to [0, 1]."""
-    if images.shape[-1] == size:
-        return images
-    out = F.interpolate(images, size=(size, size), mode="area")
-    if renormalize:
-        lo = out.amin(dim=(1, 2, 3), keepdim=True)
-        hi = out.amax(dim=(1, 2, 3), keepdim=True)
-        out = (out - lo) / (hi - lo).clamp_min(torch.finfo(out.dtype).tiny)
-    return out
-
-
 def simulate_block_tensors(
     backend: ModuleType | Any,
     preset: str,
@@ -177,7 +165,7 @@ def simulate_block_tensors(
         **({"compiled": True} if compiled else {}),  # backends without a compiled path stay usable
     )
     if img_size is not None:
-        images = _resize(images, img_size, renormalize=normalize)
+        images = prepare_images(images, img_size, normalize=normalize)
     return images[:b].detach().to(torch.float32), {key: value[:b].detach() for key, value in params.items()}
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner import metrics
+from tuner.data.preprocess import prepare_images
 
 
 class NonFiniteLossError(RuntimeError):
@@ -191,19 +192,11 @@ def augment(images: torch.Tensor, hp, generator: torch.Generator) -> torch.Tenso
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def resize_batch(batch: torch.Tensor, img_size: int) -> torch.Tensor:
-    """Resize (B, 1, H, W) to ``img_size`` (bilinear, antialiased when shrinking); returned
-    unchanged when it already has that size. Training, evaluation and prediction all use it."""
-    if batch.shape[-2:] == (img_size, img_size):
-        return batch
-    return F.interpolate(batch, size=(img_size, img_size), mode="bilinear", align_corners=False,
-                         antialias=batch.shape[-1] > img_size)
-
-
 def prepare_batch(images: torch.Tensor, device: torch.device, img_size: int) -> torch.Tensor:
     """A batch (B, 1, H, W) on ``device`` (copied from the host, or as it is when it already
-    lives there), float32, resized to ``img_size`` if needed, channels_last on CUDA."""
-    x = resize_batch(images.to(device, non_blocking=True).float(), img_size)
+    lives there), float32, prepared for an ``img_size`` network the way the dataset writer
+    prepares images (:func:`tuner.data.preprocess.prepare_images`), channels_last on CUDA."""
+    x = prepare_images(images.to(device, non_blocking=True).float(), img_size)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tuner import metrics as M
 from tuner.config import flatten
+from tuner.data.preprocess import METHOD as PREPARATION
 from tuner.training import checkpoint as ckpt
 from tuner.training import loop
 from tuner.training.plots import BEST_PROBS
@@ -81,6 +82,7 @@ def resolved_config(config: dict[str, Any], ctx: TrialContext) -> dict[str, Any]
                     "source": ctx.dataset_source, "preset": ctx.dataset_preset},
         "study": ctx.study_name,
         "study_config": dict(ctx.study_config),
+        "preprocessing": PREPARATION,
     }
 
 

@@ -107,17 +107,18 @@ class DeepEnsemble:
 
 
 class ResizedMember(nn.Module):
-    """A member network behind the resize it was trained with: (B, 1, H, W) images of any size
-    are resized to ``img_size`` (bilinear, antialiased when shrinking) before ``net``."""
+    """A member network behind the preparation it was trained with: (B, 1, H, W) images of any
+    size are prepared for ``img_size`` (:func:`tuner.data.preprocess.prepare_images`) before
+    ``net``."""
 
     def __init__(self, net: nn.Module, img_size: int):
         super().__init__()
         self.net, self.img_size = net, int(img_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from tuner.registry_model import resize_batch  # the training/prediction resize
+        from tuner.data.preprocess import prepare_images  # the training/prediction preparation
 
-        return self.net(resize_batch(x, self.img_size))
+        return self.net(prepare_images(x, self.img_size))
 
 
 class WeightedEnsemble(nn.Module):
