@@ -81,7 +81,7 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
     config = RegistryConfig(
         family=KIND, img_size=val.meta.image_size, in_chans=first.in_chans,
         class_names=first.class_names, dataset_digest=val.meta.digest,
-        data_image_size=val.meta.image_size,
+        data_image_size=val.meta.image_size, native_image_size=val.meta.native_image_size,
         members=[EnsembleMember(config=loaded[i][0], weight=float(weights[i]),
                                 run_id=trials[i].run_id) for i in chosen])
     module = WeightedEnsemble([loaded[i][1] for i in chosen], [loaded[i][0].img_size for i in chosen],

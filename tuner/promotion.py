@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from tuner import metrics
 from tuner.registry_model import (
     RegistryConfig,
+    accepted_sizes,
     load_network,
     load_registered,
     predict_probs,
@@ -96,7 +97,7 @@ def evaluate(model, config: RegistryConfig, split, what: str) -> tuple[Evaluatio
     if tuple(split.meta.class_names) != tuple(class_names):
         raise PromotionError(f"{what} predicts classes {list(class_names)} but the test split "
                              f"has {list(split.meta.class_names)}")
-    sizes = {config.img_size, config.data_image_size or config.img_size}
+    sizes = accepted_sizes(config)
     if split.meta.image_size not in sizes:
         raise PromotionError(
             f"{what} was trained on {sorted(sizes)}px images but the test split has "
@@ -137,7 +138,8 @@ def load_trial(trial: TrialSummary, tracking_uri: str | None, split, work: Path,
         tracking_uri=tracking_uri))
     raw = json.loads((ckpt / "config.json").read_text())
     config = RegistryConfig.from_checkpoint_config(raw).model_copy(
-        update={"data_image_size": split.meta.image_size})
+        update={"data_image_size": split.meta.image_size,
+                "native_image_size": split.meta.native_image_size})
     if config.dataset_digest and config.dataset_digest != split.meta.digest:
         raise PromotionError(
             f"trial {trial.run_id} was trained on dataset {config.dataset_digest[:12]}... but the "

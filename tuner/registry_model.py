@@ -65,6 +65,10 @@ class RegistryConfig(BaseModel):
     data_image_size: int | None = Field(
         None, gt=0, description="side of the training images (pixels), resized to img_size"
     )
+    native_image_size: int | None = Field(
+        None, gt=0, description="side of the images the training set was made from (a dataset "
+        "simulated at a smaller size records its preset's size): raw images of this size are "
+        "prepared exactly as the training images were")
     members: tuple[EnsembleMember, ...] = Field(
         (), description="hyper-ensemble members; empty for a single network"
     )
@@ -157,13 +161,21 @@ def load_network(config: RegistryConfig, weights_path: Path) -> nn.Module:
     return model.eval()
 
 
+def accepted_sizes(config: RegistryConfig) -> set[int]:
+    """Image sides a model takes as they are: its input size, its training images' size and the
+    size those were made from."""
+    return {config.img_size, config.data_image_size or config.img_size,
+            config.native_image_size or config.img_size}
+
+
 def as_image_batch(images: Any, config: RegistryConfig, *, resize: bool = False) -> np.ndarray:
     """Validate images for ``config``'s model; returns float32 (N, 1, H, W), not yet resized.
 
     Accepts (H, W) one image, (N, H, W) or (N, 1, H, W). Refuses empty input, non-finite values
-    and other shapes. Sizes accepted as they are: the model's input size and the size of the
-    images it was trained on (both go through the training pipeline's resize). Any other size is
-    refused unless ``resize`` is true, in which case a warning says the images will be resized.
+    and other shapes. Sizes accepted as they are (:func:`accepted_sizes`): the model's input
+    size, the size of the images it was trained on and the size those were made from, all
+    prepared by the training preparation. Any other size is refused unless ``resize`` is true,
+    in which case a warning says the images will be resized.
     """
     array = np.asarray(images)
     if array.dtype == object or not np.issubdtype(array.dtype, np.number):
@@ -187,7 +199,7 @@ def as_image_batch(images: Any, config: RegistryConfig, *, resize: bool = False)
             f"{int(np.flatnonzero(bad)[0])})"
         )
     h, w = array.shape[-2:]
-    allowed = sorted({config.img_size, config.data_image_size or config.img_size})
+    allowed = sorted(accepted_sizes(config))
     if h != w or h not in allowed:
         sizes = " or ".join(f"{s}x{s}" for s in allowed)
         if not resize:

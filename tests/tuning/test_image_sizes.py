@@ -86,3 +86,38 @@ def test_a_64px_dataset_tuned_at_32px_promotes_and_predicts_like_promotion(tmp_p
     assert resolved["study_config"]["families"] == ["levit"]
     _, registered = load_registered("models:/lenstune-model_ii@champion", tracking_uri=uri)
     assert registered.study_config["families"] == ["levit"] and registered.data_image_size == 64
+
+
+def test_a_model_trained_on_a_smaller_simulation_takes_the_native_images_raw(tmp_path):
+    """The issue's case: a champion trained on a 32 px dataset simulated from 64 px images,
+    given the same systems as raw 64 px images (a DeepLense-size file), predicts exactly what
+    it predicts on its own 32 px test split, without --resize."""
+    from mlflow import MlflowClient
+
+    from tuner.data import ensure_simulated, load_split
+    from tuner.registry_model import load_registered, predict_probs
+
+    small = ensure_simulated(tmp_path / "model_ii-32px", "model_ii", 30, seed=0, img_size=32)
+    native = ensure_simulated(tmp_path / "model_ii-64px", "model_ii", 30, seed=0)
+    runs = tmp_path / "runs"
+    proc = run_study_process(run_args(small, runs, "levit", samples=2,
+                                      extra=("--max-epochs", "1")), timeout_s=540)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    model, config = load_registered("models:/lenstune-model_ii@champion", tracking_uri=uri)
+    assert (config.img_size, config.data_image_size, config.native_image_size) == (32, 32, 64)
+    own = predict_probs(model, load_split(small, "test").images.numpy(), config.img_size)
+
+    raw = load_split(native, "test").images.numpy()  # the same systems at the preset's size
+    np.save(tmp_path / "raw64.npy", raw)
+    out = tmp_path / "preds.csv"
+    predict = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "predict", str(tmp_path / "raw64.npy"), "--model",
+         "models:/lenstune-model_ii@champion", "--out", str(out), "--tracking-uri", uri],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    names = list(config.class_names)
+    probs = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+    np.testing.assert_allclose(probs, own, atol=1e-5)
