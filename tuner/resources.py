@@ -174,14 +174,11 @@ def inspect_cluster() -> ClusterView:
     its autoscaler can start."""
     import ray
 
-    live = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
-            for n in ray.nodes() if n.get("Alive")]
     # The head first: trial_slots counts it beside the nodes the autoscaler adds.
-    heads = [n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]]
-    if heads:
-        head = (float(heads[0]["Resources"].get("CPU", 0)), float(heads[0]["Resources"].get("GPU", 0)))
-        live.remove(head)
-        live.insert(0, head)
+    alive = sorted((n for n in ray.nodes() if n.get("Alive")),
+                   key=lambda n: "node:__internal_head__" not in n["Resources"])
+    live = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in alive]
     try:
         reported = ray._private.state.state.get_cluster_config()
     except Exception:  # an older GCS without the call: fall back to the config file

@@ -124,8 +124,16 @@ def register_family_trainable(trainable: Callable, family: str, cpus: float, gpu
     share one (the second registration would replace the first family's trainable)."""
     name = f"{TRIAL_FOLDER_PREFIX}_{family}"
     with _REGISTRY_LOCK:
-        tune.register_trainable(name, tune.with_resources(trainable, trial_resources(cpus, gpus)))
+        tune.register_trainable(name, _with_trial_resources(trainable, cpus, gpus))
     return name
+
+
+def _with_trial_resources(trainable: str | Callable, cpus: float, gpus: float) -> str | Callable:
+    """A registered trainable's name as it is (it carries its resources); a callable wrapped
+    with the per-trial resources."""
+    if isinstance(trainable, str):
+        return trainable
+    return tune.with_resources(trainable, trial_resources(cpus, gpus))
 
 
 def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
@@ -162,10 +170,8 @@ def build_tuner(
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
     resources)."""
-    if not isinstance(trainable, str):
-        trainable = tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial))
     return tune.Tuner(
-        trainable,
+        _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE,
@@ -204,9 +210,8 @@ def restore_tuner(path: str, trainable: str | Callable, cpus_per_trial: float,
 
     reconcile_search_state(path)
     repoint_lost_checkpoints(path)
-    if not isinstance(trainable, str):
-        trainable = tune.with_resources(trainable, trial_resources(cpus_per_trial, gpus_per_trial))
-    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner.restore(path, _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
+                              resume_unfinished=True, resume_errored=True)
 
 
 def check_storage(root: str) -> None:

@@ -148,8 +148,13 @@ def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: 
 
 def log_epoch(client: MlflowClient, run_id: str, values: dict[str, float], step: int) -> None:
     """Log one epoch's metrics at ``step`` (the epoch number, from 1)."""
+    client.log_batch(run_id, metrics=epoch_metrics(values, step))
+
+
+def epoch_metrics(values: dict[str, float], step: int) -> list[Metric]:
+    """One epoch's ``values`` as MLflow metrics at ``step``, timestamped now."""
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
 
 
 class MetricSender:
@@ -171,8 +176,7 @@ class MetricSender:
 
     def log(self, values: dict[str, float], step: int) -> None:
         """Queue one epoch's metrics at ``step`` (timestamped now)."""
-        now = int(time.time() * 1000)
-        self._queue.put([Metric(k, float(v), now, step) for k, v in values.items()])
+        self._queue.put(epoch_metrics(values, step))
 
     def _send_loop(self) -> None:
         while True:

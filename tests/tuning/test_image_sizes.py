@@ -19,6 +19,20 @@ from tests.tuning.studies import REPO, run_args, run_study_process
 pytestmark = pytest.mark.slow
 
 
+def _predict_champion(images: Path, uri: str, names: list[str]) -> np.ndarray:
+    """``lenstune predict`` of the registered champion on an .npy file, as a user runs it
+    (no --resize); the (N, C) probabilities it wrote."""
+    out = images.with_suffix(".csv")
+    predict = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "predict", str(images), "--model",
+         "models:/lenstune-model_ii@champion", "--out", str(out), "--tracking-uri", uri],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    return np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+
+
 def test_the_preparation_is_the_dataset_writers():
     from tuner.data.preprocess import prepare_images
 
@@ -54,16 +68,8 @@ def test_a_64px_dataset_tuned_at_32px_promotes_and_predicts_like_promotion(tmp_p
     test = load_split(data, "test")
     assert test.images.shape[-1] == 64
     np.save(tmp_path / "test.npy", test.images.numpy())  # the user's raw files, native size
-    out = tmp_path / "preds.csv"
-    predict = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "predict", str(tmp_path / "test.npy"), "--model",
-         "models:/lenstune-model_ii@champion", "--out", str(out), "--tracking-uri", uri],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert predict.returncode == 0, predict.stderr[-3000:]
-    with out.open() as handle:
-        rows = list(csv.DictReader(handle))
     names = list(test.meta.class_names)
-    probs = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+    probs = _predict_champion(tmp_path / "test.npy", uri, names)
     from tuner import metrics
 
     auc = metrics.roc_auc_ovr(probs, test.labels.numpy(), names)["macro"]
@@ -110,14 +116,5 @@ def test_a_model_trained_on_a_smaller_simulation_takes_the_native_images_raw(tmp
 
     raw = load_split(native, "test").images.numpy()  # the same systems at the preset's size
     np.save(tmp_path / "raw64.npy", raw)
-    out = tmp_path / "preds.csv"
-    predict = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "predict", str(tmp_path / "raw64.npy"), "--model",
-         "models:/lenstune-model_ii@champion", "--out", str(out), "--tracking-uri", uri],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert predict.returncode == 0, predict.stderr[-3000:]
-    with out.open() as handle:
-        rows = list(csv.DictReader(handle))
-    names = list(config.class_names)
-    probs = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+    probs = _predict_champion(tmp_path / "raw64.npy", uri, list(config.class_names))
     np.testing.assert_allclose(probs, own, atol=1e-5)

@@ -149,9 +149,9 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     arrays = {k: (ray.get(v) if isinstance(v, ray.ObjectRef) else v) for k, v in data.items()}
     x_train, y_train = loop.to_device(_as_tensor(arrays["train_images"]),
                                       _as_tensor(arrays["train_labels"]), device)
-    x_val, y_val = loop.to_device(_as_tensor(arrays["val_images"]),
-                                  _as_tensor(arrays["val_labels"]), device)
-    y_val_np = np.asarray(arrays["val_labels"])
+    x_val, _ = loop.to_device(_as_tensor(arrays["val_images"]),
+                              _as_tensor(arrays["val_labels"]), device)
+    y_val_np = np.asarray(arrays["val_labels"])  # metrics are computed on the host
 
     resolved = resolved_config(config, ctx)
     torch.manual_seed(ctx.seed)  # same init for a config whether run first or re-run after a crash
@@ -248,7 +248,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     finally:
         sender.close(raise_errors=False)
         # Free the device memory even when the actor is reused for the next trial.
-        del model, network, optimizer, best, x_train, y_train, x_val, y_val
+        del model, network, optimizer, best, x_train, y_train, x_val
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
