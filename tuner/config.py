@@ -40,6 +40,10 @@ class StudyConfig(BaseModel):
     preset: str = "model_ii"
     n_per_class: int = Field(1000, ge=3, description="train images per class when simulating")
     img_size: int | None = Field(None, ge=8, description="pixels of a simulated image side")
+    input_size: int | None = Field(
+        None, ge=8, description="pixels of the network's input side; None = the search space's "
+        "img_size, or the dataset's image size where that is null. Images are prepared for it by "
+        "tuner/data/preprocess.py, in training and in the registered model alike")
     profile: Literal["gpu", "micro"] = "gpu"
     samples: int = Field(16, ge=1, description="trials per family")
     max_epochs: int | None = Field(None, ge=1, description="overrides the search-space budget")

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--preset", help="simulate this preset when no dataset is given (model_ii)")
     p.add_argument("--n-per-class", type=int, help="train images per class when simulating")
     p.add_argument("--img-size", type=int, help="simulated image side in pixels")
+    p.add_argument("--input-size", type=int, help="network input side in pixels (default: the "
+                   "search space's img_size, else the dataset's image size)")
     p.add_argument("--profile", choices=["gpu", "micro"], help="search-space profile")
     p.add_argument("--samples", type=int, help="trials per family")
     p.add_argument("--max-epochs", type=int, help="override the search space's epoch budget")

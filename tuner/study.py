@@ -227,7 +227,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
 
     max_epochs = config.max_epochs or space.budget.max_epochs
     ctx = TrialContext(
-        family=family, img_size=space.img_size or meta.image_size, class_names=list(meta.class_names),
+        family=family, img_size=config.input_size or space.img_size or meta.image_size, class_names=list(meta.class_names),
         max_epochs=max_epochs, seed=config.seed, cpus_per_trial=resources.cpus,
         rungs=rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor),
         compile=config.compile,
