@@ -252,6 +252,7 @@ def trial_run(sizes: Sizes, data, device: torch.device) -> dict[str, float]:
     """Wall seconds of a trial's work without Ray/MLflow, and of its parts."""
     from tuner import metrics
     from tuner.lensing import CLASS_NAMES
+    from tuner.models import io
     from tuner.training import loop
     from tuner.training.checkpoint import save_checkpoint
 
@@ -276,7 +277,7 @@ def trial_run(sizes: Sizes, data, device: torch.device) -> dict[str, float]:
     for epoch in range(1, sizes.trial_epochs + 1):
         trainer.epoch()
         lap("train")
-        probs = loop.predict_proba(trainer.model, xv, device=device, img_size=sizes.img_size)
+        probs = io.predict_probs(trainer.model, xv, sizes.img_size, device=device)
         metrics.classification_report(probs, yv_np, list(CLASS_NAMES))
         loop.cross_entropy_of_probs(probs, yv_np)
         lap("validate")
@@ -463,7 +464,7 @@ def render(args, sizes, device, results, seconds) -> str:
         f" (pinned copy, model) + train {t['trial']['train']:.2f} + validate and metrics"
         f" {t['trial']['validate']:.2f} + checkpoints {t['trial']['checkpoint']:.2f} s",
         "- Trial: what the trainable does per epoch without Ray and MLflow (`to_device`, `prepare_model`,"
-        " `train_one_epoch`, `predict_proba`, the classification report, `save_checkpoint` with AdamW"
+        " `train_one_epoch`, `io.predict_probs`, the classification report, `save_checkpoint` with AdamW"
         " state every epoch). Bare: plain `.to(device)` copies, the bare loop, a softmax validation pass.",
         "",
         f"## 3. Concurrent training processes on one GPU (vit, batch {sizes.proc_batch}, augmentation on,"

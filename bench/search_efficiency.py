@@ -51,7 +51,7 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
     from tuner import metrics as M
     from tuner.search_space import TrainHParams
     from tuner.training import loop
-    from tuner.training.checkpoint import build_model_from_config
+    from tuner.models import io
 
     torch.set_num_threads(1)
     arrays = {k: (ray.get(v) if isinstance(v, ray.ObjectRef) else v) for k, v in data.items()}
@@ -60,8 +60,8 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
     x_val, y_val = torch.from_numpy(np.array(arrays["val_images"])), np.asarray(arrays["val_labels"])
     hp = TrainHParams(**config["train"])
     torch.manual_seed(seed)
-    model = build_model_from_config({"family": family, "img_size": img_size,
-                                     "class_names": class_names, "model": config["model"]})
+    model = io.build_network(io.ModelConfig(family=family, img_size=img_size,
+                                             class_names=class_names, model=config["model"])).train()
     optimizer = loop.make_optimizer(model, hp)
     steps = loop.steps_per_epoch(len(y_train), int(hp.batch_size))
     scheduler = loop.make_scheduler(optimizer, hp, steps_per_epoch=steps, max_epochs=max_epochs)
@@ -72,7 +72,7 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
             device=device, img_size=img_size,
             generator=torch.Generator().manual_seed(seed * 100003 + epoch),
             aug_generator=torch.Generator().manual_seed(seed * 100019 + epoch))
-        probs = loop.predict_proba(model, x_val, device=device, img_size=img_size)
+        probs = io.predict_probs(model, x_val, img_size, device=device)
         report = M.classification_report(probs, y_val, class_names)
         tune.report({"val_auc_macro": report["auc_macro"], "epoch": epoch})
 

@@ -40,14 +40,14 @@ from tuning_overhead import machine  # noqa: E402  (bench/ is not a package)
 def bare_train_validate(resolved: dict, images, labels, val_images, epochs: int) -> float:
     """Wall seconds of ``epochs`` epochs of plain AdamW steps (the trial's augmentation, no
     schedule, no smoothing) and one no-grad pass over the validation images per epoch."""
-    from tuner.training.checkpoint import build_model_from_config
+    from tuner.models import io
     from tuner.training.loop import augment
 
     hp = SimpleNamespace(**resolved["train"])
     bs = int(hp.batch_size)
     torch.manual_seed(0)
     start = time.perf_counter()
-    model = build_model_from_config(resolved)
+    model = io.build_network(io.ModelConfig.from_checkpoint_config(resolved)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=float(hp.lr))
     gen = torch.Generator().manual_seed(0)
     for _ in range(epochs):

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.data import ensure_simulated
     from tuner.search_space import load_search_space
     from tuner.study import load_arrays
-    from tuner.training.checkpoint import build_model_from_config
+    from tuner.models import io
     from tuner.training.trainable import TrialContext, train_trial
 
     root = ensure_simulated(args.data_dir / f"model_ii-32px-n{args.n_per_class}-s0", "model_ii",
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "bare":
                     torch.manual_seed(0)
                     start = time.perf_counter()
-                    block["bare"] = bare_loop(build_model_from_config(resolved), images, labels,
-                                              bs, args.epochs)
+                    network = io.build_network(io.ModelConfig.from_checkpoint_config(resolved))
+                    block["bare"] = bare_loop(network.train(), images, labels, bs, args.epochs)
                     bare_walls.append(time.perf_counter() - start)
                 else:
                     block["trial"], wall, cpu = trial_block(train_trial, refs, config, ctx,

@@ -31,12 +31,8 @@ from tuner.promotion import (
     reevaluate_champion,
     settle_champion,
 )
-from tuner.registry_model import (
-    EnsembleMember,
-    RegistryConfig,
-    predict_probs,
-    save_registry_model,
-)
+from tuner.models.io import ENSEMBLE_FAMILY, EnsembleMember, ModelConfig, predict_probs
+from tuner.registry_model import save_registry_model
 from tuner.study_runs import (
     PromotionError,
     completed,
@@ -47,7 +43,7 @@ from tuner.study_runs import (
 )
 
 ENSEMBLE = "ensemble"  # alias of the newest registered hyper-ensemble
-KIND = "hyper_ensemble"  # RegistryConfig.family and version tag lenstune.model_kind
+KIND = ENSEMBLE_FAMILY  # ModelConfig.family and version tag lenstune.model_kind
 TAG_KIND = "lenstune.model_kind"
 TAG_KEY = "lenstune.ensemble_key"  # "<study run id>:top<k>"
 TAG_MEMBERS = "lenstune.ensemble_members"  # JSON list of trial run ids
@@ -60,9 +56,10 @@ def top_completed(trials, k: int) -> list:
 
 
 def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
-    """Greedy selection among ``trials`` on ``val``. Returns (ensemble RegistryConfig,
+    """Greedy selection among ``trials`` on ``val``. Returns (ensemble ModelConfig,
     WeightedEnsemble module, {run id: validation NLL of the member alone}, ensemble val NLL)."""
-    from tuner.uncertainty.ensemble import WeightedEnsemble, greedy_hyper_ensemble
+    from tuner.models.io import WeightedEnsemble
+    from tuner.uncertainty.ensemble import greedy_hyper_ensemble
 
     loaded = [(config, net) for config, _, net in
               (load_trial(t, tracking_uri, val, work, "validation") for t in trials)]
@@ -78,7 +75,7 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
             f"NLL {singles[only.run_id]:.4f}): no other of the top {len(trials)} completed trials "
             f"lowered it, so no ensemble is registered")
     first = loaded[chosen[0]][0]
-    config = RegistryConfig(
+    config = ModelConfig(
         family=KIND, img_size=val.meta.image_size, in_chans=first.in_chans,
         class_names=first.class_names, dataset_digest=val.meta.digest,
         data_image_size=val.meta.image_size, native_image_size=val.meta.native_image_size,
@@ -90,7 +87,7 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
     return config, module, singles, metrics.nll(ens_probs, labels)
 
 
-def _register(client, name: str, study_run_id: str, k: int, config: RegistryConfig, module,
+def _register(client, name: str, study_run_id: str, k: int, config: ModelConfig, module,
               split, candidate, probs, tags: dict[str, str], work: Path):
     """Log the ensemble model into the study run (``hyper_ensemble_top<k>/``), create a version."""
     from tuner.report_cli import write_evaluation

@@ -134,12 +134,14 @@ def predict_frame(model, config, images: np.ndarray, method: str, batch_size: in
     ``method`` (see the module docstring). ``images``: validated (N, 1, H, W) float32."""
     import torch
 
-    from tuner.registry_model import predict_probs, probs_frame
+    from tuner.models.io import predict_probs
+    from tuner.registry_model import probs_frame
 
     if method == "none":
-        return probs_frame(predict_probs(model, images, config.img_size, batch_size),
+        return probs_frame(predict_probs(model, images, config.img_size, batch_size=batch_size),
                            config.class_names)
-    from tuner.uncertainty.ensemble import ResizedMember, ensemble_predict
+    from tuner.models.io import PreparedMember
+    from tuner.uncertainty.ensemble import ensemble_predict
 
     if method == "ensemble" and not config.is_ensemble:
         raise ValueError(f"--uncertainty ensemble needs a registered hyper-ensemble (e.g. "
@@ -148,7 +150,7 @@ def predict_frame(model, config, images: np.ndarray, method: str, batch_size: in
         raise ValueError("--uncertainty laplace applies to a single network; this model is a "
                          "hyper-ensemble (use --uncertainty ensemble)")
     # ensemble members resize for themselves; a single network sits behind its training resize
-    net = model if config.is_ensemble else ResizedMember(model, config.img_size).eval()
+    net = model if config.is_ensemble else PreparedMember(model, config.img_size).eval()
     x = torch.from_numpy(images)
     conformal = None
     if method == "ensemble":

@@ -27,14 +27,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tuner import metrics
-from tuner.registry_model import (
-    RegistryConfig,
-    accepted_sizes,
-    load_network,
-    load_registered,
-    predict_probs,
-    save_registry_model,
-)
+from tuner.models.io import ModelConfig, load_network, predict_probs
+from tuner.registry_model import accepted_sizes, load_registered, save_registry_model
 from tuner.study_runs import (
     PromotionError,
     TrialSummary,
@@ -90,7 +84,7 @@ class PromotionResult(BaseModel):
     message: str
 
 
-def evaluate(model, config: RegistryConfig, split, what: str) -> tuple[Evaluation, np.ndarray]:
+def evaluate(model, config: ModelConfig, split, what: str) -> tuple[Evaluation, np.ndarray]:
     """Test metrics of ``model`` on a loaded split; also returns the (N, C) probabilities.
     ``what`` names the model in errors (classes or image size that do not fit the split)."""
     class_names = config.class_names
@@ -137,7 +131,7 @@ def load_trial(trial: TrialSummary, tracking_uri: str | None, split, work: Path,
         run_id=trial.run_id, artifact_path="checkpoint", dst_path=str(work / trial.run_id),
         tracking_uri=tracking_uri))
     raw = json.loads((ckpt / "config.json").read_text())
-    config = RegistryConfig.from_checkpoint_config(raw).model_copy(
+    config = ModelConfig.from_checkpoint_config(raw).model_copy(
         update={"data_image_size": split.meta.image_size,
                 "native_image_size": split.meta.native_image_size})
     if config.dataset_digest and config.dataset_digest != split.meta.digest:
@@ -193,7 +187,7 @@ def ensure_registered_model(client, name: str) -> None:
         client.create_registered_model(name, description="lenstune champion/challenger models")
 
 
-def _register(client, name: str, trial: TrialSummary, study_run_id: str, config: RegistryConfig,
+def _register(client, name: str, trial: TrialSummary, study_run_id: str, config: ModelConfig,
               weights: Path, eval_dir: Path, split, candidate: Evaluation, work: Path):
     """Log the registry model into the trial run (``registered_model/``) and create a version."""
     model_dir = save_registry_model(work / "model", config, weights, split.images[:2].numpy())

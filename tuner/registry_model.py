@@ -3,7 +3,7 @@
 A registered lenstune model is an MLflow model directory whose ``artifacts/`` hold
 
 - ``config.json``: family, image size, input channels, model keyword arguments, class names and
-  the digest of the dataset it was trained on (:class:`RegistryConfig`);
+  the digest of the dataset it was trained on (:class:`ModelConfig`);
 - ``model.safetensors``: the weights, a flat tensor file.
 
 A hyper-ensemble is registered the same way: its ``config.json`` lists the members (each a
@@ -29,14 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from tuner.data.preprocess import METHOD as PREPARATION
-from tuner.data.preprocess import prepare_images  # the training preparation, shared by prediction
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from tuner.models.io import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_network, predict_probs
 
 _ENTRY_SCRIPT = '''\
 """MLflow models-from-code entry: the network is rebuilt by lenstune, weights come from safetensors."""
@@ -51,124 +46,14 @@ class InputError(ValueError):
     """Images given for prediction have the wrong shape, size or values."""
 
 
-class RegistryConfig(BaseModel):
-    """Everything needed to rebuild a trained network, stored as ``config.json`` with its weights."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    family: str
-    img_size: int = Field(gt=0, description="side of the square input image (pixels)")
-    in_chans: int = Field(1, gt=0)
-    model: dict[str, Any] = Field(default_factory=dict, description="build_model keyword arguments")
-    class_names: tuple[str, ...] = ("no_sub", "cdm", "axion")
-    dataset_digest: str | None = None
-    data_image_size: int | None = Field(
-        None, gt=0, description="side of the training images (pixels), resized to img_size"
-    )
-    native_image_size: int | None = Field(
-        None, gt=0, description="side of the images the training set was made from (a dataset "
-        "simulated at a smaller size records its preset's size): raw images of this size are "
-        "prepared exactly as the training images were")
-    members: tuple[EnsembleMember, ...] = Field(
-        (), description="hyper-ensemble members; empty for a single network"
-    )
-    preprocessing: str = Field(PREPARATION, description="how input images are prepared "
-                               "(tuner/data/preprocess.py), as for the training images")
-    study_config: dict[str, Any] = Field(
-        default_factory=dict, description="the resolved configuration of the study that "
-        "trained the network (tuner.config.StudyConfig), from its checkpoint")
-
-    @property
-    def is_ensemble(self) -> bool:
-        return bool(self.members)
-
-    @field_validator("class_names")
-    @classmethod
-    def _at_least_two(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        if len(names) < 2:
-            raise ValueError(f"need at least two class names, got {list(names)}")
-        return names
-
-    @classmethod
-    def from_checkpoint_config(cls, raw: dict[str, Any]) -> RegistryConfig:
-        """Read a trial checkpoint's resolved config (contract #6) into the registry form.
-
-        Accepts the model kwargs under ``model`` (or ``model_kwargs``) and the dataset digest as
-        ``dataset_digest``, ``digest`` or ``dataset.digest``; other keys (train kwargs, ...) are
-        not needed to rebuild the network and are dropped.
-        """
-        dataset = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else {}
-        digest = dataset.get("digest") or raw.get("dataset_digest") or raw.get("digest")
-        model = raw.get("model", raw.get("model_kwargs", {})) or {}
-        fields = {
-            "family": raw.get("family"),
-            "img_size": raw.get("img_size"),
-            "in_chans": raw.get("in_chans", 1),
-            "model": model,
-            "dataset_digest": digest,
-        }
-        if raw.get("class_names"):
-            fields["class_names"] = tuple(raw["class_names"])
-        if isinstance(raw.get("study_config"), dict):
-            fields["study_config"] = raw["study_config"]
-        return cls(**fields)
-
-
-class EnsembleMember(BaseModel):
-    """One member of a registered hyper-ensemble: its network, weight and trial run."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    config: RegistryConfig
-    weight: float = Field(gt=0, description="share of the member in the averaged probabilities")
-    run_id: str | None = None
-
-
-RegistryConfig.model_rebuild()
-
-
-def build_network(config: RegistryConfig) -> nn.Module:
-    """A freshly initialised network of ``config``'s family and shape, in eval mode (for an
-    ensemble, a WeightedEnsemble of freshly initialised members)."""
-    if config.members:
-        from tuner.uncertainty.ensemble import WeightedEnsemble
-
-        return WeightedEnsemble([build_network(m.config) for m in config.members],
-                                [m.config.img_size for m in config.members],
-                                [m.weight for m in config.members]).eval()
-    from tuner.models import build_model  # the family registry; imported only when needed
-
-    model = build_model(
-        config.family,
-        img_size=config.img_size,
-        in_chans=config.in_chans,
-        num_classes=len(config.class_names),
-        **config.model,
-    )
-    return model.eval()
-
-
-def load_network(config: RegistryConfig, weights_path: Path) -> nn.Module:
-    """Rebuild the network and load its safetensors weights (strict: every tensor must match).
-
-    The weights file is a checkpoint's ``model.safetensors``: tensors shared between modules
-    (tied weights) are stored once and restored under every name.
-    """
-    from tuner.training.checkpoint import load_tensors
-
-    model = build_network(config)
-    model.load_state_dict(load_tensors(weights_path), strict=True)
-    return model.eval()
-
-
-def accepted_sizes(config: RegistryConfig) -> set[int]:
+def accepted_sizes(config: ModelConfig) -> set[int]:
     """Image sides a model takes as they are: its input size, its training images' size and the
     size those were made from."""
     return {config.img_size, config.data_image_size or config.img_size,
             config.native_image_size or config.img_size}
 
 
-def as_image_batch(images: Any, config: RegistryConfig, *, resize: bool = False) -> np.ndarray:
+def as_image_batch(images: Any, config: ModelConfig, *, resize: bool = False) -> np.ndarray:
     """Validate images for ``config``'s model; returns float32 (N, 1, H, W), not yet resized.
 
     Accepts (H, W) one image, (N, H, W) or (N, 1, H, W). Refuses empty input, non-finite values
@@ -216,21 +101,6 @@ def as_image_batch(images: Any, config: RegistryConfig, *, resize: bool = False)
     return np.ascontiguousarray(array)
 
 
-@torch.no_grad()
-def predict_probs(
-    model: nn.Module, images: np.ndarray, img_size: int, batch_size: int = 256
-) -> np.ndarray:
-    """Softmax class probabilities (N, C) float64 of a validated (N, 1, H, W) float32 batch,
-    prepared for the model's ``img_size`` batch by batch as its training images were."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.float32))
-        logits = model(prepare_images(batch, img_size))
-        chunks.append(torch.softmax(logits.float(), dim=1).double().numpy())
-    return np.concatenate(chunks)
-
-
 def probs_frame(probs: np.ndarray, class_names: tuple[str, ...]):
     """A DataFrame with one ``prob_<class>`` column per class and ``predicted_class``."""
     import pandas as pd
@@ -245,7 +115,7 @@ class LensTuneModel(PythonModel):
 
     def load_context(self, context) -> None:
         raw = json.loads(Path(context.artifacts["config"]).read_text())
-        self.config = RegistryConfig(**raw)
+        self.config = ModelConfig(**raw)
         self.network = load_network(self.config, Path(context.artifacts["weights"]))
 
     def predict(self, context, model_input: np.ndarray, params=None):
@@ -254,7 +124,7 @@ class LensTuneModel(PythonModel):
         return probs_frame(probs, self.config.class_names)
 
 
-def model_signature(config: RegistryConfig):
+def model_signature(config: ModelConfig):
     """Tensor input (-1, in_chans, -1, -1) float32; one column per class + label. Height and
     width are free in the signature because the model takes raw images of the size it was
     trained from (and its input size) and prepares them itself (``as_image_batch`` refuses
@@ -287,7 +157,7 @@ def _pip_requirements() -> list[str]:
 
 
 def save_registry_model(
-    path: Path, config: RegistryConfig, weights_path: Path, input_example: np.ndarray
+    path: Path, config: ModelConfig, weights_path: Path, input_example: np.ndarray
 ) -> Path:
     """Write an MLflow model directory at ``path`` (must not exist) holding config + weights.
 
@@ -365,7 +235,7 @@ def model_run_id(uri: str, tracking_uri: str | None) -> str | None:
 
 def load_registered(
     uri: str, *, tracking_uri: str | None = None, dst_dir: Path | None = None
-) -> tuple[nn.Module, RegistryConfig]:
+) -> tuple[nn.Module, ModelConfig]:
     """Load a registered model as a plain ``nn.Module`` (eval mode) and its config.
 
     ``uri``: any MLflow model URI (``models:/lenstune-model_ii@champion``, ``runs:/...``) or a
@@ -386,5 +256,5 @@ def load_registered(
             )
         )
     config_path, weights_path = find_model_files(model_dir)
-    config = RegistryConfig(**json.loads(config_path.read_text()))
+    config = ModelConfig(**json.loads(config_path.read_text()))
     return load_network(config, weights_path), config

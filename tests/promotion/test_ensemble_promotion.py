@@ -13,8 +13,10 @@ from tests.promotion.conftest import log_study
 from tuner.data import load_split
 from tuner.ensemble_promotion import ENSEMBLE, TAG_KIND, TAG_MEMBERS, TAG_WEIGHTS, register_hyper_ensemble
 from tuner.promotion import CHAMPION, PromotionError, promote_champion
-from tuner.registry_model import load_registered, predict_probs, resolve_model_uri
-from tuner.uncertainty.ensemble import WeightedEnsemble, greedy_hyper_ensemble
+from tuner.models.io import predict_probs
+from tuner.registry_model import load_registered, resolve_model_uri
+from tuner.models.io import WeightedEnsemble
+from tuner.uncertainty.ensemble import greedy_hyper_ensemble
 
 MODEL = "lenstune-ens-toy"  # kept apart from the registered model the other promotion tests check
 

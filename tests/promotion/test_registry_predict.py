@@ -131,9 +131,10 @@ def test_local_model_folder_and_mc_dropout(micro_hparams, test_images, tmp_path)
     from safetensors.torch import save_file
 
     from tuner.models import build_model
-    from tuner.registry_model import RegistryConfig, save_registry_model
+    from tuner.models.io import ModelConfig
+    from tuner.registry_model import save_registry_model
 
-    config = RegistryConfig(family="scratch", img_size=32, model={**micro_hparams, "drop_rate": 0.3})
+    config = ModelConfig(family="scratch", img_size=32, model={**micro_hparams, "drop_rate": 0.3})
     net = build_model("scratch", img_size=32, **config.model)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
     model_dir = save_registry_model(tmp_path / "model", config, tmp_path / "w.safetensors", test_images[:2])

@@ -38,11 +38,16 @@ def tiny_model() -> TinyNet:
 
 @pytest.fixture
 def separable_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """96 images (96, 1, 16, 16) whose mean brightness encodes the label (0, 1, 2)."""
+    """96 images (96, 1, 16, 16), min-max normalised as stored datasets are, whose bright
+    square's size (2, 6 or 10 px) encodes the label (0, 1, 2)."""
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(96) % 3
-    images = torch.rand(96, 1, 16, 16, generator=g) * 0.2 + labels.view(-1, 1, 1, 1) * 0.4
-    return images.float(), labels.long()
+    images = torch.rand(96, 1, 16, 16, generator=g) * 0.3
+    for i, label in enumerate(labels.tolist()):
+        side = 2 + 4 * label
+        images[i, 0, 3:3 + side, 3:3 + side] += 1.0
+    lo, hi = images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True)
+    return ((images - lo) / (hi - lo)).float(), labels.long()
 
 
 @pytest.fixture(scope="session")

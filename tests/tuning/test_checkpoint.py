@@ -23,7 +23,7 @@ def test_round_trip_weights_optimizer_state(tmp_path, tiny_model, separable_data
     assert {p.name for p in tmp_path.iterdir()} == {
         "model.safetensors", "config.json", "optimizer.safetensors", "optimizer.json", "state.json"}
     fresh = TinyNet()
-    ckpt.load_weights(fresh, tmp_path)
+    ckpt.restore_weights(fresh, tmp_path)
     for (k, a), (_, b) in zip(tiny_model.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), k
     opt2 = loop.make_optimizer(fresh, hp)
@@ -46,13 +46,13 @@ def test_shared_tensors_are_stored_once_and_restored(tmp_path):
     model = Tied()
     ckpt.save_checkpoint(tmp_path, model=model, config={})
     fresh = Tied()
-    ckpt.load_weights(fresh, tmp_path)
+    ckpt.restore_weights(fresh, tmp_path)
     assert torch.equal(fresh.b.weight, model.a.weight)
 
 
 def test_missing_checkpoint_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        ckpt.load_weights(TinyNet(), tmp_path)
+        ckpt.restore_weights(TinyNet(), tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         ckpt.read_config(tmp_path)
 

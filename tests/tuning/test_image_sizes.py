@@ -42,7 +42,13 @@ def test_the_preparation_is_the_dataset_writers():
     blocks = images.reshape(4, 1, 32, 2, 32, 2).mean(dim=(3, 5))  # the 2x2 block mean
     lo, hi = blocks.amin(dim=(1, 2, 3), keepdim=True), blocks.amax(dim=(1, 2, 3), keepdim=True)
     assert torch.allclose(prepared, (blocks - lo) / (hi - lo), atol=1e-6)
-    assert prepare_images(images, 64) is images
+    normalised = prepare_images(images, 64)  # same size: min-max only
+    assert torch.equal(normalised, (images - images.amin(dim=(1, 2, 3), keepdim=True))
+                       / (images.amax(dim=(1, 2, 3), keepdim=True)
+                          - images.amin(dim=(1, 2, 3), keepdim=True)))
+    assert torch.equal(prepare_images(normalised, 64), normalised)  # stored data: no bit changes
+    raw_counts = 1e4 * images + 37.0  # a user's unnormalised file of the same images
+    assert torch.allclose(prepare_images(raw_counts, 32), prepared, atol=1e-5)
     assert prepare_images(images[:, :, :60, :60], 64).shape[-1] == 64  # enlarging: bilinear
 
 
@@ -79,7 +85,8 @@ def test_a_64px_dataset_tuned_at_32px_promotes_and_predicts_like_promotion(tmp_p
     # checkpoint, re-evaluated through the registry's prediction path on the validation split,
     # gives the validation AUC the trial reported; the resolved study config travels with the
     # checkpoint and with the registered model.
-    from tuner.registry_model import load_registered, predict_probs
+    from tuner.models.io import predict_probs
+    from tuner.registry_model import load_registered
     from tuner.training.checkpoint import load_model
 
     trial = client.get_run(version.run_id)
@@ -101,7 +108,8 @@ def test_a_model_trained_on_a_smaller_simulation_takes_the_native_images_raw(tmp
     from mlflow import MlflowClient
 
     from tuner.data import ensure_simulated, load_split
-    from tuner.registry_model import load_registered, predict_probs
+    from tuner.models.io import predict_probs
+    from tuner.registry_model import load_registered
 
     small = ensure_simulated(tmp_path / "model_ii-32px", "model_ii", 30, seed=0, img_size=32)
     native = ensure_simulated(tmp_path / "model_ii-64px", "model_ii", 30, seed=0)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests.tuning.conftest import TinyNet, train_hparams
+from tuner.models import io
 from tuner.training import loop
 
 
@@ -51,7 +52,7 @@ def test_training_learns_a_separable_problem(tiny_model, separable_data):
                                      aug_generator=torch.Generator().manual_seed(epoch))
         losses.append(stats.train_loss)
         assert stats.images_per_second > 0 and stats.seconds > 0
-    probs = loop.predict_proba(tiny_model, images, device=device, img_size=16)
+    probs = io.predict_probs(tiny_model, images, 16, device=device)
     assert probs.shape == (96, 3) and np.allclose(probs.sum(1), 1.0)
     assert losses[-1] < losses[0]
     assert (probs.argmax(1) == labels.numpy()).mean() > 0.8
@@ -72,7 +73,7 @@ def test_nan_loss_raises_named_error(separable_data):
 
 
 def test_prepare_batch_resizes_to_model_size():
-    x = loop.prepare_batch(torch.rand(2, 1, 32, 32), torch.device("cpu"), 16)
+    x = io.prepare_batch(torch.rand(2, 1, 32, 32), torch.device("cpu"), 16)
     assert x.shape == (2, 1, 16, 16)
 
 
@@ -161,7 +162,7 @@ def test_device_resident_epoch_trains_with_finite_loss(separable_data):
     assert torch.backends.cudnn.benchmark
     stats, _ = _device_epoch(model, images, labels, train_hparams(lr=0.05))
     assert math.isfinite(stats.train_loss) and stats.images_per_second > 0
-    probs = loop.predict_proba(model, images, device=torch.device("cuda"), img_size=16)
+    probs = io.predict_probs(model, images, 16, device=torch.device("cuda"))
     assert probs.shape == (96, 3) and np.allclose(probs.sum(1), 1.0)
 
 
@@ -180,7 +181,7 @@ def test_no_host_sync_inside_the_step_loop():
     torch.cuda.set_sync_debug_mode("error")
     try:
         stats, _ = _device_epoch(model, images, labels, hp)
-        loop.predict_proba(model, images, device=torch.device("cuda"), img_size=16)
+        io.predict_probs(model, images, 16, device=torch.device("cuda"))
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert math.isfinite(stats.train_loss)

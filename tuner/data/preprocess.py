@@ -3,14 +3,19 @@ a trial does to a batch before its network sees it, and what a registered model 
 user's raw images.
 
 ``prepare_images(images, size)`` takes a (N, 1, H, W) batch to (N, 1, size, size):
-- the same size: unchanged (stored datasets are min-max normalised already);
+- the same size: not resampled;
 - smaller: the area average, what ``lenstune simulate --img-size`` writes: for an integer factor
   (64 -> 32) the mean of each factor x factor block, otherwise (150 -> 64) the mean over each
   output pixel's footprint (PyTorch's ``area``/adaptive average), a box filter, so no aliasing;
 - larger: bilinear interpolation;
-and after any resampling, when ``normalize`` is on, each image is min-max normalised to [0, 1]
-again, as the DeepLense datasets are. Raw images of the size a model was trained from therefore
-reach the network exactly as its training images did.
+then, when ``normalize`` is on, each image is min-max normalised to [0, 1], as the DeepLense
+datasets are. Raw images of the size a model was trained from (normalised or not: raw counts,
+another scale or offset) therefore reach the network exactly as its training images did. On
+images that are min-max normalised already (every stored dataset) the normalisation changes no
+bit: their minimum is exactly 0 and their maximum exactly 1.
+
+Architectures whose strides or windows fit only some sizes resample inside the network with
+:func:`resample` too (``tuner.models.common.ResizeInput``), so there is one resampling method.
 """
 
 from __future__ import annotations
@@ -40,9 +45,7 @@ def resample(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def prepare_images(images: torch.Tensor, size: int, *, normalize: bool = True) -> torch.Tensor:
-    """The preparation in the module docstring: resample (N, 1, H, W) to ``size`` and, if it was
-    resampled and ``normalize``, min-max each image again."""
-    if images.shape[-2:] == (size, size):
-        return images
+    """The preparation in the module docstring: resample (N, 1, H, W) to ``size`` and, if
+    ``normalize``, min-max each image."""
     out = resample(images, size)
     return minmax_per_image(out) if normalize else out

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from tuner.data.preprocess import resample
 
 
 def round_to_multiple(size: int, multiple: int) -> int:
@@ -13,11 +14,12 @@ def round_to_multiple(size: int, multiple: int) -> int:
 
 
 class ResizeInput(nn.Module):
-    """Bilinearly resize (B, C, H, W) inputs to ``size`` x ``size`` before ``model``.
+    """Resample (B, C, H, W) inputs to ``size`` x ``size`` before ``model``, with the image
+    preparation's resampling (:func:`tuner.data.preprocess.resample`: area average to shrink,
+    bilinear to enlarge).
 
     Used by architectures whose strides or attention windows only fit some image sizes
-    (e.g. 150 px Model I images -> 160 px for a /32 network). Bilinear resampling of a
-    smooth lensed arc neither invents nor erases structure beyond the pixel scale.
+    (e.g. 150 px Model I images -> 160 px for a /32 network).
     """
 
     def __init__(self, model: nn.Module, size: int):
@@ -26,9 +28,7 @@ class ResizeInput(nn.Module):
         self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.model(x)
+        return self.model(resample(x, self.size))
 
 
 def wrap_if_resized(model: nn.Module, img_size: int, native: int) -> nn.Module:

@@ -16,7 +16,6 @@ label_smoothing, aug_rotation, aug_flip, aug_strength).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner import metrics
-from tuner.data.preprocess import prepare_images
+from tuner.models.io import autocast, deliberate_sync, prepare_batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,39 +191,6 @@ def augment(images: torch.Tensor, hp, generator: torch.Generator) -> torch.Tenso
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def prepare_batch(images: torch.Tensor, device: torch.device, img_size: int) -> torch.Tensor:
-    """A batch (B, 1, H, W) on ``device`` (copied from the host, or as it is when it already
-    lives there), float32, prepared for an ``img_size`` network the way the dataset writer
-    prepares images (:func:`tuner.data.preprocess.prepare_images`), channels_last on CUDA."""
-    x = prepare_images(images.to(device, non_blocking=True).float(), img_size)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-@contextlib.contextmanager
-def _deliberate_sync(device: torch.device):
-    """Marks a planned host synchronisation (once per epoch or prediction): exempt from
-    ``torch.cuda.set_sync_debug_mode``, so a debug run in "warn" or "error" mode reports only
-    the synchronisations that should not be there."""
-    if device.type != "cuda":
-        yield
-        return
-    mode = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(0)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(mode)
-
-
 # Losses are summed and checked for NaN/inf in blocks of this many steps instead of with a
 # per-step `.item()`, which stalls a GPU's queue every step.
 FINITE_CHECK_STEPS = 32
@@ -337,7 +303,7 @@ def train_one_epoch(
         idx = order[step * bs:(step + 1) * bs]
         x = augment(prepare_batch(images[idx], device, img_size), hp, aug_generator)
         y = labels[idx].to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast(device):
             loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # float16 only (GPUs without bfloat16): its step syncs
@@ -349,7 +315,7 @@ def train_one_epoch(
             optimizer.step()
         scheduler.step()
         ledger.add(loss)
-    with _deliberate_sync(device):
+    with deliberate_sync(device):
         ledger.finish()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -377,25 +343,6 @@ def train_epochs(
         train_one_epoch(model, images, labels, optimizer=optimizer, scheduler=scheduler, hp=hp,
                         device=device, img_size=img_size, generator=order, aug_generator=aug)
     return model.eval()
-
-
-@torch.no_grad()
-def predict_proba(
-    model: nn.Module, images: torch.Tensor, *, device: torch.device, img_size: int,
-    batch_size: int = 256,
-) -> np.ndarray:
-    """Class probabilities (N, C) float64 for images (N, 1, H, W) on the host or already on
-    ``device``; on CUDA they come back to the host in one copy at the end."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = prepare_batch(images[start:start + batch_size], device, img_size)
-        with _autocast(device):
-            logits = model(x)
-        out.append(torch.softmax(logits.float(), dim=1))  # (B, C) float32, on device
-    with _deliberate_sync(device):
-        probs = torch.cat(out).cpu()
-    return probs.double().numpy()
 
 
 def cross_entropy_of_probs(probs: np.ndarray, labels: np.ndarray) -> float:

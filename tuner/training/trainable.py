@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from tuner import metrics as M
 from tuner.config import flatten
 from tuner.data.preprocess import METHOD as PREPARATION
+from tuner.models import io
 from tuner.training import checkpoint as ckpt
 from tuner.training import loop
 from tuner.training.plots import BEST_PROBS
@@ -155,7 +156,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
 
     resolved = resolved_config(config, ctx)
     torch.manual_seed(ctx.seed)  # same init for a config whether run first or re-run after a crash
-    network = ckpt.build_model_from_config(resolved)
+    network = io.build_network(io.ModelConfig.from_checkpoint_config(resolved)).train()
     convolutional = any(isinstance(m, torch.nn.Conv2d) for m in network.modules())
     model = loop.prepare_model(network, device, compile=ctx.compile, convolutional=convolutional)
     network = loop.unwrap(model)  # the module whose weights are saved (no compile wrapper)
@@ -169,7 +170,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as folder:
-            ckpt.load_weights(network, Path(folder), device)
+            ckpt.restore_weights(network, Path(folder), device)
             ckpt.load_optimizer(optimizer, Path(folder))
             state = ckpt.read_state(Path(folder))
         start_epoch = int(state["epoch"])
@@ -210,7 +211,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                 model, x_train, y_train, optimizer=optimizer, scheduler=scheduler, hp=hp,
                 device=device, img_size=ctx.img_size, generator=gen, aug_generator=aug_gen,
                 scaler=scaler)
-            probs = loop.predict_proba(model, x_val, device=device, img_size=ctx.img_size)
+            probs = io.predict_probs(model, x_val, ctx.img_size, device=device)
             report = M.classification_report(probs, y_val_np, list(ctx.class_names))
             values = {
                 "train_loss": stats.train_loss,

@@ -47,7 +47,7 @@ def load_model(uri: str, tracking_uri: str | None):
     A single network sits behind the resize it was trained with, so it takes the dataset's
     images as they are; a registered hyper-ensemble is a WeightedEnsemble (members resize).
     """
-    from tuner.uncertainty.ensemble import ResizedMember
+    from tuner.models.io import PreparedMember
 
     local = Path(uri)
     if ":/" not in uri and (local / "config.json").is_file() and (local / "model.safetensors").is_file():
@@ -55,12 +55,12 @@ def load_model(uri: str, tracking_uri: str | None):
 
         model, config = load_checkpoint(local)
         names = tuple(config.get("class_names") or ("no_sub", "cdm", "axion"))
-        return ResizedMember(model, int(config["img_size"])).eval(), names, None
+        return PreparedMember(model, int(config["img_size"])).eval(), names, None
     from tuner.registry_model import load_registered, model_run_id
 
     model, config = load_registered(uri, tracking_uri=tracking_uri)
     if not config.is_ensemble:
-        model = ResizedMember(model, config.img_size).eval()
+        model = PreparedMember(model, config.img_size).eval()
     return model, tuple(config.class_names), model_run_id(uri, tracking_uri)
 
 
@@ -68,7 +68,7 @@ def expand_ensembles(models: list, method: str) -> tuple[list, list[float] | Non
     """Registered hyper-ensembles given to an ensemble method become their members (with their
     weights for "ensemble"); other methods need single networks except where they apply to any
     classifier (temperature, conformal, mc_dropout, plain)."""
-    from tuner.uncertainty.ensemble import WeightedEnsemble
+    from tuner.models.io import WeightedEnsemble
 
     if not any(isinstance(m, WeightedEnsemble) for m in models):
         return models, None

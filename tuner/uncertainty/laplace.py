@@ -26,7 +26,8 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from tuner.uncertainty.predictive import Predictive, model_device, model_dtype
+from tuner.models.io import model_device, model_dtype
+from tuner.uncertainty.predictive import Predictive
 
 _STRUCTURES = ("full", "kron")
 _LINKS = ("probit", "mc")

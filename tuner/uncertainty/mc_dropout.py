@@ -14,7 +14,8 @@ import contextlib
 import torch
 from torch import nn
 
-from tuner.uncertainty.predictive import Predictive, model_device, model_dtype
+from tuner.models.io import model_device, model_dtype
+from tuner.uncertainty.predictive import Predictive
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 

@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from tuner.models.io import model_device, model_dtype
+
 _EPS = 1e-12
 
 
@@ -62,13 +64,6 @@ def mutual_information(samples: torch.Tensor) -> torch.Tensor:
     total = predictive_entropy(samples.mean(0))
     aleatoric = predictive_entropy(samples).mean(0)
     return (total - aleatoric).clamp_min(0.0)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for parameter-free modules)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
