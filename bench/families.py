@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tuner.models import build_model, list_families
-from tuner.search_space import load_search_space
+from tuner.study.search_space import load_search_space
 
 
 def images_per_second(model: torch.nn.Module, batch: int, size: int, repeats: int, train: bool) -> float:

@@ -80,7 +80,7 @@ def model_kwargs(family: str, sizes: Sizes) -> dict:
     """The ``gpu`` profile's fixed model values, searched keys at the builder's defaults; in the
     ``micro`` profile (quick runs) searched keys at their low end instead, as the builders'
     defaults are GPU-sized."""
-    from tuner.search_space import load_search_space
+    from tuner.study.search_space import load_search_space
 
     section = load_search_space(family, sizes.profile, check_build=False).model
     return section.extremes()[0] if sizes.profile == "micro" else dict(section.fixed)
@@ -106,7 +106,7 @@ def random_data(n: int, img_size: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 def train_hparams(batch_size: int, augment: bool):
     """Trial-like training settings; ``augment`` rotates (always) and flips every image."""
-    from tuner.search_space import TrainHParams
+    from tuner.study.search_space import TrainHParams
 
     return TrainHParams(lr=1e-3, weight_decay=0.05, warmup_epochs=0, batch_size=batch_size,
                         label_smoothing=0.1, aug_rotation=augment, aug_flip=augment, aug_strength=1.0)

@@ -3,7 +3,7 @@
 Both methods tune the same micro problem (a simulated Model II dataset at 32 px, one micro
 family's search space with a longer epoch budget) with the same number of configurations,
 for each of several seeds, through the project's own hooks
-(``tuner.search.build_tuner(..., sampler=..., early_stopping=...)``, i.e. ``make_searcher``
+(``tuner.study.search.build_tuner(..., sampler=..., early_stopping=...)``, i.e. ``make_searcher``
 and ``make_scheduler``). Measured per method and seed: the best validation macro AUC any
 trial reached at any epoch, and the total number of training epochs spent by all trials.
 
@@ -49,7 +49,7 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
     from ray import tune
 
     from tuner import metrics as M
-    from tuner.search_space import TrainHParams
+    from tuner.study.search_space import TrainHParams
     from tuner.training import loop
     from tuner.models import io
 
@@ -82,7 +82,7 @@ def run_method(name: str, sampler: str, rule: str | None, *, seed: int, refs: di
     """One study; returns best val AUC, total epochs, per-trial epochs and wall seconds."""
     from ray import tune
 
-    from tuner.search import build_tuner
+    from tuner.study.search import build_tuner
 
     trainable = tune.with_parameters(
         train_config, data=refs, family=args.family, img_size=space.img_size or 32,
@@ -173,7 +173,7 @@ def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, lo
         f"max {args.max_epochs} epochs per configuration, {args.configs} configurations per "
         f"study, {args.max_concurrent} trials at a time, 1 thread each.",
         f"ASHA: grace period {args.grace_period} epoch, reduction factor {args.reduction_factor} "
-        "(on `val_auc_macro`); `asha_tpe` applies the rank rule at the rungs (`tuner/asha.py`, "
+        "(on `val_auc_macro`); `asha_tpe` applies the rank rule at the rungs (`tuner/study/asha.py`, "
         "what `lenstune tune` runs), `asha_ray_tpe` Ray's percentile rule; both sample with "
         f"seeded Optuna TPE, told each trial's {told}. `random_fifo` samples at random and runs every configuration to the "
         "full budget.",
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--tpe-told", choices=["last", "first-rung"], default="first-rung",
                    help="what TPE is told of a trial: its last score (Ray's default) or its "
-                   "score at the first rung (tuner.asha.EqualFidelityOptunaSearch)")
+                   "score at the first rung (tuner.study.asha.EqualFidelityOptunaSearch)")
     p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
                    choices=[m[0] for m in METHODS], help="run only these (curves for analysis)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from tuner.data.simulate import simulate_dataset, split_counts
-    from tuner.search_space import load_search_space
-    from tuner.study import load_arrays
+    from tuner.study.search_space import load_search_space
+    from tuner.study.driver import load_arrays
 
     root = args.data_dir / f"model_ii-32px-tr{args.n_per_class}-va{args.val_per_class}-s0"
     if not (root / "meta.json").exists():

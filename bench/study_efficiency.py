@@ -1,5 +1,5 @@
 """How busy a study keeps its trial slots: a micro study of two families, eight trials each, on
-this machine's local Ray (the study's own code: ``tuner.study.run_study``), then two figures.
+this machine's local Ray (the study's own code: ``tuner.study.driver.run_study``), then two figures.
 
 1. Slot use: the seconds the trials spent in training steps (each epoch's ``epoch_seconds``,
    timed inside the trial's training loop) over (the tuning phase's wall time x trial slots).
@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from mlflow.tracking import MlflowClient
 
-    from tuner import tracking
-    from tuner.config import resolve_study_config
+    from tuner.tracking import writer as tracking
+    from tuner.study.config import resolve_study_config
     from tuner.data import ensure_simulated
-    from tuner.study import load_arrays, run_study
+    from tuner.study.driver import load_arrays, run_study
 
     root = ensure_simulated(args.data_dir / f"model_ii-32px-n{args.n_per_class}-s0", "model_ii",
                             args.n_per_class, seed=0, img_size=32)

@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from mlflow.tracking import MlflowClient
 
-    from tuner import tracking
+    from tuner.tracking import writer as tracking
     from tuner.data import ensure_simulated
-    from tuner.search_space import load_search_space
-    from tuner.study import load_arrays
+    from tuner.study.search_space import load_search_space
+    from tuner.study.driver import load_arrays
     from tuner.models import io
     from tuner.training.trainable import TrialContext, train_trial
 

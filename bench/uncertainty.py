@@ -102,7 +102,7 @@ def add_noise(split, sigma: float, seed: int) -> SimpleNamespace:
 def train_family(family: str, model_kw: dict, train_kw: dict, train, *, epochs: int, seed: int) -> nn.Module:
     """Train one network of ``family`` at 32 px with the project's training loop (CPU)."""
     from tuner.models import build_model
-    from tuner.search_space import TrainHParams
+    from tuner.study.search_space import TrainHParams
     from tuner.training.loop import train_epochs
 
     torch.manual_seed(seed)
@@ -114,7 +114,7 @@ def train_family(family: str, model_kw: dict, train_kw: dict, train, *, epochs: 
 def lensing_problem(args) -> dict:
     from tuner.data import ensure_simulated, load_split
     from tuner.lensing import CLASS_NAMES
-    from tuner.search_space import load_search_space
+    from tuner.study.search_space import load_search_space
 
     root = Path(args.data_root)
     t0 = time.perf_counter()

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # Ray and MLflow must never phone home or touch the user's home directory from tests.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -10,3 +12,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Trials checkpoint every epoch by design; Ray would warn about sync frequency each time.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@pytest.fixture(scope="session")
+def sqlite_uri(tmp_path_factory) -> str:
+    """One embedded MLflow store for the session (creating one costs seconds of migrations);
+    tests keep apart by using their own experiment names."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tuner.models import build_model, list_families
-from tuner.search_space import SearchSpaceError, TrainHParams, default_path, load_search_space
+from tuner.study.search_space import SearchSpaceError, TrainHParams, default_path, load_search_space
 
 
 def test_every_family_has_a_yaml_and_no_stray_files():

@@ -1,14 +1,14 @@
 """The tuning entry point: ``python tuner/run.py --family swin`` or ``lenstune tune``.
 
-Flags -> :class:`tuner.config.StudyConfig` -> :func:`tuner.study.run_study`. Every input is
+Flags -> :class:`tuner.study.config.StudyConfig` -> :func:`tuner.study.driver.run_study`. Every input is
 checked (families, search spaces, dataset, tracking server) before anything is written to
 MLflow or Ray is started. Under ``ray job submit`` (RAY_ADDRESS set) it joins that cluster,
 otherwise it starts a local Ray.
 
-When the study has finished, the best completed trial is promoted (:mod:`tuner.promotion`:
+When the study has finished, the best completed trial is promoted (:mod:`tuner.registry.promotion`:
 evaluated on the test split, registered, ``champion`` moved only if it is better) unless
 ``--no-promote``; ``--ensemble-top-k K`` also registers a hyper-ensemble of the top-k completed
-trials (:mod:`tuner.ensemble_promotion`). A study whose promotion finds nothing to promote has
+trials (:mod:`tuner.registry.ensembles`). A study whose promotion finds nothing to promote has
 still finished: the reason is printed and the exit code stays 0.
 """
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lenstune tune",
         description="Tune transformer families on lensing images with Ray Tune (Optuna TPE + "
-        "ASHA) and track every trial in MLflow. Defaults: tuner/defaults.yaml.",
+        "ASHA) and track every trial in MLflow. Defaults: tuner/study/defaults.yaml.",
     )
     p.add_argument("--family", help="family name, comma list, or 'all' (default: vit)")
     data = p.add_mutually_exclusive_group()
@@ -100,13 +100,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the study, print its leaderboard; 0 on success, 2 on bad input."""
     args = build_parser().parse_args(argv)
-    from tuner.config import ConfigError, parse_family_list, resolve_study_config
+    from tuner.study.config import ConfigError, parse_family_list, resolve_study_config
     from tuner.data import DatasetError
-    from tuner.tracking import TrackingError
+    from tuner.tracking.writer import TrackingError
 
     try:
         from tuner.models import list_families
-        from tuner.search_space import SearchSpaceError
+        from tuner.study.search_space import SearchSpaceError
 
         overrides = overrides_from_args(args)
         if args.family is not None:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [f for f in config.families if f not in list_families()]
         if unknown:
             raise ConfigError(f"unknown family {unknown[0]!r}; allowed: all, {', '.join(list_families())}")
-        from tuner.study import run_study
+        from tuner.study.driver import run_study
 
         result = run_study(config)
     except (ConfigError, DatasetError, TrackingError, SearchSpaceError) as exc:
@@ -130,8 +130,8 @@ def register_after_study(config, result, echo=print) -> None:
     """Promotion of the best trial and, with ``ensemble_top_k``, of the hyper-ensemble.
     Nothing to promote (e.g. no trial completed its budget) is reported, not raised."""
     from tuner.data import DatasetError
-    from tuner.promotion import PromotionError
-    from tuner.promotion_cli import format_result
+    from tuner.registry.promotion import PromotionError
+    from tuner.cli.promote import format_result
 
     if not config.promote and not config.ensemble_top_k:
         echo("promotion skipped (--no-promote)")
@@ -139,7 +139,7 @@ def register_after_study(config, result, echo=print) -> None:
     common = dict(tracking_uri=result.tracking_uri, data_root=result.data_root,
                   study_run_id=result.parent_run_id, echo=echo)
     if config.promote:
-        from tuner.promotion import promote_champion
+        from tuner.registry.promotion import promote_champion
 
         echo("promotion of the best completed trial:")
         try:
@@ -147,7 +147,7 @@ def register_after_study(config, result, echo=print) -> None:
         except (PromotionError, DatasetError) as exc:
             echo(f"promotion: nothing promoted: {exc}")
     if config.ensemble_top_k:
-        from tuner.ensemble_promotion import register_hyper_ensemble
+        from tuner.registry.ensembles import register_hyper_ensemble
 
         echo(f"hyper-ensemble of the top {config.ensemble_top_k} completed trials:")
         try:

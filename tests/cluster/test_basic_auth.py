@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import servers
-from tuner.tracking_auth import TrackingServerError, check_tracking_server, redact_uri
+from tuner.tracking.auth import TrackingServerError, check_tracking_server, redact_uri
 
 pytestmark = pytest.mark.slow
 

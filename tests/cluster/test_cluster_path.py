@@ -235,7 +235,7 @@ def _run_kill_resume_and_check(ray, dashboard, user_env, user_dir, mlflow_uri, s
     assert not _gpu_worker_nodes(ray), "the cluster must start without GPU workers"
     # What the driver concludes before any GPU node exists: GPU trials, from the node types of
     # the autoscaler's config (the driver below runs the same code on the head node).
-    from tuner.resources import inspect_cluster, resolve_resources
+    from tuner.study.resources import inspect_cluster, resolve_resources
 
     view = inspect_cluster()
     assert view.gpus_now == 0 and view.can_start_gpus, view

@@ -51,8 +51,8 @@ def test_every_trial_logs_to_postgres_and_checkpoints_to_s3(stack_study):
 
 def test_promotion_registers_the_champion_and_it_loads_back_from_s3(stack_study, micro_dataset, tmp_path):
     from tuner.data import load_split
-    from tuner.promotion import promote_champion
-    from tuner.registry_model import load_registered
+    from tuner.registry.promotion import promote_champion
+    from tuner.registry.pyfunc import load_registered
 
     result = promote_champion("stack-study", tracking_uri=stack_study.tracking_uri, echo=lambda _: None)
     assert result.decision == "promoted"

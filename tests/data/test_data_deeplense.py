@@ -10,7 +10,7 @@ import pytest
 
 from tuner.data import DatasetError, import_deeplense, load_split, read_meta
 from tuner.data.deeplense import read_deeplense_file
-from tuner.data.import_cli import main as import_main
+from tuner.cli.import_deeplense import main as import_main
 
 
 def test_import_with_val_split(deeplense_dir, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import tuner.data.montage as montage_mod
 from tuner.data import DatasetError, import_deeplense, load_split, simulate_dataset, split_counts
 from tuner.data.montage import render_montage, substructure_residuals
-from tuner.data.show_cli import main as show_main
+from tuner.cli.show import main as show_main
 
 
 @pytest.fixture

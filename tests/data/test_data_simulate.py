@@ -14,7 +14,7 @@ import torch
 
 import tuner.data.simulate as simulate_mod
 from tuner.data import DatasetError, ensure_simulated, load_split, read_meta, simulate_dataset, split_counts
-from tuner.data.simulate_cli import main as simulate_main
+from tuner.cli.simulate import main as simulate_main
 from tuner.data.store import SPLITS, SplitWriter, combine_digests
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

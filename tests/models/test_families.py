@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tuner.models import build_model, family_info, list_families
-from tuner.search_space import load_search_space
+from tuner.study.search_space import load_search_space
 
 
 @pytest.mark.parametrize("family", list_families())

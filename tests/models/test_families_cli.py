@@ -1,6 +1,6 @@
 import pytest
 
-from tuner.models.families_cli import main
+from tuner.cli.families import main
 
 
 def test_table_lists_requested_family(capsys):

@@ -94,7 +94,7 @@ def add_noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
 
 def train_levit_micro(train, *, epochs: int, seed: int) -> nn.Module:
     from tuner.models import build_model
-    from tuner.search_space import TrainHParams
+    from tuner.study.search_space import TrainHParams
     from tuner.training.loop import train_epochs
 
     torch.manual_seed(seed)

@@ -1,6 +1,6 @@
 import pytest
 
-from tuner.uncertainty.cli import main
+from tuner.cli.uncertainty import main
 
 
 def test_cli_refuses_bad_input(tmp_path, capsys):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tuner.staging import staged_folder
+from tuner.data.staging import staged_folder
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ARRAY_FILES: tuple[str, ...] = ("images.npy", "labels.npy", "params.npz")
@@ -301,7 +301,7 @@ def write_meta(folder: Path, meta: DatasetMeta) -> None:
 @contextmanager
 def staged_dataset(root: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``root``; on success move it to ``root``
-    (:func:`tuner.staging.staged_folder`).
+    (:func:`tuner.data.staging.staged_folder`).
 
     Refuses (DatasetError) if ``root`` exists and ``force`` is False, and anything but a
     lenstune dataset or an empty folder even with ``force``. With ``force`` an existing dataset

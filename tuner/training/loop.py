@@ -9,7 +9,7 @@ order and the augmentation on the device and never waits for it inside the step 
 CPU tensors everything behaves as it always did (same batches from the same seeds).
 
 Nothing here knows about Ray or MLflow; :mod:`tuner.training.trainable` wraps these.
-``hp`` is the ``train`` part of a sampled config (:class:`tuner.search_space.TrainHParams`
+``hp`` is the ``train`` part of a sampled config (:class:`tuner.study.search_space.TrainHParams`
 or anything with the same attributes: lr, weight_decay, warmup_epochs, batch_size,
 label_smoothing, aug_rotation, aug_flip, aug_strength).
 """

@@ -6,7 +6,7 @@ arrays, read here without copying (and moved to the trial's GPU once, when it ha
 
 What a trial writes, and when (so that the device trains rather than waits):
 - every epoch: ``tune.report(metrics)``; the metrics go to the trial's nested MLflow run
-  through a background sender (:class:`tuner.tracking.MetricSender`), never blocking training;
+  through a background sender (:class:`tuner.tracking.writer.MetricSender`), never blocking training;
 - at each ASHA rung (the only epochs where the scheduler can stop the trial) and at the last
   epoch: a Tune checkpoint (weights, AdamW state, scheduler step, resolved config, MLflow run
   id) with the report, and, if the validation AUC improved since the last one, the best
@@ -33,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from tuner import metrics as M
-from tuner.config import flatten
+from tuner.study.config import flatten
 from tuner.data.preprocess import METHOD as PREPARATION
 from tuner.models import io
 from tuner.training import checkpoint as ckpt
@@ -52,7 +52,7 @@ class TrialContext(BaseModel):
     max_epochs: int
     seed: int
     cpus_per_trial: float = 1.0
-    rungs: list[int] = []  # epochs where ASHA decides (tuner.asha.rung_epochs): checkpoint there
+    rungs: list[int] = []  # epochs where ASHA decides (tuner.study.asha.rung_epochs): checkpoint there
     compile: bool = False  # torch.compile the model
     study_name: str
     tracking_uri: str
@@ -138,8 +138,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from tuner import tracking
-    from tuner.search_space import TrainHParams
+    from tuner.tracking import writer as tracking
+    from tuner.study.search_space import TrainHParams
 
     ctx = TrialContext(**context)
     hp = TrainHParams(**config["train"])

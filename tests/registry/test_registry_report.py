@@ -1,0 +1,68 @@
+"""`lenstune report` from MLflow alone: family leaderboard, ROC plot, Markdown page."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from tuner.cli.report import main as report_main
+
+
+def best_run_exp(client, run_id: str) -> str:
+    return client.get_run(run_id).info.experiment_id
+
+
+def test_report_leaderboard_and_page(promoted, tracking, tmp_path, capsys):
+    uri, client, _ = tracking
+    out = tmp_path / "report"
+    assert report_main(["--experiment", "toy", "--out", str(out), "--tracking-uri", uri]) == 0
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert [r["family"] for r in rows] == ["scratch"]
+    row = rows[0]
+    # the best completed trial over all studies is the second study's (val AUC 0.97)
+    best = promoted["results"][1]
+    assert row["run_id"] == best.trial_run_id
+    assert float(row["best_val_auc"]) == 0.97
+    assert abs(float(row["test_auc"]) - best.candidate.auc_macro) < 1e-5
+    assert int(row["trials"]) == 4 and int(row["completed"]) == 3
+    assert int(row["epochs"]) == 2 + 1 + 3 + 1
+    # hours = wall time x resources of the trial's study (study 2: 2 CPUs, 0.5 GPU per trial)
+    trials = client.search_runs([best_run_exp(client, best.trial_run_id)], "tags.`lenstune.kind` = 'trial'")
+    hours = {r.info.run_id: (r.info.end_time - r.info.start_time) / 3.6e6 for r in trials}
+    assert float(row["gpu_hours"]) == pytest.approx(0.5 * hours[best.trial_run_id])
+    assert float(row["cpu_hours"]) == pytest.approx(sum(hours.values()) + hours[best.trial_run_id])
+    assert "model.embed_dim=32" in row["params"]
+    page = (out / "README.md").read_text()
+    assert "](roc_families.png)" in page and "](leaderboard.csv)" in page
+    assert "| scratch | 4 | 3 | 0.9700 |" in page
+    assert "ROC curves drawn for: scratch" in page
+    assert (out / "roc_families.png").stat().st_size > 1000
+
+
+def test_report_refuses_to_overwrite_without_force(promoted, tracking, tmp_path, capsys):
+    uri = tracking[0]
+    out = tmp_path / "report"
+    args = ["--experiment", "toy", "--out", str(out), "--tracking-uri", uri]
+    assert report_main(args) == 0
+    (out / "README.md").write_text("edited by hand")
+    assert report_main(args) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (out / "README.md").read_text() == "edited by hand"
+    assert report_main(args + ["--force"]) == 0
+    assert "| scratch |" in (out / "README.md").read_text()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert report_main(["--experiment", "toy", "--out", str(other), "--tracking-uri", uri,
+                        "--force"]) == 1
+    assert "not a lenstune report" in capsys.readouterr().err
+    assert (other / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_report_unknown_experiment(tracking, tmp_path, capsys):
+    code = report_main(["--experiment", "nope", "--out", str(tmp_path / "r"),
+                        "--tracking-uri", tracking[0]])
+    assert code == 1 and "no MLflow experiment named 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,345 @@
+"""Promotion of a study's best model to the MLflow Model Registry.
+
+``promote_champion`` takes the newest study of an experiment (or a given one), picks the trial
+with the best validation macro AUC among those that completed their budget (``stop_reason`` tag
+``completed``; ASHA-stopped trials, tagged ``asha_stopped`` and ended KILLED, are excluded),
+evaluates it on the held-out test split, registers it as a new version of ``lenstune-<preset>``,
+sets the alias ``challenger`` on it, and moves ``champion`` only if it beats the current
+champion's test macro AUC, both measured now on the same test split. The decision is printed and stored as the version tag
+``lenstune.decision``; running it again for the same trial changes nothing.
+
+The best trial of every family in the study is also evaluated on the test split and its test
+metrics and ROC curves are logged into its trial run, so ``lenstune report`` works from MLflow alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tuner import metrics
+from tuner.models.io import ModelConfig, load_network, predict_probs
+from tuner.registry.pyfunc import accepted_sizes, load_registered, save_registry_model
+from tuner.tracking.reader import (
+    PromotionError,
+    TrialSummary,
+    best_completed,
+    find_study,
+    list_trials,
+    mlflow_client,
+    resolve_data_root,
+)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TAG_TRIAL = "lenstune.trial_run_id"
+TAG_DECISION = "lenstune.decision"
+
+
+class Evaluation(BaseModel):
+    """Test-split metrics of one model. AUCs are one-vs-rest; ``confusion[true][pred]`` counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    auc_macro: float
+    auc: dict[str, float]
+    acc: float
+    ece: float
+    nll: float
+    brier: float
+    confusion: list[list[int]]
+    n_images: int
+    dataset_digest: str
+
+    def metrics(self, prefix: str = "test_") -> dict[str, float]:
+        """Flat MLflow metrics, e.g. ``test_auc_macro``, ``test_auc_cdm``, ``test_ece``."""
+        out = {"auc_macro": self.auc_macro, "acc": self.acc, "ece": self.ece,
+               "nll": self.nll, "brier": self.brier}
+        out.update({f"auc_{name}": value for name, value in self.auc.items()})
+        return {prefix + key: float(value) for key, value in out.items()}
+
+
+class PromotionResult(BaseModel):
+    """What ``promote_champion`` did. ``decision``: ``promoted`` (the new version is champion),
+    ``kept`` (the champion stays, the new version is challenger) or ``unchanged`` (this trial
+    was already registered and decided earlier)."""
+
+    model_name: str
+    version: str
+    study_run_id: str
+    trial_run_id: str
+    family: str
+    candidate: Evaluation
+    champion_version: str | None
+    champion: Evaluation | None
+    decision: Literal["promoted", "kept", "unchanged"]
+    message: str
+
+
+def evaluate(model, config: ModelConfig, split, what: str) -> tuple[Evaluation, np.ndarray]:
+    """Test metrics of ``model`` on a loaded split; also returns the (N, C) probabilities.
+    ``what`` names the model in errors (classes or image size that do not fit the split)."""
+    class_names = config.class_names
+    if tuple(split.meta.class_names) != tuple(class_names):
+        raise PromotionError(f"{what} predicts classes {list(class_names)} but the test split "
+                             f"has {list(split.meta.class_names)}")
+    sizes = accepted_sizes(config)
+    if split.meta.image_size not in sizes:
+        raise PromotionError(
+            f"{what} was trained on {sorted(sizes)}px images but the test split has "
+            f"{split.meta.image_size}px; compare models of one image size (choose another "
+            f"registered model name with --model-name)")
+    probs = predict_probs(model, split.images.numpy(), config.img_size)
+    labels = split.labels.numpy()
+    auc = metrics.roc_auc_ovr(probs, labels, list(class_names))
+    evaluation = Evaluation(
+        auc_macro=auc.pop("macro"),
+        auc=auc,
+        acc=metrics.accuracy(probs, labels),
+        ece=metrics.ece(probs, labels),
+        nll=metrics.nll(probs, labels),
+        brier=metrics.brier(probs, labels),
+        confusion=metrics.confusion_matrix(probs, labels, len(class_names)).tolist(),
+        n_images=len(labels),
+        dataset_digest=split.meta.digest,
+    )
+    return evaluation, probs
+
+
+def default_model_name(meta, data_root: Path) -> str:
+    """``lenstune-<preset>`` for simulated data, ``lenstune-<folder name>`` otherwise."""
+    base = meta.preset or Path(data_root).resolve().name
+    return "lenstune-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
+
+
+def load_trial(trial: TrialSummary, tracking_uri: str | None, split, work: Path,
+               split_name: str = "test"):
+    """Download a trial's ``checkpoint/`` into ``work/<run id>`` and rebuild its network.
+    The trial must have been trained on ``split``'s dataset (PromotionError otherwise).
+    Returns (config, weights path, network in eval mode)."""
+    import mlflow
+
+    ckpt = Path(mlflow.artifacts.download_artifacts(
+        run_id=trial.run_id, artifact_path="checkpoint", dst_path=str(work / trial.run_id),
+        tracking_uri=tracking_uri))
+    raw = json.loads((ckpt / "config.json").read_text())
+    config = ModelConfig.from_checkpoint_config(raw).model_copy(
+        update={"data_image_size": split.meta.image_size,
+                "native_image_size": split.meta.native_image_size})
+    if config.dataset_digest and config.dataset_digest != split.meta.digest:
+        raise PromotionError(
+            f"trial {trial.run_id} was trained on dataset {config.dataset_digest[:12]}... but the "
+            f"{split_name} split given is from dataset {split.meta.digest[:12]}...; pass the "
+            f"study's --data"
+        )
+    weights = ckpt / "model.safetensors"
+    return config, weights, load_network(config, weights)
+
+
+def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split, work: Path):
+    """Download a trial's checkpoint, evaluate it, log test metrics + ``evaluation/`` to its run
+    (once per dataset digest). Returns (config, weights path, evaluation, evaluation folder)."""
+    config, weights, network = load_trial(trial, tracking_uri, split, work)
+    evaluation, probs = evaluate(network, config, split, f"trial {trial.run_id} ({trial.family})")
+    from tuner.cli.report import write_evaluation
+
+    folder = write_evaluation(work / trial.run_id / "evaluation", evaluation, probs,
+                              split.labels.numpy(), config.class_names)
+    run = client.get_run(trial.run_id)
+    if run.data.tags.get("lenstune.test_digest") != split.meta.digest:
+        from mlflow.entities import Metric
+
+        now = int(run.info.end_time or run.info.start_time)
+        client.log_batch(trial.run_id, metrics=[
+            Metric(k, v, now, 0) for k, v in evaluation.metrics().items()])
+        client.log_artifacts(trial.run_id, str(folder), "evaluation")
+        client.set_tag(trial.run_id, "lenstune.test_digest", split.meta.digest)
+    return config, weights, evaluation, folder
+
+
+def find_version(client, name: str, tag: str, value: str):
+    """The version of registered model ``name`` whose tag ``tag`` is ``value``, or None (also
+    when the registered model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get(tag) == value), None)
+
+
+def ensure_registered_model(client, name: str) -> None:
+    """Create the registered model ``name`` unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="lenstune champion/challenger models")
+
+
+def _register(client, name: str, trial: TrialSummary, study_run_id: str, config: ModelConfig,
+              weights: Path, eval_dir: Path, split, candidate: Evaluation, work: Path):
+    """Log the registry model into the trial run (``registered_model/``) and create a version."""
+    model_dir = save_registry_model(work / "model", config, weights, split.images[:2].numpy())
+    shutil.copytree(eval_dir, model_dir / "evaluation")
+    client.log_artifacts(trial.run_id, str(model_dir), "registered_model")
+    source = client.get_run(trial.run_id).info.artifact_uri.rstrip("/") + "/registered_model"
+    ensure_registered_model(client, name)
+    tags = {TAG_TRIAL: trial.run_id, "lenstune.study_run_id": study_run_id,
+            "lenstune.family": trial.family, "lenstune.dataset_digest": split.meta.digest,
+            "lenstune.val_auc_macro": f"{trial.val_auc:.6f}", **_eval_tags(candidate)}
+    return client.create_model_version(
+        name, source, run_id=trial.run_id, tags=tags,
+        description=f"{trial.family} trial {trial.trial_id} of study {study_run_id}")
+
+
+def _decide(name: str, version: str, champ_version: str | None, champ_auc: float | None,
+            new_auc: float, n_test: int, role: str = "challenger") -> tuple[str, str]:
+    """(decision, message): promote only a strictly higher test macro AUC."""
+    same = f"both on the same {n_test} test images"
+    if champ_version is None:
+        return "promoted", f"{name} v{version} is champion: test AUC {new_auc:.4f} (no previous champion)"
+    if champ_version == version:
+        return "kept", f"{name} v{version} is already champion"
+    if new_auc > champ_auc:
+        return "promoted", (f"{name} v{version} is the new champion: test AUC {new_auc:.4f} > "
+                            f"{champ_auc:.4f} of v{champ_version}, {same}")
+    return "kept", (f"{name} champion stays v{champ_version}: test AUC {champ_auc:.4f} >= "
+                    f"{new_auc:.4f} of {role} v{version}, {same}")
+
+
+def _champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _eval_tags(evaluation: Evaluation) -> dict[str, str]:
+    tags = {k: f"{v:.6f}" for k, v in evaluation.metrics().items()}
+    tags.update({"test_confusion": json.dumps(evaluation.confusion),
+                 "lenstune.test_digest": evaluation.dataset_digest})
+    return tags
+
+
+def promote_champion(
+    experiment: str,
+    *,
+    tracking_uri: str | None,
+    data_root: Path | None = None,
+    study_run_id: str | None = None,
+    model_name: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> PromotionResult:
+    """Register the best completed trial of a study and decide the ``champion`` alias.
+
+    Args:
+        experiment: MLflow experiment name of the study.
+        tracking_uri: MLflow tracking URI (also the registry URI); None = MLflow's default.
+        data_root: dataset folder whose ``test`` split is used; None = the one the study recorded.
+        study_run_id: the study's parent run; None = the newest study in the experiment.
+        model_name: registered model name; None = ``lenstune-<preset or dataset folder name>``.
+        echo: where the decision line goes.
+    Raises:
+        PromotionError: no study or completed trial, or data that does not fit the models.
+    """
+    from tuner.data import load_split
+
+    client = mlflow_client(tracking_uri)
+    study = find_study(client, experiment, study_run_id)
+    sid = study.info.run_id
+    trials = list_trials(client, study.info.experiment_id, sid)
+    per_family = best_completed(trials)
+    if not per_family:
+        reasons = sorted({t.stop_reason for t in trials}) or ["no trials"]
+        raise PromotionError(f"no trial of study {sid} completed its budget ({len(trials)} trials: "
+                             f"{', '.join(reasons)}); nothing to promote")
+    best = max(per_family.values(), key=lambda t: t.val_auc)
+    root = resolve_data_root(study, data_root)
+    split = load_split(root, "test")
+    name = model_name or default_model_name(split.meta, root)
+
+    with tempfile.TemporaryDirectory(prefix="lenstune-promote-") as tmp:
+        work = Path(tmp)
+        results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work)
+                   for t in per_family.values()}
+        config, weights, candidate, eval_dir = results[best.run_id]
+
+        existing = find_version(client, name, TAG_TRIAL, best.run_id)
+        if existing is not None and TAG_DECISION in existing.tags:
+            message = (f"{name} version {existing.version} already holds trial {best.run_id}: "
+                       f"{existing.tags[TAG_DECISION]}; nothing changed")
+            echo(message)
+            return PromotionResult(model_name=name, version=str(existing.version), study_run_id=sid,
+                                   trial_run_id=best.run_id, family=best.family,
+                                   candidate=candidate, champion_version=None, champion=None,
+                                   decision="unchanged", message=message)
+
+        # Re-evaluate the current champion on this very test split before writing anything.
+        champ_v, champ_eval = reevaluate_champion(client, name, split, tracking_uri, work)
+        if existing is None:
+            existing = _register(client, name, best, sid, config, weights, eval_dir, split,
+                                 candidate, work)
+        version = str(existing.version)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        decision, message = settle_champion(client, name, version, candidate, champ_v, champ_eval,
+                                            study_run_id=sid, echo=echo)
+        return PromotionResult(
+            model_name=name, version=version, study_run_id=sid, trial_run_id=best.run_id,
+            family=best.family, candidate=candidate,
+            champion_version=champ_v, champion=champ_eval, decision=decision, message=message)
+
+
+def reevaluate_champion(client, name: str, split, tracking_uri: str | None,
+                        work: Path) -> tuple[str | None, Evaluation | None]:
+    """(version, evaluation now on ``split``) of the current champion of ``name``; (None, None)
+    when there is none. Raises PromotionError when it cannot be evaluated on this split."""
+    champ = _champion(client, name)
+    if champ is None:
+        return None, None
+    model, config = load_registered(f"models:/{name}/{champ.version}", tracking_uri=tracking_uri,
+                                    dst_dir=work / "champion")
+    evaluation, _ = evaluate(model, config, split, f"champion {name} version {champ.version}")
+    return str(champ.version), evaluation
+
+
+def settle_champion(client, name: str, version: str, candidate: Evaluation, champ_v: str | None,
+                    champ_eval: Evaluation | None, *, study_run_id: str, role: str = "challenger",
+                    echo: Callable[[str], None] = print) -> tuple[str, str]:
+    """Move ``champion`` to ``version`` if its test macro AUC beats the champion's (both measured
+    on the same split); store the champion's numbers of today and the decision as version tags,
+    and the champion's AUC, ECE and NLL as ``champion_test_*`` metrics of the study run.
+    Returns (decision, message)."""
+    decision, message = _decide(name, version, champ_v,
+                                None if champ_eval is None else champ_eval.auc_macro,
+                                candidate.auc_macro, candidate.n_images, role)
+    if decision == "promoted":
+        client.set_registered_model_alias(name, CHAMPION, version)
+    if champ_eval is not None:
+        for key, value in _eval_tags(champ_eval).items():  # champion's numbers of today
+            client.set_model_version_tag(name, champ_v, key, value)
+        client.set_model_version_tag(name, version, "lenstune.compared_with", f"v{champ_v}")
+    client.set_model_version_tag(name, version, TAG_DECISION, message)
+    now_champion, numbers = (version, candidate) if decision == "promoted" else (champ_v, champ_eval)
+    if numbers is not None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        client.log_batch(study_run_id, metrics=[
+            Metric(f"champion_{k}", v, stamp, 0) for k, v in numbers.metrics().items()
+            if k in ("test_auc_macro", "test_acc", "test_ece", "test_nll")])
+        client.set_tag(study_run_id, "lenstune.champion", f"{name} v{now_champion}")
+    echo(message)
+    return decision, message

@@ -1,0 +1,260 @@
+"""The registered model: an MLflow "models-from-code" pyfunc that rebuilds the network.
+
+A registered lenstune model is an MLflow model directory whose ``artifacts/`` hold
+
+- ``config.json``: family, image size, input channels, model keyword arguments, class names and
+  the digest of the dataset it was trained on (:class:`ModelConfig`);
+- ``model.safetensors``: the weights, a flat tensor file.
+
+A hyper-ensemble is registered the same way: its ``config.json`` lists the members (each a
+config of this form, a weight and the trial run it came from) and its ``model.safetensors`` holds
+every member's weights under ``members.<i>.net.``; it loads as one
+:class:`tuner.uncertainty.ensemble.WeightedEnsemble` module.
+
+Loading rebuilds the network with ``tuner.models.build_model`` and copies the weights in, so no
+Python object is ever unpickled: the model code is ours (the installed ``lenstune``) and the
+artifact holds only numbers and JSON. MLflow's models-from-code entry script is generated at save
+time, which keeps this module free of import-time side effects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow.pyfunc import PythonModel
+from torch import nn
+
+from tuner.models.io import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_network, predict_probs
+
+_ENTRY_SCRIPT = '''\
+"""MLflow models-from-code entry: the network is rebuilt by lenstune, weights come from safetensors."""
+import mlflow
+from tuner.registry.pyfunc import LensTuneModel
+
+mlflow.models.set_model(LensTuneModel())
+'''
+
+
+class InputError(ValueError):
+    """Images given for prediction have the wrong shape, size or values."""
+
+
+def accepted_sizes(config: ModelConfig) -> set[int]:
+    """Image sides a model takes as they are: its input size, its training images' size and the
+    size those were made from."""
+    return {config.img_size, config.data_image_size or config.img_size,
+            config.native_image_size or config.img_size}
+
+
+def as_image_batch(images: Any, config: ModelConfig, *, resize: bool = False) -> np.ndarray:
+    """Validate images for ``config``'s model; returns float32 (N, 1, H, W), not yet resized.
+
+    Accepts (H, W) one image, (N, H, W) or (N, 1, H, W). Refuses empty input, non-finite values
+    and other shapes. Sizes accepted as they are (:func:`accepted_sizes`): the model's input
+    size, the size of the images it was trained on and the size those were made from, all
+    prepared by the training preparation. Any other size is refused unless ``resize`` is true,
+    in which case a warning says the images will be resized.
+    """
+    array = np.asarray(images)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"images must be a numeric array, got dtype {array.dtype}")
+    if array.size == 0:
+        raise InputError(f"no images: the input array is empty (shape {array.shape})")
+    if array.ndim == 2:
+        array = array[None, None]
+    elif array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim != 4 or array.shape[1] != config.in_chans:
+        raise InputError(
+            f"images must have shape (H, W), (N, H, W) or (N, {config.in_chans}, H, W); "
+            f"got {array.shape}"
+        )
+    array = array.astype(np.float32, copy=False)
+    bad = ~np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    if bad.any():
+        raise InputError(
+            f"{int(bad.sum())} image(s) contain NaN or infinite values (first at index "
+            f"{int(np.flatnonzero(bad)[0])})"
+        )
+    h, w = array.shape[-2:]
+    allowed = sorted(accepted_sizes(config))
+    if h != w or h not in allowed:
+        sizes = " or ".join(f"{s}x{s}" for s in allowed)
+        if not resize:
+            raise InputError(
+                f"the model takes {sizes} images, got {h}x{w}; prepare them like the training "
+                f"data or allow resizing (lenstune predict --resize)"
+            )
+        warnings.warn(
+            f"resizing {h}x{w} images to {config.img_size}x{config.img_size} (area average or "
+            f"bilinear, then per-image min-max, as training data are prepared); the model was "
+            f"trained on {sizes} images",
+            stacklevel=2,
+        )
+    return np.ascontiguousarray(array)
+
+
+def probs_frame(probs: np.ndarray, class_names: tuple[str, ...]):
+    """A DataFrame with one ``prob_<class>`` column per class and ``predicted_class``."""
+    import pandas as pd
+
+    frame = pd.DataFrame({f"prob_{name}": probs[:, i] for i, name in enumerate(class_names)})
+    frame["predicted_class"] = [class_names[i] for i in probs.argmax(axis=1)]
+    return frame
+
+
+class LensTuneModel(PythonModel):
+    """pyfunc wrapper: (N, 1, H, W) float32 images in, per-class probabilities out."""
+
+    def load_context(self, context) -> None:
+        raw = json.loads(Path(context.artifacts["config"]).read_text())
+        self.config = ModelConfig(**raw)
+        self.network = load_network(self.config, Path(context.artifacts["weights"]))
+
+    def predict(self, context, model_input: np.ndarray, params=None):
+        images = as_image_batch(model_input, self.config)
+        probs = predict_probs(self.network, images, self.config.img_size)
+        return probs_frame(probs, self.config.class_names)
+
+
+def model_signature(config: ModelConfig):
+    """Tensor input (-1, in_chans, -1, -1) float32; one column per class + label. Height and
+    width are free in the signature because the model takes raw images of the size it was
+    trained from (and its input size) and prepares them itself (``as_image_batch`` refuses
+    other sizes with a message naming the allowed ones)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, config.in_chans, -1, -1))])
+    columns = [ColSpec("double", f"prob_{name}") for name in config.class_names]
+    outputs = Schema(columns + [ColSpec("string", "predicted_class")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned runtime requirements. lenstune itself must be installed where the model is served
+    (it holds the family code); it is not on a package index, so it is not listed."""
+    import mlflow
+    import safetensors
+    import timm
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"timm=={timm.__version__}",
+        f"safetensors=={safetensors.__version__}",
+        "numpy",
+        "pandas",
+        "pydantic>=2",
+    ]
+
+
+def save_registry_model(
+    path: Path, config: ModelConfig, weights_path: Path, input_example: np.ndarray
+) -> Path:
+    """Write an MLflow model directory at ``path`` (must not exist) holding config + weights.
+
+    ``input_example`` is a small (n, 1, H, W) float32 batch stored with the model.
+    """
+    import mlflow
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        (tmp_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+        shutil.copyfile(weights_path, tmp_dir / WEIGHTS_FILE)  # fixed name inside the model
+        entry = tmp_dir / "lenstune_model.py"
+        entry.write_text(_ENTRY_SCRIPT)
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=str(entry),
+            artifacts={"config": str(tmp_dir / CONFIG_FILE), "weights": str(tmp_dir / WEIGHTS_FILE)},
+            signature=model_signature(config),
+            input_example=np.asarray(input_example, dtype=np.float32),
+            pip_requirements=_pip_requirements(),
+        )
+    return path
+
+
+def find_model_files(model_dir: Path) -> tuple[Path, Path]:
+    """Paths of ``config.json`` and ``model.safetensors`` inside a downloaded model directory."""
+    model_dir = Path(model_dir)
+    for folder in (model_dir / "artifacts", model_dir):
+        if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+            return folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    raise FileNotFoundError(
+        f"{model_dir} is not a lenstune model: no artifacts/{CONFIG_FILE} + {WEIGHTS_FILE}"
+    )
+
+
+def _model_version(client, uri: str):
+    """The registry's ModelVersion behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    ref = uri[len("models:/") :].strip("/")
+    if "@" in ref:
+        return client.get_model_version_by_alias(*ref.split("@", 1))
+    if "/" in ref:
+        return client.get_model_version(*ref.rsplit("/", 1))
+    raise ValueError(f"model URI {uri!r} names no version or alias: use models:/NAME@ALIAS")
+
+
+def resolve_model_uri(uri: str, tracking_uri: str | None) -> str:
+    """The artifact location behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, looked
+    up in the registry at ``tracking_uri``; other URIs are returned unchanged.
+
+    Resolving here keeps the registry explicit: MLflow's own ``models:/`` download path reads
+    the process-wide registry URI.
+    """
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = _model_version(client, uri)
+    return client.get_model_version_download_uri(version.name, str(version.version))
+
+
+def model_run_id(uri: str, tracking_uri: str | None) -> str | None:
+    """The MLflow run a ``runs:/RUN_ID/...`` or ``models:/...`` model came from (registry at
+    ``tracking_uri``); None for a local folder."""
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/", 1)[0]
+    if not uri.startswith("models:/"):
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return _model_version(client, uri).run_id
+
+
+def load_registered(
+    uri: str, *, tracking_uri: str | None = None, dst_dir: Path | None = None
+) -> tuple[nn.Module, ModelConfig]:
+    """Load a registered model as a plain ``nn.Module`` (eval mode) and its config.
+
+    ``uri``: any MLflow model URI (``models:/lenstune-model_ii@champion``, ``runs:/...``) or a
+    local model directory; ``tracking_uri`` (also used as registry URI) defaults to MLflow's
+    (``MLFLOW_TRACKING_URI``). Weights-only: nothing is unpickled.
+    """
+    local = Path(uri)
+    if ":/" not in uri and local.is_dir():
+        model_dir = local
+    else:
+        import mlflow
+
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=resolve_model_uri(uri, tracking_uri),
+                dst_path=None if dst_dir is None else str(dst_dir),
+                tracking_uri=tracking_uri,
+            )
+        )
+    config_path, weights_path = find_model_files(model_dir)
+    config = ModelConfig(**json.loads(config_path.read_text()))
+    return load_network(config, weights_path), config

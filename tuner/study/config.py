@@ -1,0 +1,216 @@
+"""Configuration of a tuning study: pydantic models, YAML defaults, flag overrides.
+
+Precedence, lowest first: field defaults here < ``tuner/study/defaults.yaml`` (and its
+``profile_defaults`` section for the chosen profile) < a YAML file passed as ``--config``
+< command-line flags. :func:`resolve_study_config` returns the resolved, validated config,
+which is logged with the study's MLflow parent run and saved in every trial checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+METRIC = "val_auc_macro"  # the study's objective, maximised
+MODE = "max"
+# The trial's own epoch count (reported with every result and kept in its checkpoint): what
+# ASHA's rungs and the stop reason count. Ray's training_iteration restarts from the metrics
+# Tune kept with a checkpoint and can lag the epochs trained after a restore.
+EPOCH_ATTR = "epoch"
+# Where a cluster's Tune storage is named for every study (cluster/ sets it on every node).
+STORAGE_ENV = "LENSTUNE_STORAGE"
+
+
+class ConfigError(ValueError):
+    """A study configuration value is invalid; the message names the value and what is allowed."""
+
+
+class StudyConfig(BaseModel):
+    """Everything a study run needs; units in field descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    families: list[str] = Field(default_factory=lambda: ["vit"], min_length=1)
+    data: Path | None = Field(None, description="dataset store root; None = simulate from preset")
+    preset: str = "model_ii"
+    n_per_class: int = Field(1000, ge=3, description="train images per class when simulating")
+    img_size: int | None = Field(None, ge=8, description="pixels of a simulated image side")
+    input_size: int | None = Field(
+        None, ge=8, description="pixels of the network's input side; None = the search space's "
+        "img_size, or the dataset's image size where that is null. Images are prepared for it by "
+        "tuner/data/preprocess.py, in training and in the registered model alike")
+    profile: Literal["gpu", "micro"] = "gpu"
+    samples: int = Field(16, ge=1, description="trials per family")
+    max_epochs: int | None = Field(None, ge=1, description="overrides the search-space budget")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float | Literal["auto"] = Field(
+        "auto", description="GPUs per trial (fractions below 1 share a GPU); auto = a share sized "
+        "from the profile when the Ray cluster has GPU nodes or can start them, else 0 "
+        "(tuner/study/resources.py)")
+    max_concurrent: int | Literal["auto"] = Field(
+        "auto", description="trials running at once per family; auto = the trial slots the "
+        "cluster has or can scale to")
+    asha_rule: Literal["rank", "percentile"] = Field(
+        "rank", description="ASHA rung rule: rank = the best floor(k/rf) of the k trials at a "
+        "rung go on (tuner/study/asha.py); percentile = Ray's ASHAScheduler")
+    tpe_told: Literal["first-rung", "last"] = Field(
+        "first-rung", description="what TPE learns of a trial: its score at the first ASHA rung, "
+        "which every trial reaches (tuner.study.asha.EqualFidelityOptunaSearch), or its last score "
+        "(Ray's OptunaSearch)")
+    time_budget_s: float | None = Field(None, gt=0, description="seconds per family")
+    experiment: str = Field("lenstune", min_length=1)
+    study_name: str | None = Field(None, description="Ray Tune run name; None = derived")
+    resume: bool = False
+    tracking_uri: str | None = None
+    runs_dir: Path = Path("runs")
+    storage: str | None = None
+    seed: int = 0
+    max_failures: int = Field(0, ge=0)
+    num_cpus: int | None = Field(None, ge=1)
+    promote: bool = Field(True, description="tuner/run.py: register the best trial and decide "
+                          "the champion alias when the study ends")
+    ensemble_top_k: int | None = Field(None, ge=2, description="tuner/run.py: also register a "
+                                       "hyper-ensemble picked from the top-k completed trials")
+
+    @field_validator("families")
+    @classmethod
+    def _no_duplicates(cls, families: list[str]) -> list[str]:
+        if len(set(families)) != len(families):
+            raise ValueError(f"families listed twice: {families}")
+        return families
+
+    compile: bool = Field(False, description="torch.compile each trial's model (GPU trials "
+                          "gain throughput after a compile of tens of seconds)")
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpu_fraction(cls, gpus: float | str) -> float | str:
+        if gpus == "auto":
+            return gpus
+        if gpus < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"gpus_per_trial={gpus}: fractions only below 1")
+        return gpus
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _positive_concurrency(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
+
+    # Derived paths. Relative paths resolve against the working directory at run time.
+    def resolved_runs_dir(self) -> Path:
+        return self.runs_dir.expanduser().resolve()
+
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow tracking URI: the configured one, else ``$MLFLOW_TRACKING_URI`` (what the
+        cluster configs set on every node, and what the other lenstune commands read), else the
+        embedded sqlite store under the runs folder."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{self.resolved_runs_dir() / 'mlflow.db'}"
+
+    def resolved_storage(self) -> str:
+        """Ray Tune storage root: the configured one (flag or config file), else
+        ``$LENSTUNE_STORAGE`` (what the cluster configs set on every node), else
+        ``<runs_dir>/studies``; an absolute path or a URI such as ``s3://bucket/prefix``
+        (pyarrow options may follow as a query, e.g. ``?endpoint_override=host:port&scheme=http``)."""
+        storage = self.storage or os.environ.get(STORAGE_ENV) or None
+        if storage is None:
+            return str(self.resolved_runs_dir() / "studies")
+        if "://" in storage:
+            return storage
+        return str(Path(storage).expanduser().resolve())
+
+    def tracking_server(self) -> bool:
+        """Whether the study logs to a tracking server (http/https), whichever way it was named:
+        the server then keeps the artifacts (its proxy or its artifact root). Any other store
+        (the embedded sqlite file, a database URI) gets a local artifact folder under the runs
+        folder."""
+        return self.resolved_tracking_uri().startswith(("http://", "https://"))
+
+    def local_artifact_root(self) -> Path | None:
+        """The artifact folder of a new experiment when no tracking server is used, else None
+        (the server decides)."""
+        if self.tracking_server():
+            return None
+        return self.resolved_runs_dir() / "mlartifacts" / self.experiment
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; ConfigError when the file is missing or not a mapping."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def resolve_study_config(
+    overrides: dict[str, Any], config_file: Path | None = None, defaults_file: Path = DEFAULTS_PATH
+) -> StudyConfig:
+    """Merge defaults, the profile's defaults, an optional YAML file and ``overrides``
+    (flags; ``None`` values mean "not given") into a validated :class:`StudyConfig`."""
+    base = load_yaml(defaults_file)
+    profile_defaults = base.pop("profile_defaults", {}) or {}
+    user = load_yaml(config_file) if config_file else {}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    profile = flags.get("profile", user.get("profile", base.get("profile", "gpu")))
+    if profile not in profile_defaults and profile not in ("gpu", "micro"):
+        raise ConfigError(f"profile {profile!r} is not allowed; allowed: gpu, micro")
+    merged = {**base, **(profile_defaults.get(profile) or {}), **user, **flags}
+    try:
+        return StudyConfig(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid study config: {problems}") from None
+
+
+def parse_family_list(text: str, known: list[str]) -> list[str]:
+    """``"all"`` or a comma list -> family names, checked against ``known``."""
+    if text.strip() == "all":
+        return list(known)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if not names or unknown:
+        raise ConfigError(
+            f"unknown family {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"allowed: all, {', '.join(known)}"
+        )
+    return names
+
+
+def join_storage(root: str, *parts: str) -> str:
+    """``root/part/...`` for a storage path or URI, keeping a URI's query (pyarrow options such
+    as ``endpoint_override``) at the end: ``s3://b/p?scheme=http`` + ``study`` ->
+    ``s3://b/p/study?scheme=http``."""
+    base, sep, query = root.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"model.depth": 4, "train.lr": 1e-3}`` (MLflow param names)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

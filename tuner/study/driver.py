@@ -1,0 +1,382 @@
+"""One study: the dataset once in the object store, one Ray Tune run per family under one
+MLflow parent run, and a leaderboard at the end.
+
+Several families are tuned as concurrent per-family sub-studies (each with its own search
+space, searcher and ASHA budget, each a Ray Tune run driven from its own thread) sharing the
+parent run and the cluster's trial slots, so the long last trials of one family do not leave
+the other slots idle; ``--resume`` restores each unfinished family from
+``<storage>/<study>/<family>`` and skips families the parent run marks as done.
+
+Before any MLflow run exists the study joins (or starts) Ray, looks at the cluster
+(:mod:`tuner.study.resources`), resolves ``gpus_per_trial``/``max_concurrent`` ``auto`` and refuses a
+node-local Tune storage on a multi-node cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner.tracking import writer as tracking
+from tuner.study.config import ConfigError, StudyConfig, flatten, join_storage
+from tuner.study.resources import TrialResources
+
+DONE_TAG = "lenstune.done."  # + family, on the parent run once that family's sub-study ended
+FAMILIES_TAG = "lenstune.families"
+
+
+@dataclass
+class StudyResult:
+    """What a finished study leaves: names, ids and the leaderboard (best first)."""
+
+    study_name: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    leaderboard_csv: Path | None = None
+    data_root: Path | None = None  # the dataset folder the study trained on (its test split is held out)
+
+    def summary(self) -> str:
+        lines = [f"study {self.study_name} (MLflow experiment {self.experiment!r}, "
+                 f"parent run {self.parent_run_id})", tracking.format_leaderboard(self.rows)]
+        if self.leaderboard_csv:
+            lines.append(f"leaderboard: {self.leaderboard_csv}")
+        lines.append(f"tracking URI: {self.tracking_uri}")
+        if self.tracking_uri.startswith("sqlite:///"):
+            lines.append(f"open the MLflow UI: mlflow ui --backend-store-uri {self.tracking_uri}")
+        return "\n".join(lines)
+
+
+def prepare_dataset(config: StudyConfig) -> Path:
+    """The dataset root: ``--data`` as given (must exist), else the preset simulated once into
+    ``<runs_dir>/data/<preset>-<size>px-n<N>-s<seed>`` and reused afterwards."""
+    from tuner.data import DatasetError, ensure_simulated, read_meta
+
+    if config.data is not None:
+        root = config.data.expanduser().resolve()
+        read_meta(root)  # DatasetError naming the missing/corrupt file
+        return root
+    from tuner.lensing import PRESETS
+
+    if config.preset not in PRESETS:
+        raise ConfigError(f"preset {config.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
+    size = f"{config.img_size}px" if config.img_size else "native"
+    root = config.resolved_runs_dir() / "data" / f"{config.preset}-{size}-n{config.n_per_class}-s{config.seed}"
+    try:
+        return ensure_simulated(root, config.preset, config.n_per_class, seed=config.seed,
+                                img_size=config.img_size)
+    except OSError as exc:
+        raise DatasetError(f"cannot simulate the dataset into {root}: {exc}") from exc
+
+
+def load_arrays(root: Path) -> tuple[dict[str, np.ndarray], Any]:
+    """Train and val splits as contiguous in-memory numpy arrays, and the dataset's meta."""
+    from tuner.data import load_split
+
+    arrays, meta = {}, None
+    for split in ("train", "val"):
+        data = load_split(root, split)
+        arrays[f"{split}_images"] = np.ascontiguousarray(data.images.numpy(), dtype=np.float32)
+        arrays[f"{split}_labels"] = np.ascontiguousarray(data.labels.numpy(), dtype=np.int64)
+        meta = data.meta
+    return arrays, meta
+
+
+def init_ray(config: StudyConfig) -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit``) or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _latest_unfinished_study(client, experiment_id: str, families: list[str]) -> str | None:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.KIND_TAG}` = 'study' and "
+                      f"tags.`{FAMILIES_TAG}` = '{','.join(families)}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].data.tags[tracking.STUDY_TAG] if runs else None
+
+
+def study_name_for(config: StudyConfig, client, experiment_id: str | None) -> str:
+    """``--study-name``; on ``--resume`` the latest unfinished study of these families;
+    else ``<families>-<UTC time>``, with ``all`` for every registered family (their names joined
+    would make a folder name of some 150 characters in the Tune storage)."""
+    if config.study_name:
+        return config.study_name
+    if config.resume:
+        found = experiment_id and _latest_unfinished_study(client, experiment_id, config.families)
+        if not found:
+            raise ConfigError(f"--resume: no unfinished study of {','.join(config.families)} in "
+                              f"experiment {config.experiment!r}; give --study-name")
+        return found
+    from tuner.models import list_families
+
+    label = "all" if config.families == list(list_families()) else "-".join(config.families)
+    return f"{label}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def _log_study_files(client, run_id: str, config: StudyConfig, spaces: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "study_config.json").write_text(config.model_dump_json(indent=2))
+        space_dir = folder / "search_space"
+        space_dir.mkdir()
+        for family, space in spaces.items():
+            (space_dir / f"{family}.json").write_text(
+                json.dumps(space.model_dump(mode="json"), indent=2, default=str))
+        client.log_artifacts(run_id, str(folder))
+
+
+def _log_importances(client, run_id: str, family: str, space, results) -> None:
+    from tuner.study.search import optuna_importances
+
+    trials = []
+    for result in results:
+        df = result.metrics_dataframe
+        score = float(df["val_auc_macro"].max()) if df is not None and "val_auc_macro" in df else None
+        trials.append((result.config, score))
+    importances = optuna_importances(space.param_space(), trials)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{family}.json"
+        path.write_text(json.dumps(importances, indent=2))
+        client.log_artifact(run_id, str(path), "param_importances")
+
+
+def _log_trial_plots(client, experiment_id: str, parent_run_id: str, family: str,
+                     class_names: list[str]) -> None:
+    """ROC and confusion-matrix plots of every ``family`` trial that has its best epoch's
+    probabilities but no plots yet: drawn once per trial by the driver, after the family's
+    trials ended (also those a killed driver never drew). A failed drawing is tagged on the
+    run, never a reason to fail the study."""
+    from tuner.training.plots import log_best_epoch_plots
+
+    for run in tracking.list_trial_runs(client, experiment_id, parent_run_id):
+        if run.data.tags.get("family") != family:
+            continue
+        try:
+            log_best_epoch_plots(client, run.info.run_id, class_names,
+                                 title=f"{family} epoch {run.data.tags.get('best_epoch', '?')}")
+        except Exception as exc:
+            client.set_tag(run.info.run_id, "lenstune.plots_error", str(exc)[:500])
+
+
+def known_trials(results) -> Callable[[str], bool] | None:
+    """Whether a Tune trial id belongs to a trial of this ResultGrid: the id a result reports,
+    else its folder (``<trainable>_<trial id>``, the id's own underscores kept); None when a
+    result has neither."""
+    ids, folders = set(), []
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id:
+            ids.add(str(trial_id))
+        elif result.path:
+            folders.append(str(result.path).rstrip("/").rsplit("/", 1)[-1])
+        else:
+            return None
+    return lambda trial_id: trial_id in ids or any(f.endswith("_" + trial_id) for f in folders)
+
+
+def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str, results,
+                    path: str, trainable_name: str) -> None:
+    """Remove what a trial the restored study never knew left: its MLflow run (soft-deleted,
+    tagged) and its folder (``<trainable_name>_<trial id>``) in the study's storage at
+    ``path``."""
+    from tuner.study.tune_state import delete_orphan_trial_folders
+
+    known = known_trials(results)
+    if known is None:  # never guess: an unknown id could be a real trial's run
+        return
+    orphans = tracking.delete_orphan_trial_runs(client, experiment_id, parent_run_id, family,
+                                                known)
+    if orphans:
+        client.set_tag(parent_run_id, f"lenstune.orphan_trial_runs_deleted.{family}",
+                       ",".join(orphans))
+    folders = delete_orphan_trial_folders(path, known, trainable_name)
+    if folders:
+        client.set_tag(parent_run_id, f"lenstune.orphan_trial_folders_deleted.{family}",
+                       ",".join(folders))
+
+
+def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, data_root: Path,
+               study_name: str, tracking_uri: str, experiment_id: str, parent_run_id: str,
+               resources: TrialResources) -> None:
+    """Tune one family (fresh, or restored on ``--resume``) to the end of its budget."""
+    from ray import tune
+
+    from tuner.study.asha import rung_epochs
+    from tuner.study.search import (TRIAL_FOLDER_PREFIX, TrialStopCallback, build_tuner, can_restore,
+                              register_family_trainable, restore_tuner)
+    from tuner.training.trainable import TrialContext, train_trial
+
+    max_epochs = config.max_epochs or space.budget.max_epochs
+    ctx = TrialContext(
+        family=family, img_size=config.input_size or space.img_size or meta.image_size, class_names=list(meta.class_names),
+        max_epochs=max_epochs, seed=config.seed, cpus_per_trial=resources.cpus,
+        rungs=rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor),
+        compile=config.compile,
+        study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
+        parent_run_id=parent_run_id, dataset_name=data_root.name, dataset_digest=meta.digest,
+        dataset_source=str(data_root), dataset_preset=str(meta.preset),
+        study_config=config.model_dump(mode="json"))
+    trainable = register_family_trainable(
+        tune.with_parameters(train_trial, data=refs, context=ctx.model_dump()), family,
+        resources.cpus, resources.gpus)
+    storage = join_storage(config.resolved_storage(), study_name)
+    path = join_storage(storage, family)
+    restored = config.resume and can_restore(path)
+    if restored:
+        tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus)
+    else:
+        callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs)
+        tuner = build_tuner(
+            trainable, space.param_space(), name=family, storage_path=storage,
+            num_samples=config.samples, max_epochs=max_epochs,
+            grace_period=space.budget.grace_period, reduction_factor=space.budget.reduction_factor,
+            seed=config.seed, max_concurrent=resources.max_concurrent,
+            cpus_per_trial=resources.cpus, gpus_per_trial=resources.gpus,
+            callbacks=[callback], time_budget_s=config.time_budget_s,
+            max_failures=config.max_failures, asha_rule=config.asha_rule,
+            tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None)
+    results = tuner.fit()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if restored:
+        _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
+                        TRIAL_FOLDER_PREFIX)
+    _log_trial_plots(client, experiment_id, parent_run_id, family, list(meta.class_names))
+    try:
+        _log_importances(client, parent_run_id, family, space, results)
+    except Exception as exc:  # importances are a report, never a reason to fail the study
+        client.set_tag(parent_run_id, f"lenstune.importances_error.{family}", str(exc)[:500])
+    client.set_tag(parent_run_id, DONE_TAG + family, "true")
+
+
+def resolve_study_resources(config: StudyConfig, spaces: dict) -> dict[str, TrialResources]:
+    """Per-family trial resources on the connected Ray cluster; ConfigError when the Tune
+    storage is node-local on a multi-node cluster."""
+    from tuner.study.resources import check_storage_reachable, inspect_cluster, resolve_resources
+
+    view = inspect_cluster()
+    problem = check_storage_reachable(config.resolved_storage(), view)
+    if problem:
+        raise ConfigError(problem)
+    return {family: resolve_resources(
+        view, cpus=config.cpus_per_trial, gpus=config.gpus_per_trial,
+        max_concurrent=config.max_concurrent, profile=config.profile,
+        declared_share=spaces[family].gpus_per_trial) for family in config.families}
+
+
+def run_families(families: list[str], run_one: Callable[[str], None]) -> None:
+    """``run_one(family)`` for every family, concurrently (one thread each, so the families
+    share the cluster's trial slots); the first error is raised once all have ended. A single
+    family runs in this thread, where Ray Tune can catch Ctrl+C."""
+    if len(families) == 1:
+        run_one(families[0])
+        return
+    errors: list[BaseException] = []
+
+    def target(family: str) -> None:
+        try:
+            run_one(family)
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(f,), name=f"tune-{f}", daemon=True)
+               for f in families]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> StudyResult:
+    """Run (or resume) a study as described in the module docstring."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.study.search_space import load_search_space
+
+    spaces = {family: load_search_space(family, config.profile) for family in config.families}
+    tracking_uri = config.resolved_tracking_uri()
+    tracking.check_tracking_uri(tracking_uri)
+    from tuner.study.search import check_storage
+
+    check_storage(config.resolved_storage())
+    data_root = prepare_dataset(config)
+    arrays, meta = load_arrays(data_root)
+
+    import ray
+
+    init_ray(config)
+    resources = resolve_study_resources(config, spaces)
+    echo(f"Tune storage: {config.resolved_storage()}")
+    echo(f"MLflow: {tracking_uri} (artifacts: "
+         f"{config.local_artifact_root() or 'kept by the tracking server'})")
+    for family, res in resources.items():
+        echo(f"{family}: {res.cpus:g} CPU + {res.gpus:g} GPU per trial, up to "
+             f"{res.max_concurrent} at once ({res.reason or 'as configured'})")
+
+    artifacts = config.local_artifact_root()
+    if artifacts is not None:
+        config.resolved_runs_dir().mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri)
+    existing = client.get_experiment_by_name(config.experiment)
+    study_name = study_name_for(config, client, existing.experiment_id if existing else None)
+    experiment_id = tracking.ensure_experiment(client, config.experiment,
+                                               str(artifacts) if artifacts else None)
+    dataset = tracking.DatasetInfo(data_root.name, meta.digest, str(data_root), str(meta.preset))
+    params = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k != "resume"}
+    params["families"] = ",".join(config.families)
+    params["storage_resolved"] = config.resolved_storage()
+    for family, res in resources.items():
+        params.update(res.as_params(family))
+    parent_run_id = tracking.start_study_run(client, experiment_id, study_name, params, dataset)
+    client.set_tag(parent_run_id, FAMILIES_TAG, ",".join(config.families))
+    for family, res in resources.items():  # tags: a resumed study may resolve them anew
+        client.set_tag(parent_run_id, f"lenstune.resources.{family}",
+                       f"{res.cpus:g} CPU + {res.gpus:g} GPU per trial, max {res.max_concurrent} "
+                       f"at once; {res.reason or 'as configured'}")
+    parent_tags = client.get_run(parent_run_id).data.tags
+    if not config.resume or "lenstune.files_logged" not in parent_tags:
+        _log_study_files(client, parent_run_id, config, spaces)
+        client.set_tag(parent_run_id, "lenstune.files_logged", "true")
+
+    refs = {name: ray.put(array) for name, array in arrays.items()}
+    del arrays
+    pending = [f for f in config.families if parent_tags.get(DONE_TAG + f) != "true"]
+    run_families(pending, lambda family: run_family(
+        config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
+        study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
+        parent_run_id=parent_run_id, resources=resources[family]))
+
+    rows = tracking.leaderboard_rows(tracking.list_trial_runs(client, experiment_id, parent_run_id))
+    board_dir = config.resolved_runs_dir() / "leaderboards" / study_name
+    csv_path, png_path = tracking.write_leaderboard(rows, board_dir)
+    client.log_artifact(parent_run_id, str(csv_path))
+    client.log_artifact(parent_run_id, str(png_path))
+    if rows:
+        client.log_batch(parent_run_id, metrics=[tracking.Metric(
+            "best_val_auc_macro", rows[0]["best_val_auc_macro"], int(time.time() * 1000), 0)])
+        client.set_tag(parent_run_id, "best_trial_run_id", rows[0]["run_id"])
+    tracking.finish_study_run(client, parent_run_id)
+    return StudyResult(study_name, config.experiment, experiment_id, parent_run_id, tracking_uri,
+                       rows, csv_path, data_root)

@@ -1,0 +1,333 @@
+"""MLflow tracking of studies: one parent run per study, one nested run per trial.
+
+Conventions (what promotion and reports rely on):
+- study run: tags ``lenstune.kind=study``, ``lenstune.study=<study name>``; params are the
+  resolved study config; artifacts ``leaderboard.csv``, ``leaderboard.png``,
+  ``search_space/<family>.json``, ``param_importances/<family>.json``, ``study_config.json``.
+- trial run: tags ``mlflow.parentRunId``, ``lenstune.kind=trial``, ``trial_id``, ``family``,
+  ``lenstune.study``, ``stop_reason`` in {completed, asha_stopped, failed} (+ ``stop_message``);
+  params are the flattened sampled config (``model.depth``, ``train.lr``, ...) plus ``family``,
+  ``dataset_digest``, ``dataset_preset``; per-epoch metrics ``train_loss, val_loss, val_acc,
+  val_auc_macro, val_auc_<class>, epoch_seconds, images_per_second, best_val_auc_macro``;
+  artifacts at the best epoch: ``checkpoint/model.safetensors``, ``checkpoint/config.json``,
+  ``config.json``, ``roc_curves.png``, ``confusion_matrix.png``.
+Only the MLflow client API is used (no global active run), so trials in any process can log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+KIND_TAG = "lenstune.kind"
+STUDY_TAG = "lenstune.study"
+STOP_REASONS = ("completed", "asha_stopped", "failed")
+BEST_METRIC = "best_val_auc_macro"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be reached or refuses a request."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """How a dataset is named in MLflow: name, content digest, source path, preset."""
+
+    name: str
+    digest: str
+    source: str
+    preset: str
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (TrackingError) when ``uri`` cannot work, before anything is written:
+    an HTTP server must answer an authenticated API call (``tuner.tracking.auth``); a sqlite
+    file's folder must be creatable."""
+    if uri.startswith(("http://", "https://")):
+        from tuner.tracking.auth import TrackingServerError, check_tracking_server
+
+        try:
+            check_tracking_server(uri, timeout_s)
+        except TrackingServerError as exc:
+            raise TrackingError(str(exc)) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if folder.exists() and not folder.is_dir():
+            raise TrackingError(f"tracking URI {uri}: {folder} is not a folder")
+    elif "://" not in uri:
+        raise TrackingError(
+            f"tracking URI {uri!r} is not allowed; use http(s)://host:port, sqlite:///path or "
+            "postgresql://... (MLflow >= 3.13 refuses the plain file store)"
+        )
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """Id of experiment ``name``, created (with ``artifact_location`` if given) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def dataset_input(info: DatasetInfo, context: str = "training") -> DatasetInput:
+    # MLflow caps an input's digest at 36 characters; the full SHA-256 is a run param.
+    dataset = Dataset(name=info.name, digest=info.digest[:36], source_type="local",
+                      source=json.dumps({"uri": info.source}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+
+
+def _params(values: dict[str, Any]) -> list[Param]:
+    # MLflow caps a param value at 6000 characters; ours are short scalars.
+    return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
+
+
+def find_study_run(client: MlflowClient, experiment_id: str, study_name: str):
+    """The parent run of ``study_name`` in the experiment, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study_name}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def start_study_run(client: MlflowClient, experiment_id: str, study_name: str,
+                    params: dict[str, Any], dataset: DatasetInfo) -> str:
+    """Create the study's parent run (or return the existing one on resume); returns its id."""
+    existing = find_study_run(client, experiment_id, study_name)
+    if existing is not None:
+        if existing.info.status != "RUNNING":
+            client.update_run(existing.info.run_id, status="RUNNING")
+        return existing.info.run_id
+    run = client.create_run(experiment_id, run_name=study_name,
+                            tags={KIND_TAG: "study", STUDY_TAG: study_name})
+    client.log_batch(run.info.run_id, params=_params(params))
+    client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])
+    return run.info.run_id
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
+    """Run id of a trial's nested run under ``parent_run_id``, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: str,
+                    study_name: str, trial_id: str, family: str, run_name: str,
+                    params: dict[str, Any], dataset: DatasetInfo,
+                    tags: dict[str, str] | None = None) -> str:
+    """The trial's nested run: reused when one exists for this trial (resume), else created
+    with ``tags`` beside the conventional ones."""
+    existing = find_trial_run(client, experiment_id, parent_run_id, trial_id)
+    if existing is not None:
+        client.update_run(existing, status="RUNNING")
+        if tags:
+            client.log_batch(existing, tags=[RunTag(k, v) for k, v in tags.items()])
+        return existing
+    tags = {**(tags or {}), "mlflow.parentRunId": parent_run_id, KIND_TAG: "trial",
+            STUDY_TAG: study_name, "trial_id": trial_id, "family": family}
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    client.log_batch(run.info.run_id, params=_params(params))
+    client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])
+    return run.info.run_id
+
+
+def log_epoch(client: MlflowClient, run_id: str, values: dict[str, float], step: int) -> None:
+    """Log one epoch's metrics at ``step`` (the epoch number, from 1)."""
+    client.log_batch(run_id, metrics=epoch_metrics(values, step))
+
+
+def epoch_metrics(values: dict[str, float], step: int) -> list[Metric]:
+    """One epoch's ``values`` as MLflow metrics at ``step``, timestamped now."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+class MetricSender:
+    """Logs a run's per-epoch metrics from a background thread, so a trial never waits on the
+    tracking server between epochs: :meth:`log` queues, the thread sends whatever is queued in
+    one ``log_batch``. :meth:`flush` waits until everything queued has been sent (a trial
+    flushes before each report the scheduler may act on) and raises the first send error;
+    :meth:`close` flushes and stops the thread (idempotent)."""
+
+    _STOP = object()
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self._client, self._run_id = client, run_id
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._send_loop, name=f"metrics-{run_id[:8]}",
+                                        daemon=True)
+        self._thread.start()
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        """Queue one epoch's metrics at ``step`` (timestamped now)."""
+        self._queue.put(epoch_metrics(values, step))
+
+    def _send_loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:  # everything queued meanwhile goes in the same request
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is self._STOP for item in items)
+            metrics = [m for item in items if item is not self._STOP for m in item]
+            try:
+                for start in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
+                    self._client.log_batch(self._run_id, metrics=metrics[start:start + 1000])
+            except Exception as exc:  # kept for flush()/close() in the trial's thread
+                self._error = self._error or exc
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Wait until every queued metric was sent; raise the first error of a send."""
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Send what is queued, stop the thread; with ``raise_errors`` raise a send error."""
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+        if raise_errors and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def end_trial_run(client: MlflowClient, run_id: str, stop_reason: str, message: str = "") -> None:
+    """Tag the stop reason and end the run: FINISHED (completed), KILLED (stopped) or FAILED."""
+    if stop_reason not in STOP_REASONS:
+        raise ValueError(f"stop_reason {stop_reason!r} not in {STOP_REASONS}")
+    tags = [RunTag("stop_reason", stop_reason)]
+    if message:
+        tags.append(RunTag("stop_message", message[:4000]))
+    client.log_batch(run_id, tags=tags)
+    status = {"completed": "FINISHED", "asha_stopped": "KILLED", "failed": "FAILED"}[stop_reason]
+    client.set_terminated(run_id, status=status)
+
+
+def list_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    """All nested trial runs of a study run (any status)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            max_results=1000, page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                             family: str, known: Callable[[str], bool]) -> list[str]:
+    """Soft-delete the ``family`` trial runs of a study whose trial id is not ``known`` (to
+    the trials Tune has after a resume) and return their run ids.
+
+    A driver killed between starting a trial and uploading the experiment state that names it
+    leaves an MLflow run for a trial the restored study never heard of; the restored searcher
+    samples a new trial in its place. Without this the study would count one run too many.
+    The run stays restorable from MLflow's deleted runs (``mlflow runs restore``)."""
+    orphans = [run.info.run_id for run in list_trial_runs(client, experiment_id, parent_run_id)
+               if run.data.tags.get(KIND_TAG) == "trial"
+               and run.data.tags.get("family") == family
+               and not known(run.data.tags.get("trial_id", ""))]
+    for run_id in orphans:
+        client.set_tag(run_id, "lenstune.orphaned", "trial unknown to the resumed study")
+        client.set_terminated(run_id, status="KILLED")
+        client.delete_run(run_id)
+    return orphans
+
+
+def leaderboard_rows(runs: list) -> list[dict[str, Any]]:
+    """One row per trial run, best first by ``best_val_auc_macro`` (trials without a score last)."""
+    rows = []
+    for run in runs:
+        m, t = run.data.metrics, run.data.tags
+        rows.append({
+            "family": t.get("family", ""), "trial_id": t.get("trial_id", ""),
+            "run_id": run.info.run_id, "status": run.info.status,
+            "stop_reason": t.get("stop_reason", ""),
+            "best_val_auc_macro": m.get(BEST_METRIC, float("nan")),
+            "last_val_auc_macro": m.get("val_auc_macro", float("nan")),
+            "val_acc": m.get("val_acc", float("nan")),
+            "epochs": int(m.get("epoch", 0)),
+        })
+    rows.sort(key=lambda r: -r["best_val_auc_macro"] if r["best_val_auc_macro"] == r["best_val_auc_macro"] else 1.0)
+    return rows
+
+
+def format_leaderboard(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table of leaderboard rows."""
+    header = f"{'rank':>4}  {'family':<12} {'trial':<14} {'best AUC':>8} {'acc':>6} {'epochs':>6}  stop"
+    lines = [header, "-" * len(header)]
+    for i, r in enumerate(rows, 1):
+        lines.append(f"{i:>4}  {r['family']:<12} {r['trial_id']:<14} {r['best_val_auc_macro']:>8.4f} "
+                     f"{r['val_acc']:>6.3f} {r['epochs']:>6}  {r['stop_reason']}")
+    return "\n".join(lines)
+
+
+def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> tuple[Path, Path]:
+    """``leaderboard.csv`` and ``leaderboard.png`` (best AUC per trial, coloured by family)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / "leaderboard.csv", folder / "leaderboard.png"
+    fields = list(rows[0]) if rows else ["family", "trial_id", "best_val_auc_macro"]
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(rows), 3) + 1))
+    families = sorted({r["family"] for r in rows})
+    colours = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
+    labels = [f"{r['family']} {r['trial_id']} ({r['stop_reason'] or r['status']})" for r in rows]
+    ax.barh(range(len(rows)), [r["best_val_auc_macro"] for r in rows],
+            color=[colours[r["family"]] for r in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    finite = [r["best_val_auc_macro"] for r in rows if r["best_val_auc_macro"] == r["best_val_auc_macro"]]
+    ax.set_xlim(max(min(finite, default=0.0) - 0.05, 0.0), 1.0)
+    ax.set_xlabel("best validation macro AUC")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def download_trial_checkpoint(tracking_uri: str, run_id: str, destination: Path) -> Path:
+    """Download a trial's ``checkpoint/`` artifact (model.safetensors + config.json); returns
+    the local checkpoint folder, loadable with ``tuner.training.checkpoint.load_model``."""
+    client = MlflowClient(tracking_uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, "checkpoint", str(destination)))
+
+
+def finish_study_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
