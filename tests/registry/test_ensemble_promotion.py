@@ -11,8 +11,13 @@ import torch
 
 from tests.registry.conftest import log_study
 from tuner.data import load_split
-from tuner.registry.ensembles import ENSEMBLE, TAG_KIND, TAG_MEMBERS, TAG_WEIGHTS, register_hyper_ensemble
-from tuner.registry.promotion import CHAMPION, PromotionError, promote_champion
+from tuner.registry.ensembles import register_hyper_ensemble
+from tuner.tracking.schema import ENSEMBLE
+from tuner.tracking.schema import ENSEMBLE_MEMBERS_TAG as TAG_MEMBERS
+from tuner.tracking.schema import ENSEMBLE_WEIGHTS_TAG as TAG_WEIGHTS
+from tuner.tracking.schema import MODEL_KIND_TAG as TAG_KIND
+from tuner.registry.promotion import PromotionError, promote_champion
+from tuner.tracking.schema import CHAMPION
 from tuner.models.io import predict_probs
 from tuner.registry.pyfunc import load_registered, resolve_model_uri
 from tuner.models.io import WeightedEnsemble

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuner.registry.promotion import CHALLENGER, CHAMPION, TAG_DECISION, PromotionError, promote_champion
+from tuner.registry.promotion import PromotionError, promote_champion
+from tuner.tracking.schema import CHALLENGER, CHAMPION
+from tuner.tracking.schema import DECISION_TAG as TAG_DECISION
 
 NAME = "lenstune-model_ii"
 

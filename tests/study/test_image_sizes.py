@@ -105,8 +105,6 @@ def test_a_model_trained_on_a_smaller_simulation_takes_the_native_images_raw(tmp
     """The issue's case: a champion trained on a 32 px dataset simulated from 64 px images,
     given the same systems as raw 64 px images (a DeepLense-size file), predicts exactly what
     it predicts on its own 32 px test split, without --resize."""
-    from mlflow import MlflowClient
-
     from tuner.data import ensure_simulated, load_split
     from tuner.models.io import predict_probs
     from tuner.registry.pyfunc import load_registered

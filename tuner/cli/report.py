@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner import metrics
-from tuner.registry.promotion import Evaluation
 from tuner.data.staging import staged_folder
+from tuner.tracking import schema
 from tuner.tracking.reader import PromotionError, TrialSummary, best_completed, list_trials
 
 FIELDS = ("family", "trials", "completed", "best_val_auc", "test_auc", "test_acc", "test_ece",
@@ -44,7 +43,8 @@ def _study_resources(client, experiment_id: str) -> dict[tuple[str, str], tuple[
     ``resources.<family>.*`` values, else (older studies) the configured ones, which family ""
     holds for every study."""
     out = {}
-    for study in client.search_runs([experiment_id], "tags.`lenstune.kind` = 'study'", max_results=5000):
+    for study in client.search_runs([experiment_id], f"tags.`{schema.KIND_TAG}` = '{schema.KIND_STUDY}'",
+                                    max_results=5000):
         params = study.data.params
         cpus = _number(params.get("cpus_per_trial"), 1.0)
         gpus = _number(params.get("gpus_per_trial"), 0.0)
@@ -73,7 +73,7 @@ def family_rows(client, experiment_id: str) -> tuple[list[dict], dict[str, Trial
                                        resources.get((t.parent_run_id, ""), (1.0, 0.0)))
             cpu_h, gpu_h = cpu_h + hours * cpus, gpu_h + hours * gpus
         row = {"family": family, "trials": len(mine),
-               "completed": sum(t.stop_reason == "completed" for t in mine),
+               "completed": sum(t.stop_reason == schema.STOP_COMPLETED for t in mine),
                "epochs": sum(t.epochs for t in mine),
                "cpu_hours": cpu_h, "gpu_hours": gpu_h}
         if family in best:
@@ -126,47 +126,6 @@ def plot_family_rocs(client, rows: list[dict], path: Path) -> list[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return plotted
-
-
-def write_evaluation(folder: Path, evaluation: Evaluation, probs: np.ndarray, labels: np.ndarray,
-                     class_names: tuple[str, ...]) -> Path:
-    """Write ``metrics.json``, ``roc.json`` (fpr/tpr per class) and ``evaluation.png`` (ROC,
-    confusion matrix, reliability diagram) into ``folder``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(evaluation.model_dump_json(indent=2))
-    roc = {}
-    fig, (ax_roc, ax_cm, ax_rel) = plt.subplots(1, 3, figsize=(15, 4.5))
-    for c, name in enumerate(class_names):
-        fpr, tpr = metrics.roc_curve(probs[:, c], labels == c)
-        roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {evaluation.auc[name]:.4f})")
-    (folder / "roc.json").write_text(json.dumps(roc))
-    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate",
-               title=f"test ROC, macro AUC {evaluation.auc_macro:.4f}")
-    ax_roc.legend(loc="lower right")
-    cm = np.asarray(evaluation.confusion)
-    ax_cm.imshow(cm, cmap="Blues")
-    for (i, j), count in np.ndenumerate(cm):
-        ax_cm.text(j, i, str(count), ha="center", va="center")
-    ax_cm.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
-              xticklabels=class_names, yticklabels=class_names,
-              xlabel="predicted", ylabel="true", title=f"confusion, accuracy {evaluation.acc:.3f}")
-    conf, acc, counts = metrics.calibration_bins(probs, labels)
-    keep = counts > 0
-    ax_rel.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax_rel.plot(conf[keep], acc[keep], "o-")
-    ax_rel.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-               title=f"reliability, ECE {evaluation.ece:.4f}, NLL {evaluation.nll:.4f}")
-    fig.tight_layout()
-    fig.savefig(folder / "evaluation.png", dpi=100)
-    plt.close(fig)
-    return folder
 
 
 def _cell(value) -> str:

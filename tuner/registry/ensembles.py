@@ -21,18 +21,18 @@ from pathlib import Path
 from tuner import metrics
 from tuner.registry.promotion import (
     PromotionResult,
-    TAG_DECISION,
     _eval_tags,
     default_model_name,
     ensure_registered_model,
-    evaluate,
     find_version,
     load_trial,
     reevaluate_champion,
     settle_champion,
 )
+from tuner.registry.evaluation import evaluate, write_evaluation
 from tuner.models.io import ENSEMBLE_FAMILY, EnsembleMember, ModelConfig, predict_probs
 from tuner.registry.pyfunc import save_registry_model
+from tuner.tracking import schema
 from tuner.tracking.reader import (
     PromotionError,
     completed,
@@ -42,12 +42,6 @@ from tuner.tracking.reader import (
     resolve_data_root,
 )
 
-ENSEMBLE = "ensemble"  # alias of the newest registered hyper-ensemble
-KIND = ENSEMBLE_FAMILY  # ModelConfig.family and version tag lenstune.model_kind
-TAG_KIND = "lenstune.model_kind"
-TAG_KEY = "lenstune.ensemble_key"  # "<study run id>:top<k>"
-TAG_MEMBERS = "lenstune.ensemble_members"  # JSON list of trial run ids
-TAG_WEIGHTS = "lenstune.ensemble_weights"  # JSON list, same order, sums to 1
 
 
 def top_completed(trials, k: int) -> list:
@@ -76,7 +70,7 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
             f"lowered it, so no ensemble is registered")
     first = loaded[chosen[0]][0]
     config = ModelConfig(
-        family=KIND, img_size=val.meta.image_size, in_chans=first.in_chans,
+        family=ENSEMBLE_FAMILY, img_size=val.meta.image_size, in_chans=first.in_chans,
         class_names=first.class_names, dataset_digest=val.meta.digest,
         data_image_size=val.meta.image_size, native_image_size=val.meta.native_image_size,
         members=[EnsembleMember(config=loaded[i][0], weight=float(weights[i]),
@@ -90,7 +84,6 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
 def _register(client, name: str, study_run_id: str, k: int, config: ModelConfig, module,
               split, candidate, probs, tags: dict[str, str], work: Path):
     """Log the ensemble model into the study run (``hyper_ensemble_top<k>/``), create a version."""
-    from tuner.cli.report import write_evaluation
     from tuner.training.checkpoint import MODEL_FILE, save_checkpoint
 
     weights = save_checkpoint(work / "weights", model=module, config={}) / MODEL_FILE
@@ -147,39 +140,41 @@ def register_hyper_ensemble(
         work = Path(tmp)
         config, module, singles, ens_nll = build_hyper_ensemble(trials, val, tracking_uri, work)
         candidate, probs = evaluate(module, config, test, f"hyper-ensemble of study {sid}")
-        result = dict(model_name=name, study_run_id=sid, trial_run_id=sid, family=KIND,
+        result = dict(model_name=name, study_run_id=sid, trial_run_id=sid, family=ENSEMBLE_FAMILY,
                       candidate=candidate)
-        existing = find_version(client, name, TAG_KEY, key)
-        if existing is not None and TAG_DECISION in existing.tags:
+        existing = find_version(client, name, schema.ENSEMBLE_KEY_TAG, key)
+        if existing is not None and schema.DECISION_TAG in existing.tags:
             message = (f"{name} version {existing.version} already holds the top-{top_k} "
-                       f"hyper-ensemble of study {sid}: {existing.tags[TAG_DECISION]}; nothing changed")
+                       f"hyper-ensemble of study {sid}: {existing.tags[schema.DECISION_TAG]}; "
+                       "nothing changed")
             echo(message)
             return PromotionResult(**result, version=str(existing.version), champion_version=None,
                                    champion=None, decision="unchanged", message=message)
         champ_v, champ_eval = (reevaluate_champion(client, name, test, tracking_uri, work)
                                if compete else (None, None))
         members = [m.run_id for m in config.members]
-        tags = {TAG_KIND: KIND, TAG_KEY: key, "lenstune.study_run_id": sid,
-                TAG_MEMBERS: json.dumps(members),
-                TAG_WEIGHTS: json.dumps([round(m.weight, 6) for m in config.members]),
-                "lenstune.family": ",".join(m.config.family for m in config.members),
-                "lenstune.dataset_digest": test.meta.digest,
-                "lenstune.val_nll": f"{ens_nll:.6f}",
-                "lenstune.member_val_nll": json.dumps({r: round(singles[r], 6) for r in members})}
+        tags = {schema.MODEL_KIND_TAG: ENSEMBLE_FAMILY, schema.ENSEMBLE_KEY_TAG: key,
+                schema.STUDY_RUN_TAG: sid,
+                schema.ENSEMBLE_MEMBERS_TAG: json.dumps(members),
+                schema.ENSEMBLE_WEIGHTS_TAG: json.dumps([round(m.weight, 6) for m in config.members]),
+                schema.VERSION_FAMILY_TAG: ",".join(m.config.family for m in config.members),
+                schema.DATASET_DIGEST_TAG: test.meta.digest,
+                schema.VAL_NLL_TAG: f"{ens_nll:.6f}",
+                schema.MEMBER_VAL_NLL_TAG: json.dumps({r: round(singles[r], 6) for r in members})}
         if existing is None:
             existing = _register(client, name, sid, top_k, config, module, test, candidate, probs,
                                  tags, work)
         version = str(existing.version)
-        client.set_registered_model_alias(name, ENSEMBLE, version)
+        client.set_registered_model_alias(name, schema.ENSEMBLE, version)
         if compete:
             decision, message = settle_champion(client, name, version, candidate, champ_v,
                                                 champ_eval, study_run_id=sid,
                                                 role="hyper-ensemble", echo=echo)
         else:
             decision = "kept"
-            message = (f"{name} v{version} is the hyper-ensemble (alias {ENSEMBLE}), test AUC "
+            message = (f"{name} v{version} is the hyper-ensemble (alias {schema.ENSEMBLE}), test AUC "
                        f"{candidate.auc_macro:.4f}; champion not contested (--no-promote)")
-            client.set_model_version_tag(name, version, TAG_DECISION, message)
+            client.set_model_version_tag(name, version, schema.DECISION_TAG, message)
             echo(message)
         return PromotionResult(**result, version=version, champion_version=champ_v,
                                champion=champ_eval, decision=decision, message=message)

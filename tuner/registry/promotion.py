@@ -23,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from tuner import metrics
-from tuner.models.io import ModelConfig, load_network, predict_probs
-from tuner.registry.pyfunc import accepted_sizes, load_registered, save_registry_model
+from tuner.models.io import ModelConfig, load_network
+from tuner.registry.evaluation import Evaluation, evaluate, write_evaluation
+from tuner.registry.pyfunc import load_registered, save_registry_model
+from tuner.tracking import schema
 from tuner.tracking.reader import (
     PromotionError,
     TrialSummary,
@@ -39,32 +39,6 @@ from tuner.tracking.reader import (
     resolve_data_root,
 )
 
-CHAMPION, CHALLENGER = "champion", "challenger"
-TAG_TRIAL = "lenstune.trial_run_id"
-TAG_DECISION = "lenstune.decision"
-
-
-class Evaluation(BaseModel):
-    """Test-split metrics of one model. AUCs are one-vs-rest; ``confusion[true][pred]`` counts."""
-
-    model_config = ConfigDict(frozen=True)
-
-    auc_macro: float
-    auc: dict[str, float]
-    acc: float
-    ece: float
-    nll: float
-    brier: float
-    confusion: list[list[int]]
-    n_images: int
-    dataset_digest: str
-
-    def metrics(self, prefix: str = "test_") -> dict[str, float]:
-        """Flat MLflow metrics, e.g. ``test_auc_macro``, ``test_auc_cdm``, ``test_ece``."""
-        out = {"auc_macro": self.auc_macro, "acc": self.acc, "ece": self.ece,
-               "nll": self.nll, "brier": self.brier}
-        out.update({f"auc_{name}": value for name, value in self.auc.items()})
-        return {prefix + key: float(value) for key, value in out.items()}
 
 
 class PromotionResult(BaseModel):
@@ -84,36 +58,6 @@ class PromotionResult(BaseModel):
     message: str
 
 
-def evaluate(model, config: ModelConfig, split, what: str) -> tuple[Evaluation, np.ndarray]:
-    """Test metrics of ``model`` on a loaded split; also returns the (N, C) probabilities.
-    ``what`` names the model in errors (classes or image size that do not fit the split)."""
-    class_names = config.class_names
-    if tuple(split.meta.class_names) != tuple(class_names):
-        raise PromotionError(f"{what} predicts classes {list(class_names)} but the test split "
-                             f"has {list(split.meta.class_names)}")
-    sizes = accepted_sizes(config)
-    if split.meta.image_size not in sizes:
-        raise PromotionError(
-            f"{what} was trained on {sorted(sizes)}px images but the test split has "
-            f"{split.meta.image_size}px; compare models of one image size (choose another "
-            f"registered model name with --model-name)")
-    probs = predict_probs(model, split.images.numpy(), config.img_size)
-    labels = split.labels.numpy()
-    auc = metrics.roc_auc_ovr(probs, labels, list(class_names))
-    evaluation = Evaluation(
-        auc_macro=auc.pop("macro"),
-        auc=auc,
-        acc=metrics.accuracy(probs, labels),
-        ece=metrics.ece(probs, labels),
-        nll=metrics.nll(probs, labels),
-        brier=metrics.brier(probs, labels),
-        confusion=metrics.confusion_matrix(probs, labels, len(class_names)).tolist(),
-        n_images=len(labels),
-        dataset_digest=split.meta.digest,
-    )
-    return evaluation, probs
-
-
 def default_model_name(meta, data_root: Path) -> str:
     """``lenstune-<preset>`` for simulated data, ``lenstune-<folder name>`` otherwise."""
     base = meta.preset or Path(data_root).resolve().name
@@ -128,7 +72,7 @@ def load_trial(trial: TrialSummary, tracking_uri: str | None, split, work: Path,
     import mlflow
 
     ckpt = Path(mlflow.artifacts.download_artifacts(
-        run_id=trial.run_id, artifact_path="checkpoint", dst_path=str(work / trial.run_id),
+        run_id=trial.run_id, artifact_path=schema.CHECKPOINT_ARTIFACT, dst_path=str(work / trial.run_id),
         tracking_uri=tracking_uri))
     raw = json.loads((ckpt / "config.json").read_text())
     config = ModelConfig.from_checkpoint_config(raw).model_copy(
@@ -149,19 +93,18 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
     (once per dataset digest). Returns (config, weights path, evaluation, evaluation folder)."""
     config, weights, network = load_trial(trial, tracking_uri, split, work)
     evaluation, probs = evaluate(network, config, split, f"trial {trial.run_id} ({trial.family})")
-    from tuner.cli.report import write_evaluation
 
     folder = write_evaluation(work / trial.run_id / "evaluation", evaluation, probs,
                               split.labels.numpy(), config.class_names)
     run = client.get_run(trial.run_id)
-    if run.data.tags.get("lenstune.test_digest") != split.meta.digest:
+    if run.data.tags.get(schema.TEST_DIGEST_TAG) != split.meta.digest:
         from mlflow.entities import Metric
 
         now = int(run.info.end_time or run.info.start_time)
         client.log_batch(trial.run_id, metrics=[
             Metric(k, v, now, 0) for k, v in evaluation.metrics().items()])
         client.log_artifacts(trial.run_id, str(folder), "evaluation")
-        client.set_tag(trial.run_id, "lenstune.test_digest", split.meta.digest)
+        client.set_tag(trial.run_id, schema.TEST_DIGEST_TAG, split.meta.digest)
     return config, weights, evaluation, folder
 
 
@@ -192,12 +135,12 @@ def _register(client, name: str, trial: TrialSummary, study_run_id: str, config:
     """Log the registry model into the trial run (``registered_model/``) and create a version."""
     model_dir = save_registry_model(work / "model", config, weights, split.images[:2].numpy())
     shutil.copytree(eval_dir, model_dir / "evaluation")
-    client.log_artifacts(trial.run_id, str(model_dir), "registered_model")
-    source = client.get_run(trial.run_id).info.artifact_uri.rstrip("/") + "/registered_model"
+    client.log_artifacts(trial.run_id, str(model_dir), schema.REGISTERED_MODEL_ARTIFACT)
+    source = client.get_run(trial.run_id).info.artifact_uri.rstrip("/") + "/" + schema.REGISTERED_MODEL_ARTIFACT
     ensure_registered_model(client, name)
-    tags = {TAG_TRIAL: trial.run_id, "lenstune.study_run_id": study_run_id,
-            "lenstune.family": trial.family, "lenstune.dataset_digest": split.meta.digest,
-            "lenstune.val_auc_macro": f"{trial.val_auc:.6f}", **_eval_tags(candidate)}
+    tags = {schema.TRIAL_RUN_TAG: trial.run_id, schema.STUDY_RUN_TAG: study_run_id,
+            schema.VERSION_FAMILY_TAG: trial.family, schema.DATASET_DIGEST_TAG: split.meta.digest,
+            schema.VERSION_VAL_AUC_TAG: f"{trial.val_auc:.6f}", **_eval_tags(candidate)}
     return client.create_model_version(
         name, source, run_id=trial.run_id, tags=tags,
         description=f"{trial.family} trial {trial.trial_id} of study {study_run_id}")
@@ -222,7 +165,7 @@ def _champion(client, name: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, schema.CHAMPION)
     except MlflowException:
         return None
 
@@ -230,7 +173,7 @@ def _champion(client, name: str):
 def _eval_tags(evaluation: Evaluation) -> dict[str, str]:
     tags = {k: f"{v:.6f}" for k, v in evaluation.metrics().items()}
     tags.update({"test_confusion": json.dumps(evaluation.confusion),
-                 "lenstune.test_digest": evaluation.dataset_digest})
+                 schema.TEST_DIGEST_TAG: evaluation.dataset_digest})
     return tags
 
 
@@ -277,10 +220,10 @@ def promote_champion(
                    for t in per_family.values()}
         config, weights, candidate, eval_dir = results[best.run_id]
 
-        existing = find_version(client, name, TAG_TRIAL, best.run_id)
-        if existing is not None and TAG_DECISION in existing.tags:
+        existing = find_version(client, name, schema.TRIAL_RUN_TAG, best.run_id)
+        if existing is not None and schema.DECISION_TAG in existing.tags:
             message = (f"{name} version {existing.version} already holds trial {best.run_id}: "
-                       f"{existing.tags[TAG_DECISION]}; nothing changed")
+                       f"{existing.tags[schema.DECISION_TAG]}; nothing changed")
             echo(message)
             return PromotionResult(model_name=name, version=str(existing.version), study_run_id=sid,
                                    trial_run_id=best.run_id, family=best.family,
@@ -293,7 +236,7 @@ def promote_champion(
             existing = _register(client, name, best, sid, config, weights, eval_dir, split,
                                  candidate, work)
         version = str(existing.version)
-        client.set_registered_model_alias(name, CHALLENGER, version)
+        client.set_registered_model_alias(name, schema.CHALLENGER, version)
         decision, message = settle_champion(client, name, version, candidate, champ_v, champ_eval,
                                             study_run_id=sid, echo=echo)
         return PromotionResult(
@@ -326,12 +269,12 @@ def settle_champion(client, name: str, version: str, candidate: Evaluation, cham
                                 None if champ_eval is None else champ_eval.auc_macro,
                                 candidate.auc_macro, candidate.n_images, role)
     if decision == "promoted":
-        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_registered_model_alias(name, schema.CHAMPION, version)
     if champ_eval is not None:
         for key, value in _eval_tags(champ_eval).items():  # champion's numbers of today
             client.set_model_version_tag(name, champ_v, key, value)
-        client.set_model_version_tag(name, version, "lenstune.compared_with", f"v{champ_v}")
-    client.set_model_version_tag(name, version, TAG_DECISION, message)
+        client.set_model_version_tag(name, version, schema.COMPARED_WITH_TAG, f"v{champ_v}")
+    client.set_model_version_tag(name, version, schema.DECISION_TAG, message)
     now_champion, numbers = (version, candidate) if decision == "promoted" else (champ_v, champ_eval)
     if numbers is not None:
         from mlflow.entities import Metric
@@ -340,6 +283,6 @@ def settle_champion(client, name: str, version: str, candidate: Evaluation, cham
         client.log_batch(study_run_id, metrics=[
             Metric(f"champion_{k}", v, stamp, 0) for k, v in numbers.metrics().items()
             if k in ("test_auc_macro", "test_acc", "test_ece", "test_nll")])
-        client.set_tag(study_run_id, "lenstune.champion", f"{name} v{now_champion}")
+        client.set_tag(study_run_id, schema.CHAMPION_TAG, f"{name} v{now_champion}")
     echo(message)
     return decision, message

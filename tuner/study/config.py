@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tuner.tracking import schema
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
-METRIC = "val_auc_macro"  # the study's objective, maximised
-MODE = "max"
+METRIC = schema.OBJECTIVE  # the study's objective, maximised
+MODE = schema.OBJECTIVE_MODE
 # The trial's own epoch count (reported with every result and kept in its checkpoint): what
 # ASHA's rungs and the stop reason count. Ray's training_iteration restarts from the metrics
 # Tune kept with a checkpoint and can lag the epochs trained after a restore.

@@ -29,9 +29,8 @@ import numpy as np
 from tuner.tracking import writer as tracking
 from tuner.study.config import ConfigError, StudyConfig, flatten, join_storage
 from tuner.study.resources import TrialResources
+from tuner.tracking import schema
 
-DONE_TAG = "lenstune.done."  # + family, on the parent run once that family's sub-study ended
-FAMILIES_TAG = "lenstune.families"
 
 
 @dataclass
@@ -108,10 +107,10 @@ def init_ray(config: StudyConfig) -> None:
 def _latest_unfinished_study(client, experiment_id: str, families: list[str]) -> str | None:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{tracking.KIND_TAG}` = 'study' and "
-                      f"tags.`{FAMILIES_TAG}` = '{','.join(families)}' and attributes.status != 'FINISHED'",
+        filter_string=f"tags.`{schema.KIND_TAG}` = '{schema.KIND_STUDY}' and "
+                      f"tags.`{schema.FAMILIES_TAG}` = '{','.join(families)}' and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].data.tags[tracking.STUDY_TAG] if runs else None
+    return runs[0].data.tags[schema.STUDY_TAG] if runs else None
 
 
 def study_name_for(config: StudyConfig, client, experiment_id: str | None) -> str:
@@ -150,7 +149,7 @@ def _log_importances(client, run_id: str, family: str, space, results) -> None:
     trials = []
     for result in results:
         df = result.metrics_dataframe
-        score = float(df["val_auc_macro"].max()) if df is not None and "val_auc_macro" in df else None
+        score = float(df[schema.OBJECTIVE].max()) if df is not None and schema.OBJECTIVE in df else None
         trials.append((result.config, score))
     importances = optuna_importances(space.param_space(), trials)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +173,7 @@ def _log_trial_plots(client, experiment_id: str, parent_run_id: str, family: str
             log_best_epoch_plots(client, run.info.run_id, class_names,
                                  title=f"{family} epoch {run.data.tags.get('best_epoch', '?')}")
         except Exception as exc:
-            client.set_tag(run.info.run_id, "lenstune.plots_error", str(exc)[:500])
+            client.set_tag(run.info.run_id, schema.PLOTS_ERROR_TAG, str(exc)[:500])
 
 
 def known_trials(results) -> Callable[[str], bool] | None:
@@ -206,11 +205,11 @@ def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str,
     orphans = tracking.delete_orphan_trial_runs(client, experiment_id, parent_run_id, family,
                                                 known)
     if orphans:
-        client.set_tag(parent_run_id, f"lenstune.orphan_trial_runs_deleted.{family}",
+        client.set_tag(parent_run_id, schema.ORPHAN_RUNS_DELETED_PREFIX + family,
                        ",".join(orphans))
     folders = delete_orphan_trial_folders(path, known, trainable_name)
     if folders:
-        client.set_tag(parent_run_id, f"lenstune.orphan_trial_folders_deleted.{family}",
+        client.set_tag(parent_run_id, schema.ORPHAN_FOLDERS_DELETED_PREFIX + family,
                        ",".join(folders))
 
 
@@ -265,8 +264,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     try:
         _log_importances(client, parent_run_id, family, space, results)
     except Exception as exc:  # importances are a report, never a reason to fail the study
-        client.set_tag(parent_run_id, f"lenstune.importances_error.{family}", str(exc)[:500])
-    client.set_tag(parent_run_id, DONE_TAG + family, "true")
+        client.set_tag(parent_run_id, schema.IMPORTANCES_ERROR_PREFIX + family, str(exc)[:500])
+    client.set_tag(parent_run_id, schema.DONE_TAG_PREFIX + family, "true")
 
 
 def resolve_study_resources(config: StudyConfig, spaces: dict) -> dict[str, TrialResources]:
@@ -350,19 +349,19 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     for family, res in resources.items():
         params.update(res.as_params(family))
     parent_run_id = tracking.start_study_run(client, experiment_id, study_name, params, dataset)
-    client.set_tag(parent_run_id, FAMILIES_TAG, ",".join(config.families))
+    client.set_tag(parent_run_id, schema.FAMILIES_TAG, ",".join(config.families))
     for family, res in resources.items():  # tags: a resumed study may resolve them anew
-        client.set_tag(parent_run_id, f"lenstune.resources.{family}",
+        client.set_tag(parent_run_id, schema.RESOURCES_TAG_PREFIX + family,
                        f"{res.cpus:g} CPU + {res.gpus:g} GPU per trial, max {res.max_concurrent} "
                        f"at once; {res.reason or 'as configured'}")
     parent_tags = client.get_run(parent_run_id).data.tags
-    if not config.resume or "lenstune.files_logged" not in parent_tags:
+    if not config.resume or schema.FILES_LOGGED_TAG not in parent_tags:
         _log_study_files(client, parent_run_id, config, spaces)
-        client.set_tag(parent_run_id, "lenstune.files_logged", "true")
+        client.set_tag(parent_run_id, schema.FILES_LOGGED_TAG, "true")
 
     refs = {name: ray.put(array) for name, array in arrays.items()}
     del arrays
-    pending = [f for f in config.families if parent_tags.get(DONE_TAG + f) != "true"]
+    pending = [f for f in config.families if parent_tags.get(schema.DONE_TAG_PREFIX + f) != "true"]
     run_families(pending, lambda family: run_family(
         config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
         study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
@@ -375,7 +374,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     client.log_artifact(parent_run_id, str(png_path))
     if rows:
         client.log_batch(parent_run_id, metrics=[tracking.Metric(
-            "best_val_auc_macro", rows[0]["best_val_auc_macro"], int(time.time() * 1000), 0)])
+            schema.BEST_OBJECTIVE, rows[0][schema.BEST_OBJECTIVE], int(time.time() * 1000), 0)])
         client.set_tag(parent_run_id, "best_trial_run_id", rows[0]["run_id"])
     tracking.finish_study_run(client, parent_run_id)
     return StudyResult(study_name, config.experiment, experiment_id, parent_run_id, tracking_uri,

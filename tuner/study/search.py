@@ -18,6 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.study.asha import (EqualFidelityOptunaSearch, RankASHAScheduler, RestorableOptunaSearch,
                         reported_epoch)
 from tuner.study.config import EPOCH_ATTR, METRIC, MODE
+from tuner.tracking import schema
 
 
 class TrialStopCallback(tune.Callback):
@@ -51,9 +52,9 @@ class TrialStopCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = int(reported_epoch(trial.last_result or {}) or 0)
         if epochs >= self.max_epochs:
-            self._end(trial, "completed")
+            self._end(trial, schema.STOP_COMPLETED)
         else:
-            self._end(trial, "asha_stopped",
+            self._end(trial, schema.STOP_ASHA,
                       f"stopped by the scheduler after {epochs} of {self.max_epochs} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
@@ -61,7 +62,7 @@ class TrialStopCallback(tune.Callback):
         if callable(error):
             error = error()
         message = str(error).strip().splitlines()[-1] if error else "trial raised an error"
-        self._end(trial, "failed", message)
+        self._end(trial, schema.STOP_FAILED, message)
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,

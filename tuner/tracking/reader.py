@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from tuner.tracking import schema
+
 # Fallbacks when a study run logged no dataset input: its ``data`` param (StudyConfig.data) or tag.
-_DATA_ROOT_KEYS = ("data", "lenstune.data_root")
+_DATA_ROOT_KEYS = ("data", schema.DATA_ROOT_TAG)
 
 
 class PromotionError(ValueError):
@@ -62,7 +64,7 @@ def find_study(client, experiment: str, study_run_id: str | None = None):
         if run.info.experiment_id != exp.experiment_id:
             raise PromotionError(f"run {study_run_id} is not in experiment {experiment!r}")
         return run
-    studies = _all_runs(client, exp.experiment_id, "tags.`lenstune.kind` = 'study'")
+    studies = _all_runs(client, exp.experiment_id, f"tags.`{schema.KIND_TAG}` = '{schema.KIND_STUDY}'")
     if not studies:
         raise PromotionError(f"experiment {experiment!r} has no study run (tag lenstune.kind=study)")
     return max(studies, key=lambda r: r.info.start_time)
@@ -75,13 +77,13 @@ def _tag(run, name: str, default: str = "") -> str:
 
 def summarize_trial(client, run) -> TrialSummary:
     """Read one trial run: best validation macro AUC over its epochs, epochs run."""
-    history = client.get_metric_history(run.info.run_id, "val_auc_macro")
+    history = client.get_metric_history(run.info.run_id, schema.OBJECTIVE)
     values = [m.value for m in history if np.isfinite(m.value)]
     return TrialSummary(
         run_id=run.info.run_id,
         family=_tag(run, "family") or run.data.params.get("family", "?"),
         trial_id=_tag(run, "trial_id"),
-        stop_reason=_tag(run, "stop_reason", "unknown"),
+        stop_reason=_tag(run, schema.STOP_REASON_TAG, "unknown"),
         val_auc=max(values) if values else float("nan"),
         epochs=len(history),
         start_time_ms=run.info.start_time,
@@ -92,7 +94,7 @@ def summarize_trial(client, run) -> TrialSummary:
 
 def list_trials(client, experiment_id: str, study_run_id: str | None = None) -> list[TrialSummary]:
     """All trial runs of an experiment (of one study when ``study_run_id`` is given)."""
-    query = "tags.`lenstune.kind` = 'trial'"
+    query = f"tags.`{schema.KIND_TAG}` = '{schema.KIND_TRIAL}'"
     if study_run_id:
         query += f" and tags.`mlflow.parentRunId` = '{study_run_id}'"
     return [summarize_trial(client, run) for run in _all_runs(client, experiment_id, query)]
@@ -101,7 +103,7 @@ def list_trials(client, experiment_id: str, study_run_id: str | None = None) -> 
 def completed(trials: list[TrialSummary]) -> list[TrialSummary]:
     """The trials that may be promoted: they ran their whole epoch budget (``stop_reason``
     ``completed``) and logged a finite validation macro AUC."""
-    return [t for t in trials if t.stop_reason == "completed" and np.isfinite(t.val_auc)]
+    return [t for t in trials if t.stop_reason == schema.STOP_COMPLETED and np.isfinite(t.val_auc)]
 
 
 def best_completed(trials: list[TrialSummary]) -> dict[str, TrialSummary]:

@@ -29,11 +29,7 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-KIND_TAG = "lenstune.kind"
-STUDY_TAG = "lenstune.study"
-STOP_REASONS = ("completed", "asha_stopped", "failed")
-BEST_METRIC = "best_val_auc_macro"
-
+from tuner.tracking import schema
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be reached or refuses a request."""
@@ -95,7 +91,7 @@ def find_study_run(client: MlflowClient, experiment_id: str, study_name: str):
     """The parent run of ``study_name`` in the experiment, or None."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study_name}'",
+        filter_string=f"tags.`{schema.KIND_TAG}` = 'study' and tags.`{schema.STUDY_TAG}` = '{study_name}'",
         max_results=1,
     )
     return runs[0] if runs else None
@@ -110,7 +106,7 @@ def start_study_run(client: MlflowClient, experiment_id: str, study_name: str,
             client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
     run = client.create_run(experiment_id, run_name=study_name,
-                            tags={KIND_TAG: "study", STUDY_TAG: study_name})
+                            tags={schema.KIND_TAG: schema.KIND_STUDY, schema.STUDY_TAG: study_name})
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])
     return run.info.run_id
@@ -138,8 +134,8 @@ def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: 
         if tags:
             client.log_batch(existing, tags=[RunTag(k, v) for k, v in tags.items()])
         return existing
-    tags = {**(tags or {}), "mlflow.parentRunId": parent_run_id, KIND_TAG: "trial",
-            STUDY_TAG: study_name, "trial_id": trial_id, "family": family}
+    tags = {**(tags or {}), schema.PARENT_RUN_TAG: parent_run_id, schema.KIND_TAG: schema.KIND_TRIAL,
+            schema.STUDY_TAG: study_name, "trial_id": trial_id, "family": family}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])
@@ -218,13 +214,13 @@ class MetricSender:
 
 def end_trial_run(client: MlflowClient, run_id: str, stop_reason: str, message: str = "") -> None:
     """Tag the stop reason and end the run: FINISHED (completed), KILLED (stopped) or FAILED."""
-    if stop_reason not in STOP_REASONS:
-        raise ValueError(f"stop_reason {stop_reason!r} not in {STOP_REASONS}")
-    tags = [RunTag("stop_reason", stop_reason)]
+    if stop_reason not in schema.STOP_REASONS:
+        raise ValueError(f"stop_reason {stop_reason!r} not in {schema.STOP_REASONS}")
+    tags = [RunTag(schema.STOP_REASON_TAG, stop_reason)]
     if message:
         tags.append(RunTag("stop_message", message[:4000]))
     client.log_batch(run_id, tags=tags)
-    status = {"completed": "FINISHED", "asha_stopped": "KILLED", "failed": "FAILED"}[stop_reason]
+    status = schema.RUN_STATUS[stop_reason]
     client.set_terminated(run_id, status=status)
 
 
@@ -252,11 +248,11 @@ def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_ru
     samples a new trial in its place. Without this the study would count one run too many.
     The run stays restorable from MLflow's deleted runs (``mlflow runs restore``)."""
     orphans = [run.info.run_id for run in list_trial_runs(client, experiment_id, parent_run_id)
-               if run.data.tags.get(KIND_TAG) == "trial"
+               if run.data.tags.get(schema.KIND_TAG) == schema.KIND_TRIAL
                and run.data.tags.get("family") == family
                and not known(run.data.tags.get("trial_id", ""))]
     for run_id in orphans:
-        client.set_tag(run_id, "lenstune.orphaned", "trial unknown to the resumed study")
+        client.set_tag(run_id, schema.ORPHANED_TAG, "trial unknown to the resumed study")
         client.set_terminated(run_id, status="KILLED")
         client.delete_run(run_id)
     return orphans
@@ -270,13 +266,13 @@ def leaderboard_rows(runs: list) -> list[dict[str, Any]]:
         rows.append({
             "family": t.get("family", ""), "trial_id": t.get("trial_id", ""),
             "run_id": run.info.run_id, "status": run.info.status,
-            "stop_reason": t.get("stop_reason", ""),
-            "best_val_auc_macro": m.get(BEST_METRIC, float("nan")),
-            "last_val_auc_macro": m.get("val_auc_macro", float("nan")),
+            schema.STOP_REASON_TAG: t.get(schema.STOP_REASON_TAG, ""),
+            schema.BEST_OBJECTIVE: m.get(schema.BEST_OBJECTIVE, float("nan")),
+            "last_val_auc_macro": m.get(schema.OBJECTIVE, float("nan")),
             "val_acc": m.get("val_acc", float("nan")),
             "epochs": int(m.get("epoch", 0)),
         })
-    rows.sort(key=lambda r: -r["best_val_auc_macro"] if r["best_val_auc_macro"] == r["best_val_auc_macro"] else 1.0)
+    rows.sort(key=lambda r: -r[schema.BEST_OBJECTIVE] if r[schema.BEST_OBJECTIVE] == r[schema.BEST_OBJECTIVE] else 1.0)
     return rows
 
 
@@ -294,7 +290,7 @@ def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> tuple[Path, P
     """``leaderboard.csv`` and ``leaderboard.png`` (best AUC per trial, coloured by family)."""
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = folder / "leaderboard.csv", folder / "leaderboard.png"
-    fields = list(rows[0]) if rows else ["family", "trial_id", "best_val_auc_macro"]
+    fields = list(rows[0]) if rows else ["family", "trial_id", schema.BEST_OBJECTIVE]
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -308,11 +304,11 @@ def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> tuple[Path, P
     families = sorted({r["family"] for r in rows})
     colours = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
     labels = [f"{r['family']} {r['trial_id']} ({r['stop_reason'] or r['status']})" for r in rows]
-    ax.barh(range(len(rows)), [r["best_val_auc_macro"] for r in rows],
+    ax.barh(range(len(rows)), [r[schema.BEST_OBJECTIVE] for r in rows],
             color=[colours[r["family"]] for r in rows])
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
-    finite = [r["best_val_auc_macro"] for r in rows if r["best_val_auc_macro"] == r["best_val_auc_macro"]]
+    finite = [r[schema.BEST_OBJECTIVE] for r in rows if r[schema.BEST_OBJECTIVE] == r[schema.BEST_OBJECTIVE]]
     ax.set_xlim(max(min(finite, default=0.0) - 0.05, 0.0), 1.0)
     ax.set_xlabel("best validation macro AUC")
     fig.tight_layout()
@@ -326,7 +322,7 @@ def download_trial_checkpoint(tracking_uri: str, run_id: str, destination: Path)
     the local checkpoint folder, loadable with ``tuner.training.checkpoint.load_model``."""
     client = MlflowClient(tracking_uri)
     destination.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, "checkpoint", str(destination)))
+    return Path(client.download_artifacts(run_id, schema.CHECKPOINT_ARTIFACT, str(destination)))
 
 
 def finish_study_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:

@@ -39,6 +39,7 @@ from tuner.models import io
 from tuner.training import checkpoint as ckpt
 from tuner.training import loop
 from tuner.training.plots import BEST_PROBS
+from tuner.tracking import schema
 
 
 class TrialContext(BaseModel):
@@ -94,8 +95,9 @@ def _log_best_epoch(client, run_id: str, *, weights: dict[str, torch.Tensor], re
     once it has ended (:func:`tuner.training.plots.log_best_epoch_plots`)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        ckpt.save_checkpoint(folder / "checkpoint", weights=weights, config=resolved)
-        (folder / "config.json").write_text((folder / "checkpoint" / ckpt.CONFIG_FILE).read_text())
+        ckpt.save_checkpoint(folder / schema.CHECKPOINT_ARTIFACT, weights=weights, config=resolved)
+        (folder / schema.CONFIG_ARTIFACT).write_text(
+            (folder / schema.CHECKPOINT_ARTIFACT / ckpt.CONFIG_FILE).read_text())
         np.savez(folder / BEST_PROBS, probs=probs.astype(np.float32), labels=labels)
         client.log_artifacts(run_id, str(folder))
     client.set_tag(run_id, "best_epoch", str(epoch))
@@ -124,10 +126,11 @@ def _placement() -> dict[str, str]:
 
     context = ray.get_runtime_context()
     assigned = context.get_assigned_resources()
-    return {"lenstune.node_id": context.get_node_id(),
-            "lenstune.node_ip": ray.util.get_node_ip_address(),
-            "lenstune.assigned_resources": ",".join(f"{k}={v:g}" for k, v in sorted(assigned.items())),
-            "lenstune.device": str(loop.pick_device())}
+    return {schema.NODE_ID_TAG: context.get_node_id(),
+            schema.NODE_IP_TAG: ray.util.get_node_ip_address(),
+            schema.ASSIGNED_RESOURCES_TAG: ",".join(f"{k}={v:g}"
+                                                    for k, v in sorted(assigned.items())),
+            schema.DEVICE_TAG: str(loop.pick_device())}
 
 
 def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[str, Any]) -> None:
@@ -198,7 +201,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         client.log_batch(run_id, tags=[tracking.RunTag(k, v) for k, v in _placement().items()])
     # Epochs a previous attempt logged before dying without a checkpoint are re-trained
     # (deterministically) but not logged twice.
-    logged = {m.step for m in client.get_metric_history(run_id, "val_auc_macro")}
+    logged = {m.step for m in client.get_metric_history(run_id, schema.OBJECTIVE)}
     checkpoint_epochs = set(ctx.rungs) | {ctx.max_epochs}
     sender = tracking.MetricSender(client, run_id)
 
@@ -216,13 +219,13 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             values = {
                 "train_loss": stats.train_loss,
                 "val_loss": loop.cross_entropy_of_probs(probs, y_val_np),
-                "val_acc": report["acc"], "val_auc_macro": report["auc_macro"],
+                "val_acc": report["acc"], schema.OBJECTIVE: report["auc_macro"],
                 **{f"val_auc_{c}": report[f"auc_{c}"] for c in ctx.class_names},
                 "epoch_seconds": stats.seconds, "images_per_second": stats.images_per_second,
                 "epoch": float(epoch),
             }
-            best.update(values["val_auc_macro"], epoch, network, probs)
-            values["best_val_auc_macro"] = best.score
+            best.update(values[schema.OBJECTIVE], epoch, network, probs)
+            values[schema.BEST_OBJECTIVE] = best.score
             if epoch not in logged:
                 sender.log(values, step=epoch)
             if epoch not in checkpoint_epochs:
@@ -241,10 +244,10 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                 tune.report({**values, "mlflow_run_id": run_id},
                             checkpoint=tune.Checkpoint.from_directory(tmp))
         sender.close()
-        tracking.end_trial_run(client, run_id, "completed")
+        tracking.end_trial_run(client, run_id, schema.STOP_COMPLETED)
     except Exception as exc:
         sender.close(raise_errors=False)
-        tracking.end_trial_run(client, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        tracking.end_trial_run(client, run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         sender.close(raise_errors=False)

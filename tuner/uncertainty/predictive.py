@@ -66,13 +66,6 @@ def mutual_information(samples: torch.Tensor) -> torch.Tensor:
     return (total - aleatoric).clamp_min(0.0)
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """Floating dtype of the model's first parameter (float32 for parameter-free modules)."""
-    for p in model.parameters():
-        return p.dtype
-    return torch.float32
-
-
 @torch.no_grad()
 def collect_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits (N, C) of ``model`` in eval mode on ``images`` (N, 1, H, W), float32 on CPU.

@@ -1,0 +1,96 @@
+"""Every name lenstune writes to MLflow and reads back: run tags, metrics, stop reasons,
+artifact paths, registry aliases and model-version tags. Writers (the trainable, the study
+driver, promotion) and readers (promotion, ``lenstune report``, ``lenstune predict``) use these
+constants and nothing else, so a name is spelled once.
+
+A study is one parent run (``KIND_TAG = KIND_STUDY``) with one nested run per trial
+(``KIND_TAG = KIND_TRIAL``). See ``docs/tuning.md`` for what each holds.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------- the objective
+OBJECTIVE = "val_auc_macro"  # the study's objective, maximised: validation macro one-vs-rest AUC
+OBJECTIVE_MODE = "max"
+BEST_OBJECTIVE = "best_val_auc_macro"  # the best OBJECTIVE so far, logged with every epoch
+
+# ------------------------------------------------------------------------- per-epoch metrics
+TRAIN_LOSS = "train_loss"
+VAL_LOSS = "val_loss"
+VAL_ACC = "val_acc"
+EPOCH_SECONDS = "epoch_seconds"
+IMAGES_PER_SECOND = "images_per_second"
+EPOCH = "epoch"  # the key of the epoch number in Ray Tune reports
+
+
+def val_auc_of(class_name: str) -> str:
+    """The per-class validation AUC metric, e.g. ``val_auc_cdm``."""
+    return f"val_auc_{class_name}"
+
+
+# ---------------------------------------------------------------------------------- run tags
+KIND_TAG = "lenstune.kind"
+KIND_STUDY = "study"
+KIND_TRIAL = "trial"
+STUDY_TAG = "lenstune.study"  # the study (Ray Tune run) name, on the parent and every trial
+PARENT_RUN_TAG = "mlflow.parentRunId"
+FAMILY_TAG = "family"
+TRIAL_ID_TAG = "trial_id"
+STOP_REASON_TAG = "stop_reason"
+STOP_MESSAGE_TAG = "stop_message"
+
+# why a trial run ended, and the MLflow status each one ends it with
+STOP_COMPLETED = "completed"  # ran its whole epoch budget: the only trials promotion considers
+STOP_ASHA = "asha_stopped"  # stopped early by ASHA at a rung
+STOP_FAILED = "failed"  # raised (NaN loss, out of memory, ...)
+STOP_REASONS = (STOP_COMPLETED, STOP_ASHA, STOP_FAILED)
+RUN_STATUS = {STOP_COMPLETED: "FINISHED", STOP_ASHA: "KILLED", STOP_FAILED: "FAILED"}
+
+# where a trial ran (set when it starts and again when it is restored)
+NODE_ID_TAG = "lenstune.node_id"
+NODE_IP_TAG = "lenstune.node_ip"
+ASSIGNED_RESOURCES_TAG = "lenstune.assigned_resources"
+DEVICE_TAG = "lenstune.device"
+
+# trial runs: bookkeeping
+ORPHANED_TAG = "lenstune.orphaned"  # a run the resumed study does not know (then deleted)
+PLOTS_ERROR_TAG = "lenstune.plots_error"
+TEST_DIGEST_TAG = "lenstune.test_digest"  # the test split its registered_model/evaluation is of
+
+# study (parent) runs
+FAMILIES_TAG = "lenstune.families"
+DONE_TAG_PREFIX = "lenstune.done."  # + family, once that family's sub-study ended
+RESOURCES_TAG_PREFIX = "lenstune.resources."  # + family: what a trial asked for, and why
+ORPHAN_RUNS_DELETED_PREFIX = "lenstune.orphan_trial_runs_deleted."  # + family
+ORPHAN_FOLDERS_DELETED_PREFIX = "lenstune.orphan_trial_folders_deleted."  # + family
+IMPORTANCES_ERROR_PREFIX = "lenstune.importances_error."  # + family
+FILES_LOGGED_TAG = "lenstune.files_logged"
+CHAMPION_TAG = "lenstune.champion"  # "<model name> v<version>" after promotion
+DATA_ROOT_TAG = "lenstune.data_root"
+DATA_PARAM = "data"  # the study's dataset folder, a param of the parent run
+
+# ----------------------------------------------------------------------------------- artifacts
+CHECKPOINT_ARTIFACT = "checkpoint"  # a trial's best-epoch checkpoint folder
+CONFIG_ARTIFACT = "config.json"  # a trial's resolved config
+REGISTERED_MODEL_ARTIFACT = "registered_model"  # the MLflow model folder a version points at
+EVALUATION_ARTIFACT = "registered_model/evaluation"  # test metrics.json, probs.npz, plots
+
+# ------------------------------------------------------------------------------------ registry
+CHAMPION = "champion"  # alias of the best model of a registered model name
+CHALLENGER = "challenger"  # alias of the newest version that did not become champion
+ENSEMBLE = "ensemble"  # alias of the newest registered hyper-ensemble
+
+# model-version tags
+TRIAL_RUN_TAG = "lenstune.trial_run_id"
+STUDY_RUN_TAG = "lenstune.study_run_id"
+DECISION_TAG = "lenstune.decision"
+VERSION_FAMILY_TAG = "lenstune.family"
+DATASET_DIGEST_TAG = "lenstune.dataset_digest"
+VERSION_VAL_AUC_TAG = "lenstune.val_auc_macro"
+COMPARED_WITH_TAG = "lenstune.compared_with"
+MODEL_KIND_TAG = "lenstune.model_kind"
+ENSEMBLE_KEY_TAG = "lenstune.ensemble_key"  # "<study run id>:top<k>"
+ENSEMBLE_MEMBERS_TAG = "lenstune.ensemble_members"  # JSON list of trial run ids
+ENSEMBLE_WEIGHTS_TAG = "lenstune.ensemble_weights"  # JSON list, same order, sums to 1
+VAL_NLL_TAG = "lenstune.val_nll"
+MEMBER_VAL_NLL_TAG = "lenstune.member_val_nll"
