@@ -98,8 +98,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, run the study, print its leaderboard; 0 on success, 2 on bad input."""
+    """Parse flags, run the study, print its leaderboard, promote. Exit codes (tuner.cli):
+    0 done; 1 no trial finished without failing; 2 bad input, refused before any work."""
     args = build_parser().parse_args(argv)
+    from tuner.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error
+    from tuner.tracking import schema
     from tuner.study.config import ConfigError, parse_family_list, resolve_study_config
     from tuner.data import DatasetError
     from tuner.tracking.writer import TrackingError
@@ -119,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_study(config)
     except (ConfigError, DatasetError, TrackingError, SearchSpaceError) as exc:
-        print(f"lenstune tune: error: {exc}", file=sys.stderr)
-        return 2
+        return error("tune", str(exc), EXIT_USAGE)
     print(result.summary())
+    if result.rows and all(r.get(schema.STOP_REASON_TAG) == schema.STOP_FAILED for r in result.rows):
+        return error("tune", f"all {len(result.rows)} trials failed; their stop_message tags in "
+                     f"MLflow say why", EXIT_FAILED)
     register_after_study(config, result)
-    return 0
+    return EXIT_OK
 
 
 def register_after_study(config, result, echo=print) -> None:

@@ -167,7 +167,7 @@ def test_predict_with_ensemble_uncertainty(ensemble_study, tracking, toy_data, t
     assert predict_main([*base, "--out", str(tmp_path / "n.csv")]) == 0
     np.testing.assert_allclose(frame.filter(like="prob_").to_numpy(),
                                pd.read_csv(tmp_path / "n.csv").filter(like="prob_").to_numpy(), atol=1e-6)
-    assert predict_main([*base, "--out", str(tmp_path / "l.csv"), "--uncertainty", "laplace"]) == 1
+    assert predict_main([*base, "--out", str(tmp_path / "l.csv"), "--uncertainty", "laplace"]) == 2
     assert "applies to a single network" in capsys.readouterr().err
 
 
@@ -183,5 +183,5 @@ def test_uncertainty_report_of_the_registered_ensemble(ensemble_study, tracking,
     assert report["forward_passes_per_image"] == members and report["mean_mutual_info"] > 0
     logged = client.get_run(ensemble_study["sid"]).data.metrics  # the version's source run
     assert logged["uncertainty/ensemble/nll"] == pytest.approx(report["nll"])
-    assert uncertainty_main([*base, "--method", "laplace", "--out", str(tmp_path / "l")]) == 1
+    assert uncertainty_main([*base, "--method", "laplace", "--out", str(tmp_path / "l")]) == 2
     assert "applies to a single network" in capsys.readouterr().err

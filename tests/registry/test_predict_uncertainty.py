@@ -56,11 +56,11 @@ def test_methods_that_do_not_apply_are_refused(promoted, tracking, images_file, 
                                                capsys):
     uri = tracking[0]
     base = [str(images_file), "--model", CHAMPION, "--out", str(tmp_path / "o.csv"), "--tracking-uri", uri]
-    assert predict_main([*base, "--uncertainty", "ensemble"]) == 1
+    assert predict_main([*base, "--uncertainty", "ensemble"]) == 2
     assert "needs a registered hyper-ensemble" in capsys.readouterr().err
-    assert predict_main([*base, "--uncertainty", "temperature", "--data", str(other_data)]) == 1
+    assert predict_main([*base, "--uncertainty", "temperature", "--data", str(other_data)]) == 2
     assert "calibrate on the model's own dataset" in capsys.readouterr().err
-    assert predict_main([*base, "--uncertainty", "conformal", "--alpha", "1.5"]) == 1
+    assert predict_main([*base, "--uncertainty", "conformal", "--alpha", "1.5"]) == 2
     assert "--alpha must be in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
 
@@ -74,6 +74,6 @@ def test_local_model_folder_needs_data_for_fitted_methods(promoted, tracking, im
     folder = mlflow.artifacts.download_artifacts(resolve_model_uri(CHAMPION, tracking[0]),
                                                  dst_path=str(tmp_path / "m"), tracking_uri=tracking[0])
     base = [str(images_file), "--model", folder, "--uncertainty", "temperature"]
-    assert predict_main([*base, "--out", str(tmp_path / "a.csv")]) == 1
+    assert predict_main([*base, "--out", str(tmp_path / "a.csv")]) == 2
     assert "pass --data DIR" in capsys.readouterr().err
     assert predict_main([*base, "--out", str(tmp_path / "b.csv"), "--data", str(toy_data)]) == 0

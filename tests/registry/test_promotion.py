@@ -85,6 +85,11 @@ def test_clear_errors(promoted, tracking, tmp_path):
         promote_champion("toy-errors", tracking_uri=uri)
     with pytest.raises(PromotionError, match="is not in experiment 'toy-errors'"):
         promote_champion("toy-errors", tracking_uri=uri, study_run_id=promoted["results"][0].study_run_id)
+    # the exit-code convention (tuner.cli): refused input 2, nothing to promote 1
+    from tuner.cli.promote import main
+
+    assert main(["--experiment", "nope", "--tracking-uri", uri]) == 2
+    assert main(["--experiment", "toy-errors", "--tracking-uri", uri]) == 1
 
 
 def test_promote_cli(promoted, tracking, tmp_path, capsys):
@@ -96,7 +101,7 @@ def test_promote_cli(promoted, tracking, tmp_path, capsys):
     assert "nothing changed" in out and "lenstune-model_ii v3" in out
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 3
     missing = f"sqlite:///{tmp_path / 'none.db'}"
-    assert main(["--experiment", "toy", "--tracking-uri", missing]) == 1
+    assert main(["--experiment", "toy", "--tracking-uri", missing]) == 2
     assert "no MLflow database" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
 

@@ -123,7 +123,7 @@ def test_unknown_model_alias_is_a_clear_error(promoted, tracking, test_images, t
     np.save(path, test_images)
     code = predict_main([str(path), "--model", "models:/lenstune-model_ii@nope",
                          "--out", str(tmp_path / "o.csv"), "--tracking-uri", tracking[0]])
-    assert code == 1
+    assert code == 2
     assert "cannot load model models:/lenstune-model_ii@nope" in capsys.readouterr().err
 
 
@@ -152,4 +152,4 @@ def test_mc_dropout_without_dropout_is_refused(promoted, tracking, test_images, 
     np.save(tmp_path / "x.npy", test_images)
     code = predict_main([str(tmp_path / "x.npy"), "--model", CHAMPION, "--out", str(tmp_path / "o.csv"),
                          "--tracking-uri", tracking[0], "--uncertainty", "mc_dropout"])
-    assert code == 1 and "MC dropout needs at least one dropout layer" in capsys.readouterr().err
+    assert code == 2 and "MC dropout needs at least one dropout layer" in capsys.readouterr().err

@@ -46,7 +46,7 @@ def test_report_refuses_to_overwrite_without_force(promoted, tracking, tmp_path,
     args = ["--experiment", "toy", "--out", str(out), "--tracking-uri", uri]
     assert report_main(args) == 0
     (out / "README.md").write_text("edited by hand")
-    assert report_main(args) == 1
+    assert report_main(args) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
     assert (out / "README.md").read_text() == "edited by hand"
     assert report_main(args + ["--force"]) == 0
@@ -55,7 +55,7 @@ def test_report_refuses_to_overwrite_without_force(promoted, tracking, tmp_path,
     other.mkdir()
     (other / "mine.txt").write_text("keep")
     assert report_main(["--experiment", "toy", "--out", str(other), "--tracking-uri", uri,
-                        "--force"]) == 1
+                        "--force"]) == 2
     assert "not a lenstune report" in capsys.readouterr().err
     assert (other / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -64,5 +64,5 @@ def test_report_refuses_to_overwrite_without_force(promoted, tracking, tmp_path,
 def test_report_unknown_experiment(tracking, tmp_path, capsys):
     code = report_main(["--experiment", "nope", "--out", str(tmp_path / "r"),
                         "--tracking-uri", tracking[0]])
-    assert code == 1 and "no MLflow experiment named 'nope'" in capsys.readouterr().err
+    assert code == 2 and "no MLflow experiment named 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

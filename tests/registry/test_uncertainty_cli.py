@@ -44,9 +44,9 @@ def test_report_of_the_champion_is_logged_under_its_run(promoted, tracking, toy_
 def test_methods_that_do_not_apply_fail_clearly(promoted, tracking, toy_data, tmp_path, capsys):
     uri = tracking[0]
     base = ["--model", CHAMPION, "--data", str(toy_data), "--tracking-uri", uri]
-    assert uncertainty_main([*base, "--method", "mc_dropout", "--out", str(tmp_path / "a")]) == 1
+    assert uncertainty_main([*base, "--method", "mc_dropout", "--out", str(tmp_path / "a")]) == 2
     assert "MC dropout needs at least one dropout layer" in capsys.readouterr().err
-    assert uncertainty_main([*base, "--method", "ensemble", "--out", str(tmp_path / "b")]) == 1
+    assert uncertainty_main([*base, "--method", "ensemble", "--out", str(tmp_path / "b")]) == 2
     assert "needs at least 2 models" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -61,10 +61,10 @@ def test_nothing_is_written_when_there_is_nowhere_to_log(promoted, tracking, toy
                                                 dst_path=str(tmp_path / "model"), tracking_uri=uri)
     out = tmp_path / "r"
     base = ["--method", "temperature", "--data", str(toy_data), "--out", str(out)]
-    assert uncertainty_main([*base, "--model", local, "--tracking-uri", uri]) == 1
+    assert uncertainty_main([*base, "--model", local, "--tracking-uri", uri]) == 2
     assert "no MLflow run to log into" in capsys.readouterr().err and not out.exists()
 
     missing = tmp_path / "missing.db"
-    assert uncertainty_main([*base, "--model", CHAMPION, "--tracking-uri", f"sqlite:///{missing}"]) == 1
+    assert uncertainty_main([*base, "--model", CHAMPION, "--tracking-uri", f"sqlite:///{missing}"]) == 2
     assert "no MLflow database" in capsys.readouterr().err
     assert not out.exists() and not missing.exists()

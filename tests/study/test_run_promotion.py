@@ -20,6 +20,7 @@ from tuner.registry.promotion import PromotionError
 
 class _Result:
     tracking_uri, parent_run_id, data_root = "sqlite:///x.db", "parent123", Path("/data/toy")
+    rows = [{"stop_reason": "completed"}, {"stop_reason": "failed"}]
 
     def summary(self) -> str:
         return "leaderboard"
@@ -57,6 +58,13 @@ def test_promotion_follows_the_study_and_its_failure_is_not_the_studys(calls, tm
     assert kw["data_root"] == Path("/data/toy") and kw["tracking_uri"] == "sqlite:///x.db"
     out = capsys.readouterr().out
     assert "nothing promoted: no trial of study parent123 completed its budget" in out
+
+
+def test_a_study_whose_every_trial_failed_exits_1_and_promotes_nothing(calls, tmp_path,
+                                                                       monkeypatch, capsys):
+    monkeypatch.setattr(_Result, "rows", [{"stop_reason": "failed"}] * 3)
+    assert run.main(_argv(tmp_path)) == 1
+    assert calls == [] and "all 3 trials failed" in capsys.readouterr().err
 
 
 def test_no_promote_skips_the_registry(calls, tmp_path, capsys):

@@ -3,12 +3,28 @@
 Each subcommand lives in its own module, which owns its argument parser and exposes
 ``main(argv) -> int``. Modules are imported only when their subcommand runs, so
 `lenstune --help` stays fast and nothing heavy happens on import.
+
+Every command, ``tuner/run.py`` included, exits with one of
+- ``EXIT_OK`` (0): done;
+- ``EXIT_FAILED`` (1): the work started and failed or came to nothing (for example no trial of
+  the study completed its budget, so nothing can be promoted);
+- ``EXIT_USAGE`` (2): the input was refused before any work started: a flag, configuration,
+  search space, dataset, image file, model URI or tracking store that cannot be used. The
+  message names the bad value and what is allowed, and nothing was written.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def error(command: str, message: str, code: int = EXIT_USAGE) -> int:
+    """Print ``lenstune <command>: error: <message>`` on stderr; returns ``code``."""
+    print(f"lenstune {command}: error: {message}", file=sys.stderr)
+    return code
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,14 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"lenstune: unknown command {name!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     module_name = COMMANDS[name][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            print(f"lenstune {name}: not available in this version", file=sys.stderr)
-            return 2
+            return error(name, "not available in this version")
         raise
     return int(module.main(rest) or 0)
 

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from tuner.cli import EXIT_USAGE
+
 DEMO_FAMILIES = ["levit", "cvt"]
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"python -m tuner.cli.demo: error: --{name.replace('_', '-')} must be >= 1, "
                   f"got {getattr(args, name)}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -12,6 +12,7 @@ import sys
 import torch
 
 from tuner.models.registry import build_model, check_img_size, family_info, list_families
+from tuner.cli import EXIT_USAGE
 
 
 def forward_gflops(model: torch.nn.Module, img_size: int, in_chans: int = 1) -> float:
@@ -46,18 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"lenstune families: unknown family {', '.join(unknown)}; allowed: "
               f"{', '.join(list_families())}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
         print(f"lenstune families: --sizes must be integers like 64,150, got {args.sizes!r}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:  # before the table starts: a bad size must not leave half a table
         for size in sizes:
             check_img_size(size)
     except ValueError as exc:
         print(f"lenstune families: --sizes {args.sizes}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     header = f"{'family':<18} {'origin':<6} {'params (M)':>10} " + " ".join(
         f"{'GFLOPs@' + str(s):>11}" for s in sizes) + "  description"
     print(header)

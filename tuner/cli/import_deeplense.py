@@ -7,6 +7,7 @@ import sys
 
 from tuner.data.deeplense import import_deeplense
 from tuner.data.store import DatasetError, write_error_message
+from tuner.cli import EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> int:
         )
     except (DatasetError, OSError) as exc:
         print(f"lenstune import-deeplense: {write_error_message(args.out, exc)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     sizes = ", ".join(f"{s} {meta.n_images(s)}" for s in meta.counts)
     print(f"wrote {args.out}: {meta.image_size} px, {sizes}; digest {meta.digest[:16]}")
     return 0

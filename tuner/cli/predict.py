@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tuner.cli import EXIT_USAGE, error
+
 UNCERTAINTY_METHODS = ("none", "temperature", "mc_dropout", "laplace", "conformal", "ensemble")
 FITTED = ("temperature", "laplace", "conformal")  # need the model's dataset
 
@@ -197,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_mlflow()
     def fail(message: str) -> int:
-        print(f"lenstune predict: error: {message}", file=sys.stderr)
-        return 1
+        return error("predict", message, EXIT_USAGE)
 
     if args.batch_size < 1:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tuner.tracking.store import check_tracking_store, default_tracking_uri, quiet_mlflow
+from tuner.cli import EXIT_FAILED, EXIT_USAGE, error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tuner.data import DatasetError
     from tuner.registry.promotion import PromotionError, promote_champion
+    from tuner.tracking.reader import StudyNotFoundError
 
     quiet_mlflow()
     uri = args.tracking_uri or default_tracking_uri()
@@ -40,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_store(uri)
         result = promote_champion(args.experiment, tracking_uri=uri, data_root=args.data,
                                   study_run_id=args.study, model_name=args.model_name)
-    except (PromotionError, DatasetError, FileNotFoundError) as exc:
-        print(f"lenstune promote: error: {exc}", file=sys.stderr)
-        return 1
+    except (DatasetError, FileNotFoundError, StudyNotFoundError) as exc:  # no such store,
+        return error("promote", str(exc), EXIT_USAGE)  # dataset, experiment or study
+    except PromotionError as exc:  # nothing in the experiment can be promoted
+        return error("promote", str(exc), EXIT_FAILED)
     print(format_result(result))
     return 0
 

@@ -26,6 +26,7 @@ import numpy as np
 from tuner.data.staging import staged_folder
 from tuner.tracking import schema
 from tuner.tracking.reader import PromotionError, TrialSummary, best_completed, list_trials
+from tuner.cli import EXIT_USAGE, error
 
 FIELDS = ("family", "trials", "completed", "best_val_auc", "test_auc", "test_acc", "test_ece",
           "test_nll", "epochs", "cpu_hours", "gpu_hours", "run_id", "params")
@@ -203,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_tracking_store(uri)
         page = write_report(args.experiment, args.out, tracking_uri=uri, force=args.force)
-    except (PromotionError, OSError) as exc:
-        print(f"lenstune report: error: {exc}", file=sys.stderr)
-        return 1
+    except (PromotionError, OSError) as exc:  # no such experiment or study, --out unusable
+        return error("report", str(exc), EXIT_USAGE)
     print(f"wrote {page}")
     return 0
 

@@ -7,6 +7,7 @@ import sys
 
 from tuner.data.montage import render_montage
 from tuner.data.store import SPLITS, DatasetError
+from tuner.cli import EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,14 +27,14 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not args.out.lower().endswith(".png"):
         print(f"lenstune show: --out {args.out!r} must end in .png", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         residuals = render_montage(
             args.data, args.out, split=args.split, n_per_class=args.n_per_class, n_residuals=args.n_residuals
         )
     except (DatasetError, OSError) as exc:  # OSError: --out cannot be written (e.g. no such folder)
         print(f"lenstune show: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     stale = [r.index for r in residuals if not r.reproduced]
     if stale:
         print(f"lenstune show: images {stale} did not re-simulate identically; their residuals may "

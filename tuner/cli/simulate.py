@@ -14,6 +14,7 @@ from tuner.data.simulate import (
     split_counts,
 )
 from tuner.data.store import DatasetError, write_error_message
+from tuner.cli import EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"lenstune simulate: {write_error_message(args.out, exc)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     sizes = ", ".join(f"{s} {meta.n_images(s)}" for s in meta.counts)
     print(f"wrote {args.out}: {meta.preset}, {meta.image_size} px, {sizes}; digest {meta.digest[:16]}")
     return 0

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tuner.uncertainty.report import METHODS
+from tuner.cli import EXIT_FAILED, EXIT_USAGE, error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,9 +89,8 @@ def expand_ensembles(models: list, method: str) -> tuple[list, list[float] | Non
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    def fail(message: str) -> int:
-        print(f"lenstune uncertainty: error: {message}", file=sys.stderr)
-        return 1
+    def fail(message: str, code: int = EXIT_USAGE) -> int:
+        return error("uncertainty", message, code)
 
     if not 0 < args.alpha < 1:
         return fail(f"--alpha must be in (0, 1), got {args.alpha}")
@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(fitted, splits["test"], shifts, class_names=list(names), out_dir=tmp)
         tmp.rename(args.out)
         tmp = None
-    except (ValueError, DatasetError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
         return fail(str(exc))
+    except RuntimeError as exc:  # the fit or evaluation itself failed
+        return fail(str(exc), EXIT_FAILED)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

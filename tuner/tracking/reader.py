@@ -21,6 +21,10 @@ class PromotionError(ValueError):
     """Nothing can be promoted: no study, no completed trial, data that does not match, ..."""
 
 
+class StudyNotFoundError(PromotionError):
+    """The experiment, or the study run named in it, does not exist (the user's input is wrong)."""
+
+
 class TrialSummary(BaseModel):
     """A trial run as promotion sees it. ``val_auc``: best validation macro AUC over epochs."""
 
@@ -58,15 +62,15 @@ def find_study(client, experiment: str, study_run_id: str | None = None):
     """The study run (``lenstune.kind=study``): ``study_run_id`` or the newest in ``experiment``."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise PromotionError(f"no MLflow experiment named {experiment!r}")
+        raise StudyNotFoundError(f"no MLflow experiment named {experiment!r}")
     if study_run_id:
         run = client.get_run(study_run_id)
         if run.info.experiment_id != exp.experiment_id:
-            raise PromotionError(f"run {study_run_id} is not in experiment {experiment!r}")
+            raise StudyNotFoundError(f"run {study_run_id} is not in experiment {experiment!r}")
         return run
     studies = _all_runs(client, exp.experiment_id, f"tags.`{schema.KIND_TAG}` = '{schema.KIND_STUDY}'")
     if not studies:
-        raise PromotionError(f"experiment {experiment!r} has no study run (tag lenstune.kind=study)")
+        raise StudyNotFoundError(f"experiment {experiment!r} has no study run (tag lenstune.kind=study)")
     return max(studies, key=lambda r: r.info.start_time)
 
 
