@@ -96,12 +96,12 @@ def study_data_root(model_uri: str, tracking_uri: str | None) -> Path | None:
     """The dataset folder recorded by the study a registered model (or run) came from."""
     if not model_uri.startswith(("models:/", "runs:/")):
         return None
-    from mlflow import MlflowClient
+    from tuner.tracking.store import mlflow_client
 
     from tuner.tracking.reader import PromotionError, resolve_data_root
     from tuner.registry.pyfunc import model_run_id
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     run = client.get_run(model_run_id(model_uri, tracking_uri))
     parent = run.data.tags.get("mlflow.parentRunId")
     study = client.get_run(parent) if parent else run

@@ -112,7 +112,7 @@ def plot_family_rocs(client, rows: list[dict], path: Path) -> list[str]:
             if row["run_id"] is None or row["test_auc"] is None:
                 continue
             try:
-                local = client.download_artifacts(row["run_id"], "evaluation/roc.json", tmp)
+                local = client.download_artifacts(row["run_id"], f"{schema.EVALUATION_ARTIFACT}/roc.json", tmp)
             except Exception:  # noqa: BLE001 - a trial without a stored ROC is simply not drawn
                 continue
             roc = json.loads(Path(local).read_text())
@@ -163,12 +163,12 @@ def write_report(experiment: str, out: Path, *, tracking_uri: str | None,
     The report is written into a temporary folder beside ``out`` and moved into place when
     complete, so a failure leaves ``out`` as it was. An existing ``out`` is replaced only with
     ``force`` (and only if it holds an earlier report)."""
-    from mlflow import MlflowClient
+    from tuner.tracking.store import mlflow_client
 
     out = Path(out)
     if out.exists() and not force:  # before any MLflow query
         raise PromotionError(f"{out} already exists; pass --force to replace it")
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise PromotionError(f"no MLflow experiment named {experiment!r}")

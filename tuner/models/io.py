@@ -215,12 +215,6 @@ def load_network(config: ModelConfig, weights_path: Path,
     return model.to(device).eval()
 
 
-def read_model_config(path: Path) -> ModelConfig:
-    """A ``config.json`` written next to weights (checkpoint or registered model)."""
-    raw = json.loads(Path(path).read_text())
-    return ModelConfig(**raw) if "members" in raw else ModelConfig.from_checkpoint_config(raw)
-
-
 # -------------------------------------------------------------------------------- prediction
 
 

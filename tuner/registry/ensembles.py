@@ -33,12 +33,12 @@ from tuner.registry.evaluation import evaluate, write_evaluation
 from tuner.models.io import ENSEMBLE_FAMILY, EnsembleMember, ModelConfig, predict_probs
 from tuner.registry.pyfunc import save_registry_model
 from tuner.tracking import schema
+from tuner.tracking.store import mlflow_client
 from tuner.tracking.reader import (
     PromotionError,
     completed,
     find_study,
     list_trials,
-    mlflow_client,
     resolve_data_root,
 )
 
@@ -88,7 +88,7 @@ def _register(client, name: str, study_run_id: str, k: int, config: ModelConfig,
 
     weights = save_checkpoint(work / "weights", model=module, config={}) / MODEL_FILE
     model_dir = save_registry_model(work / "model", config, weights, split.images[:2].numpy())
-    write_evaluation(model_dir / "evaluation", candidate, probs, split.labels.numpy(),
+    write_evaluation(model_dir / schema.EVALUATION_ARTIFACT, candidate, probs, split.labels.numpy(),
                      config.class_names)
     artifact_path = f"hyper_ensemble_top{k}"
     client.log_artifacts(study_run_id, str(model_dir), artifact_path)

@@ -29,13 +29,13 @@ from tuner.models.io import ModelConfig, load_network
 from tuner.registry.evaluation import Evaluation, evaluate, write_evaluation
 from tuner.registry.pyfunc import load_registered, save_registry_model
 from tuner.tracking import schema
+from tuner.tracking.store import mlflow_client
 from tuner.tracking.reader import (
     PromotionError,
     TrialSummary,
     best_completed,
     find_study,
     list_trials,
-    mlflow_client,
     resolve_data_root,
 )
 
@@ -94,7 +94,7 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
     config, weights, network = load_trial(trial, tracking_uri, split, work)
     evaluation, probs = evaluate(network, config, split, f"trial {trial.run_id} ({trial.family})")
 
-    folder = write_evaluation(work / trial.run_id / "evaluation", evaluation, probs,
+    folder = write_evaluation(work / trial.run_id / schema.EVALUATION_ARTIFACT, evaluation, probs,
                               split.labels.numpy(), config.class_names)
     run = client.get_run(trial.run_id)
     if run.data.tags.get(schema.TEST_DIGEST_TAG) != split.meta.digest:
@@ -103,7 +103,7 @@ def _evaluate_trial(client, tracking_uri: str | None, trial: TrialSummary, split
         now = int(run.info.end_time or run.info.start_time)
         client.log_batch(trial.run_id, metrics=[
             Metric(k, v, now, 0) for k, v in evaluation.metrics().items()])
-        client.log_artifacts(trial.run_id, str(folder), "evaluation")
+        client.log_artifacts(trial.run_id, str(folder), schema.EVALUATION_ARTIFACT)
         client.set_tag(trial.run_id, schema.TEST_DIGEST_TAG, split.meta.digest)
     return config, weights, evaluation, folder
 
@@ -134,7 +134,7 @@ def _register(client, name: str, trial: TrialSummary, study_run_id: str, config:
               weights: Path, eval_dir: Path, split, candidate: Evaluation, work: Path):
     """Log the registry model into the trial run (``registered_model/``) and create a version."""
     model_dir = save_registry_model(work / "model", config, weights, split.images[:2].numpy())
-    shutil.copytree(eval_dir, model_dir / "evaluation")
+    shutil.copytree(eval_dir, model_dir / schema.EVALUATION_ARTIFACT)
     client.log_artifacts(trial.run_id, str(model_dir), schema.REGISTERED_MODEL_ARTIFACT)
     source = client.get_run(trial.run_id).info.artifact_uri.rstrip("/") + "/" + schema.REGISTERED_MODEL_ARTIFACT
     ensure_registered_model(client, name)

@@ -213,9 +213,9 @@ def resolve_model_uri(uri: str, tracking_uri: str | None) -> str:
     """
     if not uri.startswith("models:/"):
         return uri
-    from mlflow import MlflowClient
+    from tuner.tracking.store import mlflow_client
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     version = _model_version(client, uri)
     return client.get_model_version_download_uri(version.name, str(version.version))
 
@@ -227,9 +227,9 @@ def model_run_id(uri: str, tracking_uri: str | None) -> str | None:
         return uri[len("runs:/") :].split("/", 1)[0]
     if not uri.startswith("models:/"):
         return None
-    from mlflow import MlflowClient
+    from tuner.tracking.store import mlflow_client
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     return _model_version(client, uri).run_id
 
 

@@ -23,7 +23,7 @@ MODE = schema.OBJECTIVE_MODE
 # The trial's own epoch count (reported with every result and kept in its checkpoint): what
 # ASHA's rungs and the stop reason count. Ray's training_iteration restarts from the metrics
 # Tune kept with a checkpoint and can lag the epochs trained after a restore.
-EPOCH_ATTR = "epoch"
+EPOCH_ATTR = schema.EPOCH
 # Where a cluster's Tune storage is named for every study (cluster/ sets it on every node).
 STORAGE_ENV = "LENSTUNE_STORAGE"
 

@@ -167,7 +167,7 @@ def _log_trial_plots(client, experiment_id: str, parent_run_id: str, family: str
     from tuner.training.plots import log_best_epoch_plots
 
     for run in tracking.list_trial_runs(client, experiment_id, parent_run_id):
-        if run.data.tags.get("family") != family:
+        if run.data.tags.get(schema.FAMILY_TAG) != family:
             continue
         try:
             log_best_epoch_plots(client, run.info.run_id, class_names,
@@ -254,9 +254,9 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             max_failures=config.max_failures, asha_rule=config.asha_rule,
             tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None)
     results = tuner.fit()
-    from mlflow.tracking import MlflowClient
+    from tuner.tracking.store import mlflow_client
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     if restored:
         _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
                         TRIAL_FOLDER_PREFIX)
@@ -310,7 +310,7 @@ def run_families(families: list[str], run_one: Callable[[str], None]) -> None:
 
 def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> StudyResult:
     """Run (or resume) a study as described in the module docstring."""
-    from mlflow.tracking import MlflowClient
+    from tuner.tracking.store import mlflow_client
 
     from tuner.study.search_space import load_search_space
 
@@ -337,7 +337,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     artifacts = config.local_artifact_root()
     if artifacts is not None:
         config.resolved_runs_dir().mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     existing = client.get_experiment_by_name(config.experiment)
     study_name = study_name_for(config, client, existing.experiment_id if existing else None)
     experiment_id = tracking.ensure_experiment(client, config.experiment,

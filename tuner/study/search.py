@@ -39,11 +39,11 @@ class TrialStopCallback(tune.Callback):
     def _end(self, trial, stop_reason: str, message: str = "") -> None:
         """Tag ``stop_reason`` and end the trial's MLflow run (found by the run id the trial
         reported, else by its trial id); nothing when the trial never opened a run."""
-        from mlflow.tracking import MlflowClient
+        from tuner.tracking.store import mlflow_client
 
         from tuner.tracking.writer import end_trial_run, find_trial_run
 
-        client = MlflowClient(self.tracking_uri)
+        client = mlflow_client(self.tracking_uri)
         run_id = (trial.last_result or {}).get("mlflow_run_id") or find_trial_run(
             client, self.experiment_id, self.parent_run_id, trial.trial_id)
         if run_id is not None:

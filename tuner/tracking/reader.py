@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from tuner.tracking import schema
 
 # Fallbacks when a study run logged no dataset input: its ``data`` param (StudyConfig.data) or tag.
-_DATA_ROOT_KEYS = ("data", schema.DATA_ROOT_TAG)
+_DATA_ROOT_KEYS = (schema.DATA_PARAM, schema.DATA_ROOT_TAG)
 
 
 class PromotionError(ValueError):
@@ -39,13 +39,6 @@ class TrialSummary(BaseModel):
     start_time_ms: int
     end_time_ms: int | None
     parent_run_id: str = ""  # the study run ("" when the run records none)
-
-
-def mlflow_client(tracking_uri: str | None):
-    """Tracking and registry client of one store (``tracking_uri`` is both)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def _all_runs(client, experiment_id: str, filter_string: str) -> list:
@@ -85,8 +78,8 @@ def summarize_trial(client, run) -> TrialSummary:
     values = [m.value for m in history if np.isfinite(m.value)]
     return TrialSummary(
         run_id=run.info.run_id,
-        family=_tag(run, "family") or run.data.params.get("family", "?"),
-        trial_id=_tag(run, "trial_id"),
+        family=_tag(run, schema.FAMILY_TAG) or run.data.params.get("family", "?"),
+        trial_id=_tag(run, schema.TRIAL_ID_TAG),
         stop_reason=_tag(run, schema.STOP_REASON_TAG, "unknown"),
         val_auc=max(values) if values else float("nan"),
         epochs=len(history),

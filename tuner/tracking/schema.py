@@ -73,7 +73,8 @@ DATA_PARAM = "data"  # the study's dataset folder, a param of the parent run
 CHECKPOINT_ARTIFACT = "checkpoint"  # a trial's best-epoch checkpoint folder
 CONFIG_ARTIFACT = "config.json"  # a trial's resolved config
 REGISTERED_MODEL_ARTIFACT = "registered_model"  # the MLflow model folder a version points at
-EVALUATION_ARTIFACT = "registered_model/evaluation"  # test metrics.json, probs.npz, plots
+EVALUATION_ARTIFACT = "evaluation"  # test metrics.json, probs.npz, roc.json, evaluation.png; of
+# a family's best trial, and inside every registered model folder
 
 # ------------------------------------------------------------------------------------ registry
 CHAMPION = "champion"  # alias of the best model of a registered model name

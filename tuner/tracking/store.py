@@ -1,4 +1,4 @@
-"""Which MLflow store the read-side commands (promote, predict, report, uncertainty) open.
+"""Which MLflow store a command opens, and the one client factory (:func:`mlflow_client`).
 
 Light on purpose: no MLflow import, so a command can settle its store before loading MLflow.
 """
@@ -25,6 +25,14 @@ def check_tracking_store(uri: str) -> None:
             f"no MLflow database at {uri[len('sqlite:///'):]}; pass --tracking-uri "
             f"(or set MLFLOW_TRACKING_URI) to the store the study logged to"
         )
+
+
+def mlflow_client(tracking_uri: str | None):
+    """The one MLflow client factory: tracking and registry client of one store
+    (``tracking_uri`` is both; None = MLflow's default, ``$MLFLOW_TRACKING_URI``)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def quiet_mlflow() -> None:

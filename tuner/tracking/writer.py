@@ -135,7 +135,8 @@ def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: 
             client.log_batch(existing, tags=[RunTag(k, v) for k, v in tags.items()])
         return existing
     tags = {**(tags or {}), schema.PARENT_RUN_TAG: parent_run_id, schema.KIND_TAG: schema.KIND_TRIAL,
-            schema.STUDY_TAG: study_name, "trial_id": trial_id, "family": family}
+            schema.STUDY_TAG: study_name, schema.TRIAL_ID_TAG: trial_id,
+            schema.FAMILY_TAG: family}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])
@@ -218,7 +219,7 @@ def end_trial_run(client: MlflowClient, run_id: str, stop_reason: str, message: 
         raise ValueError(f"stop_reason {stop_reason!r} not in {schema.STOP_REASONS}")
     tags = [RunTag(schema.STOP_REASON_TAG, stop_reason)]
     if message:
-        tags.append(RunTag("stop_message", message[:4000]))
+        tags.append(RunTag(schema.STOP_MESSAGE_TAG, message[:4000]))
     client.log_batch(run_id, tags=tags)
     status = schema.RUN_STATUS[stop_reason]
     client.set_terminated(run_id, status=status)
@@ -249,8 +250,8 @@ def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_ru
     The run stays restorable from MLflow's deleted runs (``mlflow runs restore``)."""
     orphans = [run.info.run_id for run in list_trial_runs(client, experiment_id, parent_run_id)
                if run.data.tags.get(schema.KIND_TAG) == schema.KIND_TRIAL
-               and run.data.tags.get("family") == family
-               and not known(run.data.tags.get("trial_id", ""))]
+               and run.data.tags.get(schema.FAMILY_TAG) == family
+               and not known(run.data.tags.get(schema.TRIAL_ID_TAG, ""))]
     for run_id in orphans:
         client.set_tag(run_id, schema.ORPHANED_TAG, "trial unknown to the resumed study")
         client.set_terminated(run_id, status="KILLED")
@@ -264,12 +265,12 @@ def leaderboard_rows(runs: list) -> list[dict[str, Any]]:
     for run in runs:
         m, t = run.data.metrics, run.data.tags
         rows.append({
-            "family": t.get("family", ""), "trial_id": t.get("trial_id", ""),
+            "family": t.get(schema.FAMILY_TAG, ""), "trial_id": t.get(schema.TRIAL_ID_TAG, ""),
             "run_id": run.info.run_id, "status": run.info.status,
             schema.STOP_REASON_TAG: t.get(schema.STOP_REASON_TAG, ""),
             schema.BEST_OBJECTIVE: m.get(schema.BEST_OBJECTIVE, float("nan")),
             "last_val_auc_macro": m.get(schema.OBJECTIVE, float("nan")),
-            "val_acc": m.get("val_acc", float("nan")),
+            "val_acc": m.get(schema.VAL_ACC, float("nan")),
             "epochs": int(m.get("epoch", 0)),
         })
     rows.sort(key=lambda r: -r[schema.BEST_OBJECTIVE] if r[schema.BEST_OBJECTIVE] == r[schema.BEST_OBJECTIVE] else 1.0)
@@ -315,14 +316,6 @@ def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> tuple[Path, P
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return csv_path, png_path
-
-
-def download_trial_checkpoint(tracking_uri: str, run_id: str, destination: Path) -> Path:
-    """Download a trial's ``checkpoint/`` artifact (model.safetensors + config.json); returns
-    the local checkpoint folder, loadable with ``tuner.training.checkpoint.load_model``."""
-    client = MlflowClient(tracking_uri)
-    destination.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, schema.CHECKPOINT_ARTIFACT, str(destination)))
 
 
 def finish_study_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:

@@ -138,7 +138,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     from the family's search space; ``data`` = object refs (or arrays) of ``train_images``
     (N,1,H,W) float32, ``train_labels`` (N,), ``val_images``, ``val_labels``."""
     import ray
-    from mlflow.tracking import MlflowClient
+    from tuner.tracking.store import mlflow_client
     from ray import tune
 
     from tuner.tracking import writer as tracking
@@ -185,7 +185,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
 
-    client = MlflowClient(ctx.tracking_uri)
+    client = mlflow_client(ctx.tracking_uri)
     if run_id is None:
         params = {**flatten(config), "family": ctx.family, "dataset_digest": ctx.dataset_digest,
                   "dataset_preset": ctx.dataset_preset, "img_size": ctx.img_size}
@@ -217,11 +217,11 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             probs = io.predict_probs(model, x_val, ctx.img_size, device=device)
             report = M.classification_report(probs, y_val_np, list(ctx.class_names))
             values = {
-                "train_loss": stats.train_loss,
-                "val_loss": loop.cross_entropy_of_probs(probs, y_val_np),
-                "val_acc": report["acc"], schema.OBJECTIVE: report["auc_macro"],
-                **{f"val_auc_{c}": report[f"auc_{c}"] for c in ctx.class_names},
-                "epoch_seconds": stats.seconds, "images_per_second": stats.images_per_second,
+                schema.TRAIN_LOSS: stats.train_loss,
+                schema.VAL_LOSS: loop.cross_entropy_of_probs(probs, y_val_np),
+                schema.VAL_ACC: report["acc"], schema.OBJECTIVE: report["auc_macro"],
+                **{schema.val_auc_of(c): report[f"auc_{c}"] for c in ctx.class_names},
+                schema.EPOCH_SECONDS: stats.seconds, schema.IMAGES_PER_SECOND: stats.images_per_second,
                 "epoch": float(epoch),
             }
             best.update(values[schema.OBJECTIVE], epoch, network, probs)

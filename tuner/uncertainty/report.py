@@ -182,10 +182,10 @@ def evaluate(
 def log_report(report: dict[str, Any], run_id: str, *, tracking_uri: str | None = None, out_dir: Path | None = None) -> None:
     """Log a report's metrics (keys ``uncertainty/<method>/<metric>``) and the files in ``out_dir``
     (artifact path ``uncertainty/<method>``) to an existing MLflow run."""
-    import mlflow
+    from tuner.tracking.store import mlflow_client
     from mlflow.entities import Metric
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     now = int(time.time() * 1000)
     prefix = f"uncertainty/{report['method']}"
     entries = [
