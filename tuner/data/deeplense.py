@@ -232,6 +232,7 @@ def import_deeplense(
             split_digests=digests,
             version=package_version(),
             source_path=str(src.resolve()),
+            preprocessing="as stored in the source files (prepared batch by batch when used)",
         )
         write_meta(tmp, meta)
     return meta

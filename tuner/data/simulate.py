@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tuner.data.preprocess import METHOD as PREPARATION
 from tuner.data.preprocess import prepare_images
 from tuner.data.store import (
     SPLITS,
@@ -484,6 +485,7 @@ def simulate_dataset(
             device=str(device),
             block_size=block_size,
             native_image_size=native,
+            preprocessing=PREPARATION,
             compiled=compiled,
         )
         write_meta(tmp, meta)

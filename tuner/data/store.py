@@ -50,6 +50,9 @@ class DatasetMeta(BaseModel):
     blocks of ``block_size`` (one generator per block) at the preset's ``native_image_size`` and
     resized to ``image_size`` when they differ. ``compiled``: whether the simulator ran under
     ``torch.compile`` (its images agree with eager ones to ~1e-4, not bitwise).
+    ``preprocessing`` says how the stored images were prepared: the preparation's name
+    (``tuner.data.preprocess.METHOD``) for simulated data; for imported data, that they are
+    stored as the files held them (a network's batches are prepared by the same preparation).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -70,6 +73,7 @@ class DatasetMeta(BaseModel):
     native_image_size: int | None = None
     compiled: bool | None = None
     source_path: str | None = None
+    preprocessing: str | None = None  # how the stored images were prepared (tuner/data/preprocess.py)
 
     def n_images(self, split: str) -> int:
         """Total number of images in ``split``."""
