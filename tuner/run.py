@@ -124,10 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, TrackingError, SearchSpaceError) as exc:
         return error("tune", str(exc), EXIT_USAGE)
     print(result.summary())
-    if result.rows and all(r.get(schema.STOP_REASON_TAG) == schema.STOP_FAILED for r in result.rows):
-        return error("tune", f"all {len(result.rows)} trials failed; their stop_message tags in "
-                     f"MLflow say why", EXIT_FAILED)
+    failed = [r for r in result.rows if r.get(schema.STOP_REASON_TAG) == schema.STOP_FAILED]
+    if result.rows and len(failed) == len(result.rows):
+        return error("tune", f"all {len(failed)} trials failed (failures.csv on the study run "
+                     f"says why)", EXIT_FAILED)
     register_after_study(config, result)
+    if failed:
+        return error("tune", f"{len(failed)} of {len(result.rows)} trials failed (failures.csv "
+                     f"on the study run says why); the others were tuned and promoted as usual",
+                     EXIT_FAILED)
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ from tuner.registry.promotion import PromotionError
 
 class _Result:
     tracking_uri, parent_run_id, data_root = "sqlite:///x.db", "parent123", Path("/data/toy")
-    rows = [{"stop_reason": "completed"}, {"stop_reason": "failed"}]
+    rows = [{"stop_reason": "completed"}, {"stop_reason": "asha_stopped"}]
 
     def summary(self) -> str:
         return "leaderboard"
@@ -65,6 +65,14 @@ def test_a_study_whose_every_trial_failed_exits_1_and_promotes_nothing(calls, tm
     monkeypatch.setattr(_Result, "rows", [{"stop_reason": "failed"}] * 3)
     assert run.main(_argv(tmp_path)) == 1
     assert calls == [] and "all 3 trials failed" in capsys.readouterr().err
+
+
+def test_a_study_with_some_failed_trials_promotes_and_exits_1(calls, tmp_path, monkeypatch,
+                                                             capsys):
+    monkeypatch.setattr(_Result, "rows", [{"stop_reason": "completed"}, {"stop_reason": "failed"}])
+    assert run.main(_argv(tmp_path)) == 1
+    assert [name for name, _ in calls] == ["promote"]
+    assert "1 of 2 trials failed" in capsys.readouterr().err
 
 
 def test_no_promote_skips_the_registry(calls, tmp_path, capsys):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,10 @@ from tuner.data.staging import staged_folder
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ARRAY_FILES: tuple[str, ...] = ("images.npy", "labels.npy", "params.npz")
 META_FILE = "meta.json"
+# Written by verify_dataset after a full check: the size, mtime and inode of every file it
+# hashed, so a repeat with unchanged files skips the hashing (hidden: not part of the dataset).
+VERIFIED_FILE = ".verified.json"
+_MARKER_FORMAT = 1
 FORMAT_VERSION = 1
 # Bytes hashed per step: bounds memory while digesting datasets larger than RAM.
 _DIGEST_BYTES = 16 * 2**20
@@ -105,8 +111,13 @@ def package_version() -> str:
 # ---------------------------------------------------------------- digest
 
 
-def _hash_array(h: "hashlib._Hash", name: str, array: np.ndarray) -> None:
-    """Feed name, dtype, shape and C-order bytes of ``array`` into ``h`` in row chunks."""
+def _hash_array(h: "hashlib._Hash", name: str, array: np.ndarray,
+                on_chunk: Callable[[int, np.ndarray], None] | None = None) -> None:
+    """Feed name, dtype, shape and C-order bytes of ``array`` into ``h`` in row chunks.
+
+    ``on_chunk(start, rows)`` (optional) sees each chunk of rows as it is hashed, so a caller can
+    check the values in the same pass over the (mapped) pages; it does not change the digest.
+    """
     header = json.dumps([name, array.dtype.str, list(array.shape)]).encode()
     h.update(len(header).to_bytes(8, "little") + header)
     if array.ndim == 0 or array.shape[0] == 0:
@@ -116,13 +127,18 @@ def _hash_array(h: "hashlib._Hash", name: str, array: np.ndarray) -> None:
     rows = max(1, _DIGEST_BYTES // row_bytes)
     for start in range(0, array.shape[0], rows):
         # memoryview of a contiguous slice: hashed straight from the (mapped) pages, no copy
-        h.update(memoryview(np.ascontiguousarray(array[start : start + rows])).cast("B"))
+        chunk = np.ascontiguousarray(array[start : start + rows])
+        h.update(memoryview(chunk).cast("B"))
+        if on_chunk is not None:
+            on_chunk(start, chunk)
 
 
-def split_digest(images: np.ndarray, labels: np.ndarray, params: dict[str, np.ndarray]) -> str:
-    """SHA-256 (hex) over a split's arrays; params in sorted name order."""
+def split_digest(images: np.ndarray, labels: np.ndarray, params: dict[str, np.ndarray], *,
+                 on_images: Callable[[int, np.ndarray], None] | None = None) -> str:
+    """SHA-256 (hex) over a split's arrays; params in sorted name order. ``on_images(start,
+    rows)`` sees the images chunk by chunk as they are hashed (see :func:`_hash_array`)."""
     h = hashlib.sha256()
-    _hash_array(h, "images", images)
+    _hash_array(h, "images", images, on_images)
     _hash_array(h, "labels", labels)
     for key in sorted(params):
         _hash_array(h, f"params/{key}", params[key])
@@ -159,14 +175,53 @@ def read_meta(root: str | Path) -> DatasetMeta:
     return meta
 
 
-def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+_REMAKE = ("re-simulate the dataset (lenstune simulate ... --force) or re-import it "
+           "(lenstune import-deeplense ... --force)")
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of a ``.npy`` file, and that the file holds all the data its
+    header announces; DatasetError naming the file for a damaged header or short data."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            offset = handle.tell()
+            size = os.fstat(handle.fileno()).st_size
+    except OSError as exc:
+        raise DatasetError(f"cannot read array file {path}: {exc}") from exc
+    except Exception as exc:  # numpy raises ValueError, SyntaxError, tokenize.TokenError, ...
+        raise DatasetError(
+            f"corrupt array file {path}: its .npy header cannot be read "
+            f"({type(exc).__name__}: {exc}); {_REMAKE}"
+        ) from exc
+    if dtype.hasobject:
+        raise DatasetError(f"corrupt array file {path}: holds Python objects ({dtype}), "
+                           f"not numbers; {_REMAKE}")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < expected:
+        raise DatasetError(
+            f"corrupt array file {path}: truncated, {size} bytes where its header "
+            f"({dtype.str} {tuple(shape)}) needs {expected}; {_REMAKE}"
+        )
+    return tuple(shape), dtype, offset
+
+
+def _load_npy(path: Path, mmap: bool | str) -> np.ndarray:
+    """An array file, memory-mapped (``mmap``: True or "c" copy-on-write, "r" read-only) or read;
+    DatasetError naming the file when it is missing, damaged or truncated."""
     if not path.is_file():
         raise DatasetError(f"missing file {path}")
+    _npy_header(path)
+    mode = ("c" if mmap is True else mmap) or None
     try:
         # Copy-on-write mapping: tensors built on it are writable without touching the file.
-        return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DatasetError(f"corrupt array file {path}: {exc}") from exc
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
+    except Exception as exc:  # header checked above; whatever is left is a damaged file
+        raise DatasetError(f"corrupt array file {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _load_params(path: Path) -> dict[str, np.ndarray]:
@@ -175,23 +230,20 @@ def _load_params(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"corrupt parameter file {path}: {exc}") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read parameter file {path}: {exc}") from exc
+    except Exception as exc:  # BadZipFile, bad CRC, a damaged member's header, ...
+        raise DatasetError(
+            f"corrupt parameter file {path}: {type(exc).__name__}: {exc}; {_REMAKE}"
+        ) from exc
 
 
-def load_split(root: str | Path, split: str, *, verify: bool = False) -> Split:
-    """Memory-map one split of the dataset at ``root`` and validate it against ``meta.json``.
-
-    Checks dtypes, shapes (N, 1, H, W) with H = W = meta.image_size, labels in range and
-    per-class counts. ``verify=True`` also recomputes the split's digest (reads every byte).
-    Raises DatasetError naming the file and the problem.
-    """
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    root = Path(root)
-    meta = read_meta(root)
+def _open_split(root: Path, meta: DatasetMeta, split: str, mmap: bool | str
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """A split's images (memory-mapped), labels and params, checked against ``meta``: dtypes,
+    shapes (N, 1, H, W) with H = W = meta.image_size, labels in range, per-class counts."""
     folder = root / split
-    images = _load_npy(folder / "images.npy", mmap=True)
+    images = _load_npy(folder / "images.npy", mmap=mmap)
     labels = _load_npy(folder / "labels.npy", mmap=False)
     params = _load_params(folder / "params.npz")
 
@@ -223,14 +275,151 @@ def load_split(root: str | Path, split: str, *, verify: bool = False) -> Split:
             raise DatasetError(
                 f"{folder / 'params.npz'}: parameter {key!r} has shape {value.shape}, expected ({n},)"
             )
+    return images, labels, params
+
+
+class _FiniteCheck:
+    """``on_images`` hook of :func:`split_digest`: remembers the first image holding a NaN or
+    infinite pixel. min and max propagate NaN and expose inf, so a clean chunk costs two
+    reductions and no temporary array."""
+
+    def __init__(self) -> None:
+        self.first_bad: int | None = None
+
+    def __call__(self, start: int, rows: np.ndarray) -> None:
+        if self.first_bad is not None or rows.size == 0:
+            return
+        if np.isfinite(rows.min()) and np.isfinite(rows.max()):
+            return
+        bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        self.first_bad = start + int(np.flatnonzero(bad)[0])
+
+
+def _check_split_content(root: Path, meta: DatasetMeta, split: str, images: np.ndarray,
+                         labels: np.ndarray, params: dict[str, np.ndarray],
+                         changed: list[str] | None = None) -> None:
+    """Recompute the split's digest (one streamed pass over the mapped images, which also looks
+    for non-finite pixels) and compare it with meta.json; DatasetError naming split and files.
+    ``changed``: files of the split known to have changed since an earlier verification."""
+    folder = root / split
+    finite = _FiniteCheck()
+    digest = split_digest(images, labels, params, on_images=finite)
+    if digest != meta.split_digests[split]:
+        files = (f"changed since it was last verified: {', '.join(changed)}" if changed else
+                 ", ".join(str(folder / name) for name in ARRAY_FILES))
+        raise DatasetError(
+            f"dataset {root}: split {split!r} changed since it was written: content digest "
+            f"{digest[:16]}... does not match meta.json {meta.split_digests[split][:16]}... "
+            f"(files {files}); the data is modified or corrupt: {_REMAKE}"
+        )
+    if finite.first_bad is not None:
+        raise DatasetError(
+            f"{folder / 'images.npy'}: split {split!r} holds NaN or infinite pixels (first in "
+            f"image {finite.first_bad}); a network cannot train on them: fix the source images and "
+            f"re-import them, or re-simulate the dataset"
+        )
+
+
+def load_split(root: str | Path, split: str, *, verify: bool = False) -> Split:
+    """Memory-map one split of the dataset at ``root`` and validate it against ``meta.json``.
+
+    Checks dtypes, shapes (N, 1, H, W) with H = W = meta.image_size, labels in range and
+    per-class counts. ``verify=True`` also recomputes the split's digest (reads every byte) and
+    refuses NaN or infinite pixels (:func:`verify_dataset` does this for every split, once).
+    Raises DatasetError naming the file and the problem.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    root = Path(root)
+    meta = read_meta(root)
+    images, labels, params = _open_split(root, meta, split, mmap="c")
     if verify:
-        digest = split_digest(images, labels, params)
-        if digest != meta.split_digests[split]:
-            raise DatasetError(
-                f"{folder}: content digest {digest[:16]}... does not match meta.json "
-                f"{meta.split_digests[split][:16]}...; the dataset was modified or is corrupt"
-            )
+        _check_split_content(root, meta, split, images, labels, params)
     return Split(split, torch.from_numpy(images), torch.from_numpy(labels), params, meta)
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _dataset_files(root: Path) -> list[str]:
+    return [META_FILE] + [f"{split}/{name}" for split in SPLITS for name in ARRAY_FILES]
+
+
+def _file_stats(root: Path, files: list[str]) -> dict[str, list[int]] | None:
+    """size, mtime_ns and inode of each file; None when one cannot be stat'ed (the full check
+    then names it)."""
+    stats = {}
+    for rel in files:
+        try:
+            st = os.stat(root / rel)
+        except OSError:
+            return None
+        stats[rel] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    return stats
+
+
+def _read_marker(root: Path) -> dict | None:
+    try:
+        marker = json.loads((root / VERIFIED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == _MARKER_FORMAT else None
+
+
+def _write_marker(root: Path, marker: dict) -> bool:
+    """Write the marker atomically; False (and nothing written) where the dataset folder is
+    read-only or full: verification then simply runs in full next time."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{VERIFIED_FILE}.", dir=root)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(marker, handle, indent=1, sort_keys=True)
+        os.replace(tmp, root / VERIFIED_FILE)
+        return True
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        return False
+
+
+def verify_dataset(root: str | Path, *, use_marker: bool = True) -> DatasetMeta:
+    """Check that the dataset at ``root`` holds what was written; returns its meta.
+
+    For every split: the files open (a damaged ``.npy`` header, truncated data or a broken
+    ``params.npz`` raise DatasetError naming the file), dtypes, shapes, labels and counts agree
+    with ``meta.json``, the content digest recomputed exactly as the writer computed it
+    (:func:`split_digest`, streamed over the memory-mapped images in 16 MiB steps) equals
+    ``meta.json``'s (otherwise the split changed since it was written), and no image holds a NaN
+    or infinite pixel (the message names the first such image).
+
+    After a full check a marker ``<root>/.verified.json`` records the dataset digest and the size,
+    mtime_ns and inode of every file; while they are unchanged later calls skip the hashing
+    (``use_marker=False`` forces the full check, which rewrites the marker). Touching,
+    rewriting or copying a file invalidates it. Where the marker cannot be written (read-only
+    dataset) every call checks in full.
+    """
+    root = Path(root)
+    meta = read_meta(root)
+    files = _dataset_files(root)
+    before = _file_stats(root, files)
+    marker = _read_marker(root) if use_marker else None
+    if (marker is not None and before is not None and marker.get("digest") == meta.digest
+            and marker.get("split_digests") == meta.split_digests
+            and marker.get("files") == before):
+        return meta
+    # files whose size/mtime/inode moved since the last verification: named if a split fails
+    previous = (marker.get("files") if marker is not None and marker.get("digest") == meta.digest
+                and isinstance(marker.get("files"), dict) else {})
+    for split in SPLITS:
+        images, labels, params = _open_split(root, meta, split, mmap="r")
+        changed = [str(root / split / name) for name in ARRAY_FILES
+                   if previous.get(f"{split}/{name}") not in (None, (before or {}).get(f"{split}/{name}"))]
+        _check_split_content(root, meta, split, images, labels, params, changed=changed)
+        del images  # unmap before the next split
+    if before is not None and _file_stats(root, files) == before:
+        _write_marker(root, {"format": _MARKER_FORMAT, "digest": meta.digest,
+                             "split_digests": meta.split_digests, "files": before})
+    return meta
 
 
 # ---------------------------------------------------------------- writing

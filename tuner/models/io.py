@@ -11,7 +11,9 @@ predictions, checkpoint weights), promotion (test evaluation), the registered py
 - :func:`build_network` turns a config into a freshly initialised network (a
   :class:`WeightedEnsemble` for a hyper-ensemble config).
 - :func:`save_weights` / :func:`load_weights` write and read a safetensors file (tensors only,
-  tied tensors stored once): nothing is ever unpickled.
+  tied tensors stored once): nothing is ever unpickled. The file records the SHA-256 of its
+  tensors, which loading checks: a damaged, truncated or modified file raises
+  :class:`WeightsError` naming it instead of loading wrong numbers.
 - :func:`predict_probs` is the batched prediction: images of any size are prepared for the
   network by :func:`tuner.data.preprocess.prepare_images`, as its training images were, on the
   network's device, with autocast on CUDA.
@@ -20,6 +22,7 @@ predictions, checkpoint weights), promotion (test evaluation), the registered py
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -170,9 +173,38 @@ def build_network(config: ModelConfig) -> nn.Module:
 # ----------------------------------------------------------------------------------- weights
 
 
+class WeightsError(ValueError):
+    """A weights file that cannot be used: damaged or truncated, its contents not those written
+    (SHA-256 mismatch), or tensors that do not fit the network; the message names the file."""
+
+
+DIGEST_KEY = "sha256"  # safetensors metadata: SHA-256 of the stored tensors (tensors_sha256)
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> str:
+    """SHA-256 (hex) of a state dict's contents, as :func:`save_weights` records it: for each
+    tensor in sorted name order, a length-prefixed JSON ``[name, dtype, shape]`` and its raw
+    C-order bytes, then the ``aliases`` JSON (sorted keys). Independent of the file layout, so
+    it checks the numbers, not the bytes of one safetensors writer."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        tensor = tensor.contiguous()
+        header = json.dumps([name, str(tensor.dtype).removeprefix("torch."),
+                             list(tensor.shape)]).encode()
+        h.update(len(header).to_bytes(8, "little") + header)
+        if tensor.numel():
+            h.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    h.update(json.dumps(aliases or {}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def save_weights(tensors: dict[str, torch.Tensor] | nn.Module, path: Path) -> Path:
     """Write a state dict (or a module's) as safetensors; tensors sharing memory (tied
-    weights) are stored once and their other names recorded in the ``aliases`` metadata."""
+    weights) are stored once and their other names recorded in the ``aliases`` metadata, the
+    contents' SHA-256 (:func:`tensors_sha256`) in the ``sha256`` metadata."""
     if isinstance(tensors, nn.Module):
         tensors = tensors.state_dict()
     from safetensors.torch import save_file
@@ -187,32 +219,72 @@ def save_weights(tensors: dict[str, torch.Tensor] | nn.Module, path: Path) -> Pa
             continue
         by_pointer[key] = name
         kept[name] = tensor.detach().to("cpu").contiguous().clone()
-    save_file(kept, str(path), metadata={"aliases": json.dumps(aliases)})
+    save_file(kept, str(path), metadata={"aliases": json.dumps(aliases),
+                                         DIGEST_KEY: tensors_sha256(kept, aliases)})
     return Path(path)
 
 
 def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A safetensors file as a state dict, tied tensors restored under every name."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """A safetensors file as a state dict, tied tensors restored under every name.
+
+    A file written with a ``sha256`` (every file :func:`save_weights` writes) is checked
+    against it; older files without it load unchecked. Raises :class:`WeightsError` naming the
+    file when it is truncated or damaged or its contents differ from what was written, and
+    FileNotFoundError when it does not exist.
+    """
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file {str(path)!r}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    tensors = load_file(str(path), device=str(device))
-    for alias, name in json.loads(metadata.get("aliases", "{}")).items():
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise WeightsError(f"weights file {path} is damaged or truncated (not a readable "
+                           f"safetensors file: {exc})") from exc
+    try:
+        aliases = json.loads(metadata.get("aliases", "{}"))
+        if not isinstance(aliases, dict) or not set(aliases.values()) <= set(tensors):
+            raise ValueError(f"aliases {aliases!r} name tensors the file does not hold")
+    except ValueError as exc:
+        raise WeightsError(f"weights file {path} is damaged: bad 'aliases' metadata ({exc})") from exc
+    expected = metadata.get(DIGEST_KEY)
+    if expected is not None:
+        found = tensors_sha256(tensors, aliases)
+        if found != expected:
+            raise WeightsError(
+                f"weights file {path} is corrupt: its tensors' SHA-256 {found[:16]}... differs "
+                f"from {expected[:16]}... recorded when it was written (the file was modified "
+                f"or damaged); restore it from a good copy or re-register the model"
+            )
+    if torch.device(device).type != "cpu":
+        tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
+    for alias, name in aliases.items():
         tensors[alias] = tensors[name]
     return tensors
 
 
 def load_network(config: ModelConfig, weights_path: Path,
                  device: str | torch.device = "cpu") -> nn.Module:
-    """The trained network: rebuilt from ``config``, weights loaded strictly, in eval mode."""
+    """The trained network: rebuilt from ``config``, weights loaded strictly, in eval mode.
+    WeightsError naming the file when the weights are damaged or do not fit the network."""
     model = build_network(config)
-    model.load_state_dict(load_weights(weights_path), strict=True)
+    load_state_strict(model, load_weights(weights_path), weights_path)
     return model.to(device).eval()
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """``model.load_state_dict(state, strict=True)``, with a mismatch (missing, unexpected or
+    mis-shaped tensors) raised as WeightsError naming ``path``."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise WeightsError(f"weights file {path} does not fit the network its config "
+                           f"describes: {detail[:500]}") from exc
+    return model
 
 
 # -------------------------------------------------------------------------------- prediction

@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 from torch import nn
 
-from tuner.models.io import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_network, predict_probs
+from tuner.models.io import (CONFIG_FILE, WEIGHTS_FILE, ModelConfig, WeightsError, load_network,
+                             predict_probs)
 
 _ENTRY_SCRIPT = '''\
 """MLflow models-from-code entry: the network is rebuilt by lenstune, weights come from safetensors."""
@@ -44,6 +46,27 @@ mlflow.models.set_model(LensTuneModel())
 
 class InputError(ValueError):
     """Images given for prediction have the wrong shape, size or values."""
+
+
+class ModelOutputError(MlflowException):
+    """The model gave NaN or infinite probabilities (damaged or diverged weights): nothing is
+    returned. An MlflowException so that ``mlflow models serve`` answers with this message
+    (HTTP 500) rather than a generic one."""
+
+
+def check_finite_probs(probs: np.ndarray, names: list[str] | None = None) -> None:
+    """Raise :class:`ModelOutputError` when any row of ``probs`` (N, C) is not finite; the
+    message counts the images and names the first (by ``names`` or index)."""
+    bad = ~np.isfinite(np.asarray(probs, dtype=np.float64)).reshape(len(probs), -1).all(axis=1)
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    where = names[first] if names is not None else f"index {first}"
+    raise ModelOutputError(
+        f"the model gave NaN or infinite probabilities for {int(bad.sum())} of {len(probs)} "
+        f"image(s) (first: {where}); its weights hold non-finite values or the network "
+        f"overflowed, so no prediction is returned"
+    )
 
 
 def accepted_sizes(config: ModelConfig) -> set[int]:
@@ -114,14 +137,24 @@ class LensTuneModel(PythonModel):
     """pyfunc wrapper: (N, 1, H, W) float32 images in, per-class probabilities out."""
 
     def load_context(self, context) -> None:
-        raw = json.loads(Path(context.artifacts["config"]).read_text())
-        self.config = ModelConfig(**raw)
+        self.config = read_model_config(Path(context.artifacts["config"]))
+        # WeightsError naming the file when the weights are damaged (SHA-256 checked)
         self.network = load_network(self.config, Path(context.artifacts["weights"]))
 
     def predict(self, context, model_input: np.ndarray, params=None):
         images = as_image_batch(model_input, self.config)
         probs = predict_probs(self.network, images, self.config.img_size)
+        check_finite_probs(probs)  # ModelOutputError rather than empty probabilities
         return probs_frame(probs, self.config.class_names)
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """A model's ``config.json``; ValueError naming the file, in one line, when it is damaged."""
+    try:
+        return ModelConfig(**json.loads(Path(path).read_text()))
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:  # JSON or validation errors
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"{path} is not a valid lenstune model config: {detail}") from exc
 
 
 def model_signature(config: ModelConfig):
@@ -240,7 +273,9 @@ def load_registered(
 
     ``uri``: any MLflow model URI (``models:/lenstune-model_ii@champion``, ``runs:/...``) or a
     local model directory; ``tracking_uri`` (also used as registry URI) defaults to MLflow's
-    (``MLFLOW_TRACKING_URI``). Weights-only: nothing is unpickled.
+    (``MLFLOW_TRACKING_URI``). Weights-only: nothing is unpickled. A damaged model (weights
+    truncated, modified or not fitting the config; config unreadable) raises WeightsError or
+    ValueError in one line naming the model and the file.
     """
     local = Path(uri)
     if ":/" not in uri and local.is_dir():
@@ -256,5 +291,11 @@ def load_registered(
             )
         )
     config_path, weights_path = find_model_files(model_dir)
-    config = ModelConfig(**json.loads(config_path.read_text()))
-    return load_network(config, weights_path), config
+    try:
+        config = read_model_config(config_path)
+        return load_network(config, weights_path), config
+    except WeightsError as exc:
+        detail = " ".join(str(exc).split())
+        raise WeightsError(f"model {uri} cannot be used: {detail}") from exc
+    except ValueError as exc:
+        raise ValueError(f"model {uri} cannot be used: {exc}") from exc

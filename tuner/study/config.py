@@ -72,7 +72,8 @@ class StudyConfig(BaseModel):
     runs_dir: Path = Path("runs")
     storage: str | None = None
     seed: int = 0
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(2, ge=0, description="retries of a trial whose worker, node or "
+                              "device failed, from its last checkpoint (a NaN loss is not retried)")
     num_cpus: int | None = Field(None, ge=1)
     promote: bool = Field(True, description="tuner/run.py: register the best trial and decide "
                           "the champion alias when the study ends")

@@ -199,9 +199,14 @@ def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str,
     ``path``."""
     from tuner.study.tune_state import delete_orphan_trial_folders
 
-    known = known_trials(results)
-    if known is None:  # never guess: an unknown id could be a real trial's run
+    in_results = known_trials(results)
+    if in_results is None:  # never guess: an unknown id could be a real trial's run
         return
+    finished = tracking.finished_trial_ids(client, experiment_id, parent_run_id, family)
+
+    def known(trial_id: str) -> bool:  # finished trials are kept whatever Tune's state says
+        return in_results(trial_id) or trial_id in finished
+
     orphans = tracking.delete_orphan_trial_runs(client, experiment_id, parent_run_id, family,
                                                 known)
     if orphans:
@@ -241,7 +246,12 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     path = join_storage(storage, family)
     restored = config.resume and can_restore(path)
     if restored:
-        tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus)
+        from tuner.tracking.store import mlflow_client
+
+        finished = tracking.finished_trial_ids(mlflow_client(tracking_uri), experiment_id,
+                                               parent_run_id, family)
+        tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus,
+                              finished_trials=finished)
     else:
         callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs)
         tuner = build_tuner(
@@ -372,6 +382,13 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     csv_path, png_path = tracking.write_leaderboard(rows, board_dir)
     client.log_artifact(parent_run_id, str(csv_path))
     client.log_artifact(parent_run_id, str(png_path))
+    failures = [r for r in rows if r[schema.STOP_REASON_TAG] == schema.STOP_FAILED]
+    if failures:  # the table of failed trials and why, on the study run
+        client.log_text(parent_run_id, "\n".join(
+            ["family,trial_id,run_id,reason"] + [
+                f"{r['family']},{r['trial_id']},{r['run_id']},"
+                f"\"{r[schema.STOP_MESSAGE_TAG].replace(chr(34), chr(39))}\"" for r in failures]) + "\n",
+            "failures.csv")
     if rows:
         client.log_batch(parent_run_id, metrics=[tracking.Metric(
             schema.BEST_OBJECTIVE, rows[0][schema.BEST_OBJECTIVE], int(time.time() * 1000), 0)])

@@ -46,8 +46,16 @@ class TrialStopCallback(tune.Callback):
         client = mlflow_client(self.tracking_uri)
         run_id = (trial.last_result or {}).get("mlflow_run_id") or find_trial_run(
             client, self.experiment_id, self.parent_run_id, trial.trial_id)
-        if run_id is not None:
-            end_trial_run(client, run_id, stop_reason, message)
+        if run_id is None:
+            return
+        tags = client.get_run(run_id).data.tags
+        ended = tags.get(schema.STOP_REASON_TAG)
+        if ended in (schema.STOP_COMPLETED, schema.STOP_ASHA) and (trial.last_result or {}).get(
+                "replayed"):
+            return  # a finished trial replayed after a restore: its run keeps how it ended
+        if ended == schema.STOP_FAILED and tags.get(schema.STOP_MESSAGE_TAG):
+            return  # the trainable recorded its own exception; Ray's wrapper says less
+        end_trial_run(client, run_id, stop_reason, message)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = int(reported_epoch(trial.last_result or {}) or 0)
@@ -58,11 +66,27 @@ class TrialStopCallback(tune.Callback):
                       f"stopped by the scheduler after {epochs} of {self.max_epochs} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        error = getattr(trial, "error_message", None) or ""
-        if callable(error):
-            error = error()
-        message = str(error).strip().splitlines()[-1] if error else "trial raised an error"
-        self._end(trial, schema.STOP_FAILED, message)
+        self._end(trial, schema.STOP_FAILED, error_reason(trial))
+
+
+def error_reason(trial) -> str:
+    """``<exception class>: <first line>`` of the error a trial ended with (the trainable's own
+    exception inside Ray's wrapper, or Ray's: a lost worker is ``ActorDiedError``), read from
+    what Tune saved of it; "trial raised an error" when Tune saved nothing."""
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:  # an error that cannot be unpickled here: use its text
+        exc = None
+    if exc is not None:
+        cause = getattr(exc, "cause", None) or exc
+        first = next((line for line in str(cause).strip().splitlines() if line.strip()), "")
+        return f"{type(cause).__name__}: {first}"[:1000]
+    try:
+        text = trial.get_error() or ""
+    except Exception:
+        text = ""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else "trial raised an error"
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
@@ -202,14 +226,16 @@ def build_tuner(
 
 
 def restore_tuner(path: str, trainable: str | Callable, cpus_per_trial: float,
-                  gpus_per_trial: float) -> tune.Tuner:
+                  gpus_per_trial: float, finished_trials: set[str] = frozenset()) -> tune.Tuner:
     """Reopen an interrupted study at ``path``: unfinished and errored trials continue from
     their last checkpoint; the searcher's (Optuna) state is restored, first made to agree with
     the saved trials where a killed driver left the two from different moments, and a trial
-    whose saved checkpoint was already deleted resumes from the next (:mod:`tuner.study.tune_state`)."""
+    whose saved checkpoint was already deleted resumes from the next (:mod:`tuner.study.tune_state`).
+    ``finished_trials``: ids of trials whose MLflow run ended completed or stopped by the
+    scheduler; those the saved state lost still count toward the study's samples."""
     from tuner.study.tune_state import reconcile_search_state, repoint_lost_checkpoints
 
-    reconcile_search_state(path)
+    reconcile_search_state(path, finished_trials)
     repoint_lost_checkpoints(path)
     return tune.Tuner.restore(path, _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
                               resume_unfinished=True, resume_errored=True)

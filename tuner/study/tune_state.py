@@ -59,11 +59,13 @@ def _newest_experiment_state(path: str) -> tuple[object, str, str | None]:
     return fs, fs_path, _find_newest_experiment_checkpoint(fs_path, fs=fs)
 
 
-def reconcile_search_state(path: str) -> list[str]:
+def reconcile_search_state(path: str, finished_trials: set[str] = frozenset()) -> list[str]:
     """Make the newest search generator state at ``path`` (a local folder or a URI Ray can
     open) agree with the newest experiment state: its trial count equal to the number of
     trials that state holds, no limiter slot held by a trial that has ended or that it does not
-    hold. Rewrites the file only when something changes; returns what changed, one line each
+    hold. Trials in ``finished_trials`` (ended, by their MLflow runs) that the experiment state
+    lost count as created, so the restored study does not sample replacements for them.
+    Rewrites the file only when something changes; returns what changed, one line each
     (empty: already consistent or nothing saved)."""
     import ray.cloudpickle as cloudpickle
 
@@ -76,7 +78,11 @@ def reconcile_search_state(path: str) -> list[str]:
         state = cloudpickle.loads(f.readall())
 
     changes = []
-    created, saved = state["counter"], len(trials)
+    lost = set(finished_trials) - set(trials)
+    if lost:
+        changes.append(f"trials {sorted(lost)} finished but the experiment state lost them: "
+                       "they count toward the samples")
+    created, saved = state["counter"], len(trials) + len(lost)
     if created != saved:
         # Fewer created: no further trial for those that exist. More created: trials made
         # after the experiment state was saved, which the restored study never runs, so it

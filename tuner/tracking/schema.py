@@ -53,6 +53,8 @@ ASSIGNED_RESOURCES_TAG = "lenstune.assigned_resources"
 DEVICE_TAG = "lenstune.device"
 
 # trial runs: bookkeeping
+RETRIES_TAG = "lenstune.retries"  # attempts after the first (a lost worker or node, an error)
+RETRIED_AFTER_TAG = "lenstune.retried_after"  # what the previous attempt ended with
 ORPHANED_TAG = "lenstune.orphaned"  # a run the resumed study does not know (then deleted)
 PLOTS_ERROR_TAG = "lenstune.plots_error"
 TEST_DIGEST_TAG = "lenstune.test_digest"  # the test split its registered_model/evaluation is of

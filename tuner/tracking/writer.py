@@ -217,9 +217,9 @@ def end_trial_run(client: MlflowClient, run_id: str, stop_reason: str, message: 
     """Tag the stop reason and end the run: FINISHED (completed), KILLED (stopped) or FAILED."""
     if stop_reason not in schema.STOP_REASONS:
         raise ValueError(f"stop_reason {stop_reason!r} not in {schema.STOP_REASONS}")
-    tags = [RunTag(schema.STOP_REASON_TAG, stop_reason)]
-    if message:
-        tags.append(RunTag(schema.STOP_MESSAGE_TAG, message[:4000]))
+    # the message is always written, so an earlier attempt's message never outlives it
+    tags = [RunTag(schema.STOP_REASON_TAG, stop_reason),
+            RunTag(schema.STOP_MESSAGE_TAG, message[:4000])]
     client.log_batch(run_id, tags=tags)
     status = schema.RUN_STATUS[stop_reason]
     client.set_terminated(run_id, status=status)
@@ -239,6 +239,16 @@ def list_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str
             return runs
 
 
+def finished_trial_ids(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                       family: str) -> set[str]:
+    """Trial ids of the ``family`` trial runs of a study that ended ``completed`` or
+    ``asha_stopped``: trials that count, whatever a restored Tune state says of them."""
+    return {run.data.tags.get(schema.TRIAL_ID_TAG, "")
+            for run in list_trial_runs(client, experiment_id, parent_run_id)
+            if run.data.tags.get(schema.FAMILY_TAG) == family
+            and run.data.tags.get(schema.STOP_REASON_TAG) in (schema.STOP_COMPLETED, schema.STOP_ASHA)}
+
+
 def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
                              family: str, known: Callable[[str], bool]) -> list[str]:
     """Soft-delete the ``family`` trial runs of a study whose trial id is not ``known`` (to
@@ -247,11 +257,15 @@ def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_ru
     A driver killed between starting a trial and uploading the experiment state that names it
     leaves an MLflow run for a trial the restored study never heard of; the restored searcher
     samples a new trial in its place. Without this the study would count one run too many.
-    The run stays restorable from MLflow's deleted runs (``mlflow runs restore``)."""
+    The run stays restorable from MLflow's deleted runs (``mlflow runs restore``). A run that
+    ended ``completed`` or ``asha_stopped`` is never an orphan: the trial finished and counts
+    (:func:`finished_trial_ids`)."""
     orphans = [run.info.run_id for run in list_trial_runs(client, experiment_id, parent_run_id)
                if run.data.tags.get(schema.KIND_TAG) == schema.KIND_TRIAL
                and run.data.tags.get(schema.FAMILY_TAG) == family
-               and not known(run.data.tags.get(schema.TRIAL_ID_TAG, ""))]
+               and not known(run.data.tags.get(schema.TRIAL_ID_TAG, ""))
+               and run.data.tags.get(schema.STOP_REASON_TAG) not in (schema.STOP_COMPLETED,
+                                                                      schema.STOP_ASHA)]
     for run_id in orphans:
         client.set_tag(run_id, schema.ORPHANED_TAG, "trial unknown to the resumed study")
         client.set_terminated(run_id, status="KILLED")
@@ -271,7 +285,8 @@ def leaderboard_rows(runs: list) -> list[dict[str, Any]]:
             schema.BEST_OBJECTIVE: m.get(schema.BEST_OBJECTIVE, float("nan")),
             "last_val_auc_macro": m.get(schema.OBJECTIVE, float("nan")),
             "val_acc": m.get(schema.VAL_ACC, float("nan")),
-            "epochs": int(m.get("epoch", 0)),
+            "epochs": int(m.get(schema.EPOCH, 0)),
+            schema.STOP_MESSAGE_TAG: t.get(schema.STOP_MESSAGE_TAG, ""),
         })
     rows.sort(key=lambda r: -r[schema.BEST_OBJECTIVE] if r[schema.BEST_OBJECTIVE] == r[schema.BEST_OBJECTIVE] else 1.0)
     return rows

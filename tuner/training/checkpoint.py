@@ -6,13 +6,20 @@ A checkpoint directory holds
   class names, dataset digest, ...), enough to rebuild the model with ``build_model``;
 - optionally ``optimizer.safetensors`` + ``optimizer.json`` (AdamW state and param groups)
   and ``state.json`` (epoch, scheduler step, best metric, MLflow run id) to resume training.
+
+The safetensors files carry the SHA-256 of their tensors (:func:`tuner.models.io.save_weights`);
+restoring checks it, and a damaged, truncated or modified file raises :class:`CheckpointError`
+naming the checkpoint folder and the file. :func:`newest_intact_checkpoint` picks, among a
+trial's ``checkpoint_*`` folders, the newest one that loads intact, for a fallback.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +31,28 @@ CONFIG_FILE = io.CONFIG_FILE
 OPTIMIZER_FILE = "optimizer.safetensors"
 OPTIMIZER_META_FILE = "optimizer.json"
 STATE_FILE = "state.json"
+
+
+class CheckpointError(io.WeightsError):
+    """A checkpoint that cannot be restored: a damaged, truncated or modified weights file, or
+    an unreadable JSON file; the message names the checkpoint folder and the file."""
+
+
+def _read_json(directory: Path, name: str) -> Any:
+    path = Path(directory) / name
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: {name} is damaged (not valid JSON: "
+                              f"{exc})") from exc
+
+
+def _load_tensors(directory: Path, name: str, device: str | torch.device = "cpu"
+                  ) -> dict[str, torch.Tensor]:
+    try:
+        return io.load_weights(Path(directory) / name, device)
+    except io.WeightsError as exc:
+        raise CheckpointError(f"checkpoint {directory} cannot be restored: {exc}") from exc
 
 
 def save_checkpoint(
@@ -65,17 +94,21 @@ def read_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in checkpoint {str(directory)!r}")
-    return json.loads(path.read_text())
+    return _read_json(Path(directory), CONFIG_FILE)
 
 
 def restore_weights(model: nn.Module, directory: Path,
                     device: str | torch.device = "cpu") -> nn.Module:
-    """Load a checkpoint's ``model.safetensors`` into ``model`` (strict: every key must match)."""
+    """Load a checkpoint's ``model.safetensors`` into ``model`` (strict: every key must match).
+    CheckpointError naming the folder when the file is damaged or does not fit ``model``."""
     path = Path(directory) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in checkpoint {str(directory)!r}")
-    model.load_state_dict(io.load_weights(path, device), strict=True)
-    return model
+    state = _load_tensors(Path(directory), MODEL_FILE, device)
+    try:
+        return io.load_state_strict(model, state, path)
+    except io.WeightsError as exc:
+        raise CheckpointError(f"checkpoint {directory} cannot be restored: {exc}") from exc
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> bool:
@@ -83,9 +116,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> bool:
     directory = Path(directory)
     if not (directory / OPTIMIZER_FILE).is_file():
         return False
-    meta = json.loads((directory / OPTIMIZER_META_FILE).read_text())
+    meta = _read_json(directory, OPTIMIZER_META_FILE)
     state: dict[int, dict[str, Any]] = {}
-    for flat, value in list(io.load_weights(directory / OPTIMIZER_FILE).items()) + list(
+    for flat, value in list(_load_tensors(directory, OPTIMIZER_FILE).items()) + list(
         meta["scalars"].items()
     ):
         index, key = flat.split(".", 1)
@@ -97,7 +130,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> bool:
 def read_state(directory: Path) -> dict[str, Any]:
     """Training state (epoch, scheduler step, best metric, run id); {} when absent."""
     path = Path(directory) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _read_json(Path(directory), STATE_FILE) if path.is_file() else {}
 
 
 def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -107,3 +140,73 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.
     model = restore_weights(io.build_network(io.ModelConfig.from_checkpoint_config(config)),
                             directory, device)
     return model.to(device).eval(), config
+
+
+# ------------------------------------------------------------------------------- integrity
+
+
+def check_checkpoint(directory: Path) -> None:
+    """Read every file of a checkpoint as restoring it would, without building a model: the
+    config and state JSON, the weights (their SHA-256 checked) and the optimizer files where
+    present. Raises FileNotFoundError (no weights or config) or CheckpointError naming the
+    folder and the damaged file."""
+    directory = Path(directory)
+    read_config(directory)
+    if not (directory / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"no {MODEL_FILE} in checkpoint {str(directory)!r}")
+    _load_tensors(directory, MODEL_FILE)
+    if (directory / OPTIMIZER_FILE).is_file():
+        _load_tensors(directory, OPTIMIZER_FILE)
+        _read_json(directory, OPTIMIZER_META_FILE)
+    read_state(directory)
+
+
+class IntactCheckpoint(NamedTuple):
+    """The newest checkpoint that loads intact (None if none does) and the newer ones skipped,
+    each with the reason, newest first."""
+
+    path: Path | None
+    skipped: tuple[tuple[Path, str], ...]
+
+    def warning(self) -> str | None:
+        """One line for the log when newer checkpoints were skipped; None otherwise."""
+        if not self.skipped:
+            return None
+        reasons = "; ".join(f"{path.name}: {reason}" for path, reason in self.skipped)
+        target = f"falling back to {self.path}" if self.path else "no intact checkpoint left"
+        return f"skipped {len(self.skipped)} damaged checkpoint(s) ({reasons}); {target}"
+
+
+_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
+
+
+def trial_checkpoints(trial_dir: Path) -> list[Path]:
+    """The ``checkpoint_<N>`` folders of a Ray Tune trial folder, oldest (smallest N) first."""
+    found = []
+    for child in Path(trial_dir).iterdir():
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def newest_intact_checkpoint(checkpoints: Path | Sequence[Path]) -> IntactCheckpoint:
+    """The newest checkpoint that loads intact (:func:`check_checkpoint`), for resuming after
+    the latest one turned out damaged.
+
+    ``checkpoints``: a Ray Tune trial folder (its ``checkpoint_<N>`` folders, newest = largest
+    N) or a sequence of checkpoint folders, oldest first. Checkpoints are tried newest first;
+    the result holds the first intact one (None if none is) and the newer ones skipped with
+    their reasons (``warning()`` words them for the log).
+    """
+    candidates = (trial_checkpoints(checkpoints) if isinstance(checkpoints, (str, Path))
+                  else [Path(c) for c in checkpoints])
+    skipped: list[tuple[Path, str]] = []
+    for directory in reversed(candidates):
+        try:
+            check_checkpoint(directory)
+        except (CheckpointError, FileNotFoundError, OSError) as exc:
+            skipped.append((directory, str(exc)))
+            continue
+        return IntactCheckpoint(directory, tuple(skipped))
+    return IntactCheckpoint(None, tuple(skipped))

@@ -133,6 +133,48 @@ def _placement() -> dict[str, str]:
             schema.DEVICE_TAG: str(loop.pick_device())}
 
 
+def _count_retry(client, run_id: str) -> None:
+    """A run that an earlier attempt of this trial ended as failed (or left running when its
+    worker died) is being retried: count the attempt on the run and say what ended the last."""
+    run = client.get_run(run_id)
+    tags, history = run.data.tags, client.get_metric_history(run_id, schema.OBJECTIVE)
+    previous = tags.get(schema.STOP_REASON_TAG)
+    if previous != schema.STOP_FAILED and not (history and previous is None):
+        return
+    retries = int(tags.get(schema.RETRIES_TAG, "0")) + 1
+    reason = tags.get(schema.STOP_MESSAGE_TAG) or "its worker stopped (lost process or node)"
+    client.set_tag(run_id, schema.RETRIES_TAG, str(retries))
+    client.set_tag(run_id, schema.RETRIED_AFTER_TAG, reason[:1000])
+
+
+def _replay_finished_run(ctx: TrialContext, trial_id: str) -> bool:
+    """A trial whose MLflow run ended ``completed`` or ``asha_stopped`` under an earlier driver
+    but that Tune's restored state lists as not yet run (the driver was killed before the state
+    recording its end was saved): report its logged epochs again, from MLflow, so the scheduler
+    and the searcher learn what it scored, and train nothing. Its run is left as it ended.
+    False when the trial has no such run."""
+    from ray import tune
+
+    from tuner.tracking import writer as tracking
+    from tuner.tracking.store import mlflow_client
+
+    client = mlflow_client(ctx.tracking_uri)
+    run_id = tracking.find_trial_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id)
+    if run_id is None:
+        return False
+    run = client.get_run(run_id)
+    if run.data.tags.get(schema.STOP_REASON_TAG) not in (schema.STOP_COMPLETED, schema.STOP_ASHA):
+        return False
+    history = {}
+    for key in (schema.OBJECTIVE, schema.BEST_OBJECTIVE, schema.VAL_LOSS, schema.VAL_ACC):
+        for metric in client.get_metric_history(run_id, key):
+            history.setdefault(metric.step, {})[key] = metric.value
+    for epoch in sorted(history):
+        tune.report({**history[epoch], schema.EPOCH: float(epoch), "mlflow_run_id": run_id,
+                     "replayed": 1.0})
+    return True
+
+
 def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[str, Any]) -> None:
     """Ray Tune function trainable. ``config`` = ``{"model": {...}, "train": {...}}`` sampled
     from the family's search space; ``data`` = object refs (or arrays) of ``train_images``
@@ -147,6 +189,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     ctx = TrialContext(**context)
     hp = TrainHParams(**config["train"])
     trial_id = tune.get_context().get_trial_id() or "local"
+    if tune.get_checkpoint() is None and _replay_finished_run(ctx, trial_id):
+        return  # it finished under an earlier driver; Tune's restored state had lost that
     torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
     device = loop.pick_device()
 
@@ -199,9 +243,13 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     else:
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[tracking.RunTag(k, v) for k, v in _placement().items()])
+    _count_retry(client, run_id)
     # Epochs a previous attempt logged before dying without a checkpoint are re-trained
-    # (deterministically) but not logged twice.
+    # (deterministically) but not logged twice, and not reported to Tune before the last of
+    # them: the trial went on past those epochs, so the scheduler's decisions at them were
+    # made already and a restored scheduler must not take them again.
     logged = {m.step for m in client.get_metric_history(run_id, schema.OBJECTIVE)}
+    decided_before = max(logged, default=0)
     checkpoint_epochs = set(ctx.rungs) | {ctx.max_epochs}
     sender = tracking.MetricSender(client, run_id)
 
@@ -228,6 +276,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             values[schema.BEST_OBJECTIVE] = best.score
             if epoch not in logged:
                 sender.log(values, step=epoch)
+            if epoch < decided_before:
+                continue
             if epoch not in checkpoint_epochs:
                 tune.report({**values, "mlflow_run_id": run_id})
                 continue
@@ -245,7 +295,10 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                             checkpoint=tune.Checkpoint.from_directory(tmp))
         sender.close()
         tracking.end_trial_run(client, run_id, schema.STOP_COMPLETED)
-    except Exception as exc:
+    except loop.NonFiniteLossError as exc:  # the configuration's fault: a retry fails again
+        sender.close(raise_errors=False)
+        tracking.end_trial_run(client, run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # Tune retries it (max_failures) from its last checkpoint
         sender.close(raise_errors=False)
         tracking.end_trial_run(client, run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
         raise
