@@ -149,10 +149,11 @@ def _count_retry(client, run_id: str) -> None:
 
 def _replay_finished_run(ctx: TrialContext, trial_id: str) -> bool:
     """A trial whose MLflow run ended ``completed`` or ``asha_stopped`` under an earlier driver
-    but that Tune's restored state lists as not yet run (the driver was killed before the state
-    recording its end was saved): report its logged epochs again, from MLflow, so the scheduler
-    and the searcher learn what it scored, and train nothing. Its run is left as it ended.
-    False when the trial has no such run."""
+    but that Tune's restored state lists as unfinished (the driver was killed before the state
+    recording its end was saved; Tune would restart it, or resume it from a rung checkpoint
+    past which the scheduler had stopped it): report its logged epochs again, from MLflow, so
+    the scheduler and the searcher learn what it scored, and train nothing. Its run is left as
+    it ended. False when the trial has no such run (a new trial, or a retry after a failure)."""
     from ray import tune
 
     from tuner.tracking import writer as tracking
@@ -189,7 +190,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     ctx = TrialContext(**context)
     hp = TrainHParams(**config["train"])
     trial_id = tune.get_context().get_trial_id() or "local"
-    if tune.get_checkpoint() is None and _replay_finished_run(ctx, trial_id):
+    if _replay_finished_run(ctx, trial_id):
         return  # it finished under an earlier driver; Tune's restored state had lost that
     torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
     device = loop.pick_device()
