@@ -117,9 +117,10 @@ SECRET_PATTERNS = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     re.compile(r"://[^/\s:@]+:(?!\$)[^@\s/]+@"),
 ]
-# A config key naming a password/secret/token given a literal value (not ${VAR} or $VAR).
+# A config key naming a password/secret/token given a literal value (not ${VAR} or $VAR). Keys
+# that name a Kubernetes Secret object (secretName, secretKeyRef) hold no secret.
 KEY_VALUE_SECRET = re.compile(
-    r"(?i)(?<![\w${])[\w-]*(password|secret|token)[\w-]*[\"']?\s*[:=]\s*[\"']?(?![$\"'{<\s])[^\s\"',}]{4,}"
+    r"(?i)(?<![\w${])[\w-]*(password|secret(?!Name\b|KeyRef\b)|token)[\w-]*[\"']?\s*[:=]\s*[\"']?(?![$\"'{<\s])[^\s\"',}]{4,}"
 )
 
 
@@ -144,3 +145,131 @@ def test_no_secret_in_deployment_files(path):
 )
 def test_secret_scan_catches_literal_credentials(line):
     assert any(p.search(line) for p in SECRET_PATTERNS + [KEY_VALUE_SECRET])
+
+
+@pytest.mark.parametrize("line", ["    secretName: lenstune-ray-auth", "secretKeyRef: lenstune-mlflow"])
+def test_secret_scan_passes_references_to_kubernetes_secrets(line):
+    assert not any(p.search(line) for p in SECRET_PATTERNS + [KEY_VALUE_SECRET])
+    assert KEY_VALUE_SECRET.search(line.replace("secretName", "secret").replace("secretKeyRef", "apiSecret"))
+
+
+def test_worker_image_has_every_script_the_cluster_launcher_runs():
+    """setup_commands of cluster/aws-gpu.yaml run scripts from the image's source tree."""
+    config = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
+    workdir = re.findall(r"^WORKDIR (\S+)", (REPO / "docker" / "worker.Dockerfile").read_text(), re.M)[-1]
+    scripts = re.findall(rf"{re.escape(workdir)}/(cluster/\S+\.py)", " ".join(config["setup_commands"]))
+    assert scripts
+    copies = " ".join(re.findall(r"^COPY (.*)$", (REPO / "docker" / "worker.Dockerfile").read_text(), re.M))
+    ignore = (REPO / "docker" / "worker.Dockerfile.dockerignore").read_text().splitlines()
+    for script in scripts:
+        assert (REPO / script).is_file(), script
+        assert script in copies, f"worker.Dockerfile does not copy {script}"
+        assert f"!{script}" in ignore, f"worker.Dockerfile.dockerignore leaves out {script}"
+
+
+def _compose_value(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation of ${VAR}, ${VAR:-default} and ${VAR:?message}."""
+    def one(match):
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        assert op != ":?", f"{name} is required"
+        return arg if op == ":-" else ""
+    return re.sub(r"\$\{(\w+)(:-|:\?)?([^}]*)\}", one, text)
+
+
+@pytest.mark.slow
+def test_compose_auth_settings_on_a_real_server(tmp_path, monkeypatch):
+    """The server as compose configures it: docker/mlflow-auth.ini (nothing granted by default,
+    per-resource grants as docs/cluster.md shows) and the Host / Origin names it accepts behind
+    the TLS front."""
+    import base64
+    import json
+    import secrets
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+
+    from tests import servers
+
+    public = "mlflow.example.internal"
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    command = " ".join(compose["services"]["mlflow"]["command"])
+    command = _compose_value(command, {"MLFLOW_PUBLIC_HOST": public})
+    ini = (REPO / "docker" / "mlflow-auth.ini").read_text()
+    ini = re.sub(r"(?m)^database_uri = .*$", f"database_uri = sqlite:///{tmp_path / 'auth.db'}", ini)
+    (tmp_path / "auth.ini").write_text(ini)
+    admin_password = secrets.token_urlsafe(16)
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        # What --allowed-hosts / --cors-allowed-origins set for the server's workers (plus the
+        # free port this test server listens on instead of 5000).
+        "MLFLOW_SERVER_ALLOWED_HOSTS": re.search(r'--allowed-hosts "([^"]+)"', command).group(1)
+        + ",127.0.0.1:*",
+        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS":
+            re.search(r'--cors-allowed-origins "([^"]+)"', command).group(1),
+    }
+    users = {"admin": admin_password, "alice": secrets.token_urlsafe(16), "bob": secrets.token_urlsafe(16)}
+
+    def as_user(name: str) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", name)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", users[name])
+
+    with servers.mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}",
+                               artifacts_destination=str(tmp_path / "artifacts"), env=env,
+                               app_name="basic-auth") as server:
+        auth, client = AuthServiceClient(server.uri), MlflowClient(server.uri)
+        as_user("admin")
+        auth.create_user("alice", users["alice"])
+        auth.create_user("bob", users["bob"])
+        as_user("alice")
+        experiment = client.create_experiment("lenstune")
+        client.create_registered_model("lenstune-model_ii")
+        as_user("bob")
+        assert client.search_experiments() == []
+        for read in (lambda: client.get_experiment_by_name("lenstune"),
+                     lambda: client.get_registered_model("lenstune-model_ii")):
+            with pytest.raises(MlflowException, match="403"):
+                read()
+        # The grants of docs/cluster.md, by the admin and by the owner.
+        as_user("admin")
+        auth.grant_user_permission("bob", "registered_model", "lenstune-model_ii", "READ")
+        as_user("alice")
+        auth.grant_user_permission("bob", "experiment", experiment, "READ")
+        auth.revoke_user_permission("bob", "experiment", experiment)
+        auth.grant_user_permission("bob", "experiment", experiment, "EDIT")
+        as_user("bob")
+        assert client.get_registered_model("lenstune-model_ii").name == "lenstune-model_ii"
+        run = client.create_run(experiment)
+        client.log_metric(run.info.run_id, "val_acc", 0.5)
+
+        # Behind the TLS front requests carry the public name; other names are refused.
+        basic = "Basic " + base64.b64encode(f"admin:{admin_password}".encode()).decode()
+
+        def status(path: str, host: str, origin: str | None = None, body: dict | None = None) -> int:
+            request = urllib.request.Request(server.uri + path, method="POST" if body else "GET",
+                                             data=json.dumps(body).encode() if body else None)
+            request.add_header("Host", host)
+            request.add_header("Authorization", basic)
+            if body:
+                request.add_header("Content-Type", "application/json")
+            if origin:
+                request.add_header("Origin", origin)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    return reply.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert status(search, public) == 200
+        assert status(search, f"{public}:8443") == 200
+        assert status(search, "attacker.example") == 403
+        create = "/api/2.0/mlflow/experiments/create"
+        assert status(create, public, f"https://{public}", {"name": "from-the-ui"}) == 200
+        assert status(create, public, "https://attacker.example", {"name": "forged"}) == 403
