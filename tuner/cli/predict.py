@@ -4,6 +4,9 @@ INPUT may be a ``.npy`` array (H, W) (one image), (N, H, W) or (N, 1, H, W), or 
 DeepLense ``.npy`` files (``<class>/*.npy`` or ``<split>/<class>/*.npy``; class folders
 ``no``/``sphere``/``vort`` or ``no_sub``/``cdm``/``axion`` add a ``true_class`` column).
 Images of another size than the model's are refused unless ``--resize`` is given.
+A damaged registered model (weights truncated or modified: their SHA-256 is checked) is refused
+with exit 2; a model that gives NaN or infinite probabilities fails with exit 1; either way
+nothing is written.
 
 ``--uncertainty METHOD`` adds per-image columns: ``entropy`` (predictive entropy, nats) always,
 ``mutual_information`` (nats) for the sampling methods (mc_dropout, laplace, ensemble) and
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner.cli import EXIT_USAGE, error
+from tuner.cli import EXIT_FAILED, EXIT_USAGE, error
 
 UNCERTAINTY_METHODS = ("none", "temperature", "mc_dropout", "laplace", "conformal", "ensemble")
 FITTED = ("temperature", "laplace", "conformal")  # need the model's dataset
@@ -178,6 +181,13 @@ def predict_frame(model, config, images: np.ndarray, method: str, batch_size: in
     return frame
 
 
+def non_finite_rows(frame) -> np.ndarray:
+    """Rows of a prediction frame with a NaN or infinite number in any numeric column
+    (probabilities, entropy, mutual information)."""
+    numeric = frame.select_dtypes(include="number").to_numpy(dtype=np.float64)
+    return np.flatnonzero(~np.isfinite(numeric).all(axis=1))
+
+
 def write_csv_atomic(frame, path: Path) -> None:
     """Write the CSV to a temporary file beside ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ != "MlflowException":
             raise
         return fail(f"cannot load model {args.model}: {exc}")
+    bad = non_finite_rows(frame)
+    if len(bad):
+        first = names[bad[0]] if names is not None else f"index {bad[0]}"
+        return error("predict", f"model {args.model} gave NaN or infinite probabilities for "
+                     f"{len(bad)} of {len(frame)} image(s) (first: {first}); its weights hold "
+                     f"non-finite values or the network overflowed; nothing was written to "
+                     f"{args.out}", EXIT_FAILED)
     if names is not None:
         frame.insert(0, "file", names)
         if any(classes):
