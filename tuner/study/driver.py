@@ -253,7 +253,12 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus,
                               finished_trials=finished)
     else:
-        callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs)
+        callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs, {
+            "study_name": study_name, "family": family,
+            "dataset": {"name": ctx.dataset_name, "digest": ctx.dataset_digest,
+                        "source": ctx.dataset_source, "preset": ctx.dataset_preset},
+            "params": {"dataset_digest": ctx.dataset_digest, "dataset_preset": ctx.dataset_preset,
+                       "img_size": ctx.img_size}})
         tuner = build_tuner(
             trainable, space.param_space(), name=family, storage_path=storage,
             num_samples=config.samples, max_epochs=max_epochs,

@@ -6,6 +6,8 @@ study, and the driver-side callback that records why each trial stopped in MLflo
 
 from __future__ import annotations
 
+import logging
+
 import math
 import threading
 from typing import Any, Callable
@@ -21,6 +23,9 @@ from tuner.study.config import EPOCH_ATTR, METRIC, MODE
 from tuner.tracking import schema
 
 
+log = logging.getLogger(__name__)
+
+
 class TrialStopCallback(tune.Callback):
     """Ends each trial's MLflow run with the right ``stop_reason`` from the driver.
 
@@ -30,11 +35,36 @@ class TrialStopCallback(tune.Callback):
     (run FAILED, error message tagged). Picklable: Tune saves it with the study for restore.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
+                 run_fields: dict[str, Any] | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
+        # study_name, family, dataset (DatasetInfo fields), params: what a trial run is made of
+        self.run_fields = run_fields
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        """Every trial has its MLflow run from the moment Ray starts it, made here by the
+        driver, so a trial whose worker dies before it logs anything is still recorded (and
+        then ended with the cause). The trainable finds and reuses the run."""
+        if not self.run_fields:
+            return
+        from tuner.study.config import flatten
+        from tuner.tracking import writer
+        from tuner.tracking.store import mlflow_client
+
+        fields = self.run_fields
+        try:
+            writer.start_trial_run(
+                mlflow_client(self.tracking_uri), experiment_id=self.experiment_id,
+                parent_run_id=self.parent_run_id, study_name=fields["study_name"],
+                trial_id=trial.trial_id, family=fields["family"],
+                run_name=f"{fields['family']}-{trial.trial_id}",
+                params={**flatten(trial.config), "family": fields["family"], **fields["params"]},
+                dataset=writer.DatasetInfo(**fields["dataset"]), reuse_status=False)
+        except Exception as exc:  # a tracking hiccup must not stop the study: the trainable retries
+            log.warning("could not open the MLflow run of trial %s: %s", trial.trial_id, exc)
 
     def _end(self, trial, stop_reason: str, message: str = "") -> None:
         """Tag ``stop_reason`` and end the trial's MLflow run (found by the run id the trial

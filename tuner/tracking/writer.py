@@ -112,25 +112,33 @@ def start_study_run(client: MlflowClient, experiment_id: str, study_name: str,
     return run.info.run_id
 
 
-def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
-    """Run id of a trial's nested run under ``parent_run_id``, or None."""
-    runs = client.search_runs(
+def _trial_runs_of(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                   trial_id: str) -> list:
+    """The runs of one trial under ``parent_run_id``, oldest first (one, normally)."""
+    return client.search_runs(
         [experiment_id],
-        filter_string=f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
-        max_results=1,
-    )
+        filter_string=f"tags.`{schema.TRIAL_ID_TAG}` = '{trial_id}' and "
+                      f"tags.`{schema.PARENT_RUN_TAG}` = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"], max_results=10)
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
+    """Run id of a trial's nested run under ``parent_run_id`` (the oldest), or None."""
+    runs = _trial_runs_of(client, experiment_id, parent_run_id, trial_id)
     return runs[0].info.run_id if runs else None
 
 
 def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: str,
                     study_name: str, trial_id: str, family: str, run_name: str,
                     params: dict[str, Any], dataset: DatasetInfo,
-                    tags: dict[str, str] | None = None) -> str:
-    """The trial's nested run: reused when one exists for this trial (resume), else created
-    with ``tags`` beside the conventional ones."""
+                    tags: dict[str, str] | None = None, reuse_status: bool = True) -> str:
+    """The trial's nested run: reused when one exists for this trial (made by the driver when
+    the trial started, or by an earlier attempt), set RUNNING unless ``reuse_status`` is
+    false; else created with ``tags`` beside the conventional ones."""
     existing = find_trial_run(client, experiment_id, parent_run_id, trial_id)
     if existing is not None:
-        client.update_run(existing, status="RUNNING")
+        if reuse_status:
+            client.update_run(existing, status="RUNNING")
         if tags:
             client.log_batch(existing, tags=[RunTag(k, v) for k, v in tags.items()])
         return existing
@@ -138,6 +146,16 @@ def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: 
             schema.STUDY_TAG: study_name, schema.TRIAL_ID_TAG: trial_id,
             schema.FAMILY_TAG: family}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    # The driver (when the trial starts) and the trial itself may both find no run and both
+    # make one: the oldest is the trial's run, any other is deleted by whoever sees it.
+    runs = _trial_runs_of(client, experiment_id, parent_run_id, trial_id)
+    for extra in runs[1:]:
+        try:
+            client.delete_run(extra.info.run_id)
+        except Exception:  # the other party deleted it first
+            pass
+    if runs and runs[0].info.run_id != run.info.run_id:
+        return runs[0].info.run_id
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])
     return run.info.run_id
