@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 family=args.family, img_size=32, class_names=list(meta.class_names),
                 max_epochs=args.epochs, seed=0, cpus_per_trial=1, study_name=f"bench-{r}",
                 tracking_uri=uri, experiment_id=exp, parent_run_id=parent, dataset_name=root.name,
-                dataset_digest=meta.digest, dataset_source=str(root), dataset_preset="model_ii")
+                dataset_digest=meta.digest, dataset_source=str(root), dataset_preset="model_ii",
+                outbox_dir=str(tmp / "outbox" / f"bench-{r}"))
             block = {}
             for kind in (("bare", "trial") if r % 2 == 0 else ("trial", "bare")):
                 if kind == "bare":

@@ -240,9 +240,11 @@ def mlflow_server(
     env: dict[str, str] | None = None,
     app_name: str | None = None,
     timeout_s: float = 120,
+    port: int | None = None,
 ) -> Iterator[MlflowServer]:
-    """``mlflow server`` on a free loopback port (one worker, no job execution: ~0.5 GiB)."""
-    port = free_port()
+    """``mlflow server`` on a free loopback port, or ``port`` (to start a stopped server again
+    where its clients look for it); one worker, no job execution: ~0.5 GiB."""
+    port = port or free_port()
     log = Path(tempfile.mkstemp(prefix="lt-mlflow-", suffix=".log", dir="/tmp")[1])
     cmd = [
         BIN / "mlflow", "server", "--backend-store-uri", backend_store_uri,

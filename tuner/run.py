@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$LENSTUNE_STORAGE, else <runs-dir>/studies (refused on a multi-node cluster)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-failures", type=int, help="retries of an errored trial")
+    p.add_argument("--tracking-outage-limit", dest="tracking_outage_limit_s", type=float,
+                   metavar="SECONDS", help="how long the tracking server may stay unreachable "
+                   "before the study stops cleanly (default 180; writes wait on local disk)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     p.add_argument("--config", type=Path, help="YAML file of study settings (below flags)")
     p.add_argument("--no-promote", dest="promote", action="store_false", default=None,
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.tracking import schema
     from tuner.study.config import ConfigError, parse_family_list, resolve_study_config
     from tuner.data import DatasetError
+    from tuner.tracking.outbox import TrackingOutageError, is_outage
     from tuner.tracking.writer import TrackingError
 
     try:
@@ -123,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         result = run_study(config)
     except (ConfigError, DatasetError, TrackingError, SearchSpaceError) as exc:
         return error("tune", str(exc), EXIT_USAGE)
+    except TrackingOutageError as exc:
+        return error("tune", str(exc), EXIT_FAILED)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return error("tune", f"the MLflow tracking server stopped answering: {exc}; its unsent "
+                     "writes wait under the runs folder's outbox/; run the same command with "
+                     "--resume once the server is back", EXIT_FAILED)
     print(result.summary())
     failed = [r for r in result.rows if r.get(schema.STOP_REASON_TAG) == schema.STOP_FAILED]
     if result.rows and len(failed) == len(result.rows):

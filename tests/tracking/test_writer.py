@@ -90,26 +90,3 @@ def test_trials_of_a_result_grid_are_known_by_reported_id_or_folder_name():
     assert all(known(t) for t in ("ab12c8f0", "0c1d2e3f", "ab12c_00002"))
     assert not any(known(t) for t in ("ab12c8f1", "trial_0c1d2e3f_x", "ab12c"))
     assert known_trials(grid + [R(metrics={}, path="")]) is None  # unknown: delete nothing
-
-
-def test_metric_sender_sends_in_the_background_and_flushes_before_reports(sqlite_uri):
-    client, exp, parent = _study(sqlite_uri, "sender")
-    run = tracking.start_trial_run(client, experiment_id=exp, parent_run_id=parent,
-                                   study_name="s1", trial_id="t_sender", family="vit",
-                                   run_name="vit-t_sender", params={}, dataset=DATASET)
-    sender = tracking.MetricSender(client, run)
-    for epoch in (1, 2, 3):
-        sender.log({"val_auc_macro": 0.5 + epoch / 10, "epoch": epoch}, step=epoch)
-    sender.flush()
-    assert [m.step for m in client.get_metric_history(run, "val_auc_macro")] == [1, 2, 3]
-    sender.close()
-    sender.close()  # idempotent
-
-
-def test_metric_sender_raises_a_failed_send_at_flush(sqlite_uri):
-    client, exp, parent = _study(sqlite_uri, "sender-error")
-    sender = tracking.MetricSender(client, "no-such-run-id")
-    sender.log({"val_auc_macro": 0.5}, step=1)
-    with pytest.raises(Exception, match="no-such-run-id|not found|Run"):
-        sender.flush()
-    sender.close()  # the error was raised once; closing is quiet now

@@ -74,6 +74,10 @@ class StudyConfig(BaseModel):
     seed: int = 0
     max_failures: int = Field(2, ge=0, description="retries of a trial whose worker, node or "
                               "device failed, from its last checkpoint (a NaN loss is not retried)")
+    tracking_outage_limit_s: float = Field(
+        180.0, gt=0, description="seconds the tracking server may stay unreachable during a "
+        "study (writes wait in <runs_dir>/outbox meanwhile) before the study stops cleanly "
+        "(exit 1; --resume sends what waited and goes on)")
     num_cpus: int | None = Field(None, ge=1)
     promote: bool = Field(True, description="tuner/run.py: register the best trial and decide "
                           "the champion alias when the study ends")
@@ -111,6 +115,11 @@ class StudyConfig(BaseModel):
     # Derived paths. Relative paths resolve against the working directory at run time.
     def resolved_runs_dir(self) -> Path:
         return self.runs_dir.expanduser().resolve()
+
+    def outbox_dir(self, study_name: str) -> Path:
+        """Journals of the study's writes that wait for the tracking server
+        (:mod:`tuner.tracking.outbox`)."""
+        return self.resolved_runs_dir() / "outbox" / study_name
 
     def resolved_tracking_uri(self) -> str:
         """The MLflow tracking URI: the configured one, else ``$MLFLOW_TRACKING_URI`` (what the

@@ -218,6 +218,28 @@ def _delete_orphans(client, experiment_id: str, parent_run_id: str, family: str,
                        ",".join(folders))
 
 
+def _record_unseen_failures(client, ctx, results) -> None:
+    """Give a run to every trial that Tune ended in error before the trial ever started (so no
+    run was opened for it: a worker that could not be handed over, a trial that could not be
+    restored), ended ``failed`` with the error: no trial of a study goes unrecorded."""
+    from tuner.study.search import TRIAL_FOLDER_PREFIX, describe_error
+
+    for result in results:
+        if result.error is None:
+            continue
+        trial_id = (result.metrics or {}).get("trial_id") or str(result.path).rstrip("/").rsplit(
+            "/", 1)[-1].removeprefix(TRIAL_FOLDER_PREFIX + "_")
+        if tracking.find_trial_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id):
+            continue
+        run_id = tracking.open_trial_run(
+            client, experiment_id=ctx.experiment_id, parent_run_id=ctx.parent_run_id,
+            study_name=ctx.study_name, trial_id=trial_id, family=ctx.family,
+            params={**flatten(result.config or {}), "family": ctx.family},
+            dataset={"name": ctx.dataset_name, "digest": ctx.dataset_digest,
+                     "source": ctx.dataset_source, "preset": ctx.dataset_preset})
+        tracking.end_trial_run(client, run_id, schema.STOP_FAILED, describe_error(result.error))
+
+
 def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, data_root: Path,
                study_name: str, tracking_uri: str, experiment_id: str, parent_run_id: str,
                resources: TrialResources) -> None:
@@ -238,7 +260,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, dataset_name=data_root.name, dataset_digest=meta.digest,
         dataset_source=str(data_root), dataset_preset=str(meta.preset),
-        study_config=config.model_dump(mode="json"))
+        study_config=config.model_dump(mode="json"),
+        outbox_dir=str(config.outbox_dir(study_name)))
     trainable = register_family_trainable(
         tune.with_parameters(train_trial, data=refs, context=ctx.model_dump()), family,
         resources.cpus, resources.gpus)
@@ -258,7 +281,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             "dataset": {"name": ctx.dataset_name, "digest": ctx.dataset_digest,
                         "source": ctx.dataset_source, "preset": ctx.dataset_preset},
             "params": {"dataset_digest": ctx.dataset_digest, "dataset_preset": ctx.dataset_preset,
-                       "img_size": ctx.img_size}})
+                       "img_size": ctx.img_size}},
+            outbox_dir=ctx.outbox_dir, outage_limit_s=config.tracking_outage_limit_s)
         tuner = build_tuner(
             trainable, space.param_space(), name=family, storage_path=storage,
             num_samples=config.samples, max_epochs=max_epochs,
@@ -272,6 +296,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     from tuner.tracking.store import mlflow_client
 
     client = mlflow_client(tracking_uri)
+    _record_unseen_failures(client, ctx, results)
     if restored:
         _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
                         TRIAL_FOLDER_PREFIX)
@@ -332,6 +357,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     spaces = {family: load_search_space(family, config.profile) for family in config.families}
     tracking_uri = config.resolved_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
+    tracking.bound_request_retries(config.tracking_outage_limit_s)
     from tuner.study.search import check_storage
 
     check_storage(config.resolved_storage())
@@ -374,6 +400,12 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
         _log_study_files(client, parent_run_id, config, spaces)
         client.set_tag(parent_run_id, schema.FILES_LOGGED_TAG, "true")
 
+    from tuner.tracking.outbox import replay_outbox
+
+    outbox = config.outbox_dir(study_name)
+    sent, _ = replay_outbox(client, outbox)  # what an interrupted run of this study could not send
+    if sent:
+        echo(f"sent {sent} write(s) that waited in {outbox} for the tracking server")
     refs = {name: ray.put(array) for name, array in arrays.items()}
     del arrays
     pending = [f for f in config.families if parent_tags.get(schema.DONE_TAG_PREFIX + f) != "true"]
@@ -381,6 +413,12 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
         config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
         study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, resources=resources[family]))
+    # Every trial has ended: send what its trials left on this machine, then end any run whose
+    # end was lost with a worker node while the server was away.
+    replay_outbox(client, outbox)
+    tracking.close_open_trial_runs(client, experiment_id, parent_run_id,
+                                   "its end was never recorded (the trial's node or the tracking "
+                                   "server went away)")
 
     rows = tracking.leaderboard_rows(tracking.list_trial_runs(client, experiment_id, parent_run_id))
     board_dir = config.resolved_runs_dir() / "leaderboards" / study_name

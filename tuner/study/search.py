@@ -7,9 +7,9 @@ study, and the driver-side callback that records why each trial stopped in MLflo
 from __future__ import annotations
 
 import logging
-
 import math
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
@@ -21,71 +21,108 @@ from tuner.study.asha import (EqualFidelityOptunaSearch, RankASHAScheduler, Rest
                         reported_epoch)
 from tuner.study.config import EPOCH_ATTR, METRIC, MODE
 from tuner.tracking import schema
+from tuner.tracking.outbox import Outbox, ServerWatch, TrackingOutageError
 
 
 log = logging.getLogger(__name__)
 
 
 class TrialStopCallback(tune.Callback):
-    """Ends each trial's MLflow run with the right ``stop_reason`` from the driver.
+    """The driver's side of a family's trial runs in MLflow, and its watch on the server.
 
-    A trial that ASHA stops never runs past its last ``tune.report``, so it cannot end its
-    own run; Optuna even sees it as COMPLETE. Here a trial that completes with fewer epochs
-    than ``max_epochs`` is ``asha_stopped`` (run KILLED), one that errors is ``failed``
-    (run FAILED, error message tagged). Picklable: Tune saves it with the study for restore.
+    - When Ray starts a trial, its run is opened (so a trial whose worker dies before it logs
+      anything is still recorded); the trainable finds and reuses it.
+    - A trial that ASHA stops never runs past its last ``tune.report``, so it cannot end its
+      own run, and Optuna even sees it as COMPLETE: here a trial that completes with fewer
+      epochs than ``max_epochs`` is ``asha_stopped`` (run KILLED), one that errors is
+      ``failed`` (run FAILED, ``<exception class>: <first line>`` as the message), and a
+      trial Tune retries gets the cause of the retry tagged.
+    - Every write goes through an :class:`tuner.tracking.outbox.Outbox` (journalled under
+      ``outbox_dir``, sent by a background thread), so Tune's loop never waits on the server
+      and no exception of MLflow's reaches it.
+    - Once the server has been unreachable for ``outage_limit_s`` seconds the family's Tune
+      run is stopped with :class:`TrackingOutageError` (the study ends cleanly; ``--resume``
+      sends the journals and goes on).
+
+    Picklable: Tune saves it with the study for restore; the outbox and the watch are made
+    again in the process that restores it.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 run_fields: dict[str, Any] | None = None):
+                 run_fields: dict[str, Any], *, outbox_dir: str, outage_limit_s: float):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
         # study_name, family, dataset (DatasetInfo fields), params: what a trial run is made of
         self.run_fields = run_fields
+        self.outbox_dir = outbox_dir
+        self.outage_limit_s = outage_limit_s
+        self._outbox: Outbox | None = None
+        self._watch: ServerWatch | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_outbox": None, "_watch": None}
+
+    def _send(self, op: dict[str, Any]) -> None:
+        try:
+            if self._outbox is None:
+                from tuner.tracking.store import mlflow_client
+
+                self._outbox = Outbox(mlflow_client(self.tracking_uri), self.outbox_dir,
+                                      f"driver-{self.run_fields['family']}")
+            self._outbox.submit(op)
+        except Exception as exc:  # e.g. an unwritable runs folder: never a reason to stop Tune
+            log.warning("could not record %s of a trial: %s", op.get("op"), exc)
+
+    def _trial_fields(self, trial) -> dict[str, Any]:
+        return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
+                "trial_id": trial.trial_id}
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._watch is None:
+            self._watch = ServerWatch(self.tracking_uri).start()
+        away = self._watch.away_for()
+        if away > self.outage_limit_s:
+            raise TrackingOutageError(
+                f"the MLflow tracking server has not answered for {away:.0f} s (limit "
+                f"{self.outage_limit_s:g} s, --tracking-outage-limit; {self._watch.reason}); "
+                f"the study stopped; its unsent writes wait in {self.outbox_dir}; run the same "
+                "command with --resume once the server is back")
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        """Every trial has its MLflow run from the moment Ray starts it, made here by the
-        driver, so a trial whose worker dies before it logs anything is still recorded (and
-        then ended with the cause). The trainable finds and reuses the run."""
-        if not self.run_fields:
-            return
+        """Open the trial's run now, before Tune hands the trial its first task, so the
+        trainable finds it and never makes a second; while the server is away the opening
+        waits in the journal (and the trial, which needs the server, opens its own)."""
         from tuner.study.config import flatten
-        from tuner.tracking import writer
+        from tuner.tracking.outbox import is_outage
         from tuner.tracking.store import mlflow_client
+        from tuner.tracking.writer import open_trial_run
 
         fields = self.run_fields
-        try:
-            writer.start_trial_run(
-                mlflow_client(self.tracking_uri), experiment_id=self.experiment_id,
-                parent_run_id=self.parent_run_id, study_name=fields["study_name"],
-                trial_id=trial.trial_id, family=fields["family"],
-                run_name=f"{fields['family']}-{trial.trial_id}",
-                params={**flatten(trial.config), "family": fields["family"], **fields["params"]},
-                dataset=writer.DatasetInfo(**fields["dataset"]), reuse_status=False)
-        except Exception as exc:  # a tracking hiccup must not stop the study: the trainable retries
-            log.warning("could not open the MLflow run of trial %s: %s", trial.trial_id, exc)
+        op = {"op": "open_trial", "fields": {
+            "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
+            "study_name": fields["study_name"], "trial_id": trial.trial_id,
+            "family": fields["family"], "dataset": fields["dataset"],
+            "params": {k: str(v) for k, v in {**flatten(trial.config), "family": fields["family"],
+                                              **fields["params"]}.items()}}}
+        if self._watch is None or self._watch.away_for() == 0:
+            try:
+                open_trial_run(mlflow_client(self.tracking_uri), **op["fields"])
+                return
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.warning("could not open the MLflow run of trial %s: %s",
+                                trial.trial_id, exc)
+                    return
+        self._send(op)
 
     def _end(self, trial, stop_reason: str, message: str = "") -> None:
-        """Tag ``stop_reason`` and end the trial's MLflow run (found by the run id the trial
-        reported, else by its trial id); nothing when the trial never opened a run."""
-        from tuner.tracking.store import mlflow_client
-
-        from tuner.tracking.writer import end_trial_run, find_trial_run
-
-        client = mlflow_client(self.tracking_uri)
-        run_id = (trial.last_result or {}).get("mlflow_run_id") or find_trial_run(
-            client, self.experiment_id, self.parent_run_id, trial.trial_id)
-        if run_id is None:
-            return
-        tags = client.get_run(run_id).data.tags
-        ended = tags.get(schema.STOP_REASON_TAG)
-        if ended in (schema.STOP_COMPLETED, schema.STOP_ASHA) and (trial.last_result or {}).get(
-                "replayed"):
-            return  # a finished trial replayed after a restore: its run keeps how it ended
-        if ended == schema.STOP_FAILED and tags.get(schema.STOP_MESSAGE_TAG):
-            return  # the trainable recorded its own exception; Ray's wrapper says less
-        end_trial_run(client, run_id, stop_reason, message)
+        result = trial.last_result or {}
+        self._send({"op": "end_trial", "fields": {
+            **self._trial_fields(trial), "run_id": result.get("mlflow_run_id"),
+            "stop_reason": stop_reason, "message": message,
+            "replayed": bool(result.get("replayed"))}})
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = int(reported_epoch(trial.last_result or {}) or 0)
@@ -98,25 +135,56 @@ class TrialStopCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._end(trial, schema.STOP_FAILED, error_reason(trial))
 
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """Tune retries the trial from its last checkpoint (its worker or node died, or it
+        raised): count the attempt and say why on its run."""
+        self._send({"op": "trial_tags", "fields": {
+            **self._trial_fields(trial), "tags": {
+                schema.RETRIES_TAG: str(trial.num_failures),
+                schema.RETRIED_AFTER_TAG: error_reason(trial)}}})
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        """Send what is waiting (not while the server is away: the journal keeps it)."""
+        if self._outbox is not None:
+            away = self._watch is not None and self._watch.away_for() > 0
+            self._outbox.close(wait_s=0.0 if away else 60.0, raise_errors=False)
+            self._outbox = None
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+
 
 def error_reason(trial) -> str:
     """``<exception class>: <first line>`` of the error a trial ended with (the trainable's own
     exception inside Ray's wrapper, or Ray's: a lost worker is ``ActorDiedError``), read from
-    what Tune saved of it; "trial raised an error" when Tune saved nothing."""
+    what Tune saved of it (on the driver's disk first: Tune copies it to the study's storage
+    later); "trial raised an error" when Tune saved nothing."""
+    exc = None
     try:
-        exc = trial.get_pickled_error()
+        local = Path(trial.pickled_error_file) if trial.local_path else None
+        if local is not None and local.is_file():
+            import cloudpickle
+
+            exc = cloudpickle.loads(local.read_bytes())
+        else:
+            exc = trial.get_pickled_error()
     except Exception:  # an error that cannot be unpickled here: use its text
         exc = None
     if exc is not None:
-        cause = getattr(exc, "cause", None) or exc
-        first = next((line for line in str(cause).strip().splitlines() if line.strip()), "")
-        return f"{type(cause).__name__}: {first}"[:1000]
+        return describe_error(exc)
     try:
         text = trial.get_error() or ""
     except Exception:
         text = ""
     lines = [line for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1][:1000] if lines else "trial raised an error"
+
+
+def describe_error(exc: BaseException) -> str:
+    """``<exception class>: <first line>`` of an error (the cause inside Ray's wrapper)."""
+    cause = getattr(exc, "cause", None) or exc
+    first = next((line for line in str(cause).strip().splitlines() if line.strip()), "")
+    return f"{type(cause).__name__}: {first}"[:1000]
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,

@@ -51,6 +51,7 @@ NODE_ID_TAG = "lenstune.node_id"
 NODE_IP_TAG = "lenstune.node_ip"
 ASSIGNED_RESOURCES_TAG = "lenstune.assigned_resources"
 DEVICE_TAG = "lenstune.device"
+WORKER_PID_TAG = "lenstune.worker_pid"  # the trial's worker process on its node
 
 # trial runs: bookkeeping
 RETRIES_TAG = "lenstune.retries"  # attempts after the first (a lost worker or node, an error)

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
-import queue
-import threading
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +64,21 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             f"tracking URI {uri!r} is not allowed; use http(s)://host:port, sqlite:///path or "
             "postgresql://... (MLflow >= 3.13 refuses the plain file store)"
         )
+
+
+def bound_request_retries(limit_s: float) -> None:
+    """Have MLflow's client give up on a request after retrying for about ``limit_s`` seconds
+    (its own default retries for some 4 minutes): a study waits out an outage of the tracking
+    server for its ``tracking_outage_limit_s`` and not much longer, also where it calls MLflow
+    directly. Sets ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` for this process and the local Ray
+    workers it starts, unless the user has set it."""
+    import math
+
+    if "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ:
+        return
+    # MLflow sleeps backoff_factor (2 s) * 2**i before retry i: n retries wait 2 * (2**n - 1) s.
+    retries = max(1, min(10, math.ceil(math.log2(limit_s / 2 + 1))))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
@@ -114,12 +128,13 @@ def start_study_run(client: MlflowClient, experiment_id: str, study_name: str,
 
 def _trial_runs_of(client: MlflowClient, experiment_id: str, parent_run_id: str,
                    trial_id: str) -> list:
-    """The runs of one trial under ``parent_run_id``, oldest first (one, normally)."""
-    return client.search_runs(
+    """The runs of one trial under ``parent_run_id``, oldest first, ties by run id (one,
+    normally): every process that lists them sees the same first."""
+    runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{schema.TRIAL_ID_TAG}` = '{trial_id}' and "
-                      f"tags.`{schema.PARENT_RUN_TAG}` = '{parent_run_id}'",
-        order_by=["attributes.start_time ASC"], max_results=10)
+                      f"tags.`{schema.PARENT_RUN_TAG}` = '{parent_run_id}'", max_results=50)
+    return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
 
 
 def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
@@ -161,74 +176,61 @@ def start_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: 
     return run.info.run_id
 
 
+def open_trial_run(client: MlflowClient, *, experiment_id: str, parent_run_id: str,
+                   study_name: str, trial_id: str, family: str, params: dict[str, Any],
+                   dataset: dict[str, str]) -> str:
+    """The trial's run as the driver opens it when Ray starts the trial (before the trial has
+    logged anything): created, or found and left as it is."""
+    return start_trial_run(client, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                           study_name=study_name, trial_id=trial_id, family=family,
+                           run_name=f"{family}-{trial_id}", params=params,
+                           dataset=DatasetInfo(**dataset), reuse_status=False)
+
+
+def settle_trial_end(client: MlflowClient, *, experiment_id: str, parent_run_id: str,
+                     trial_id: str, run_id: str | None, stop_reason: str, message: str = "",
+                     replayed: bool = False) -> None:
+    """End a trial's run as the driver saw the trial end (found by ``run_id``, else by its
+    trial id; nothing when the trial never had a run). A finished trial replayed after a
+    restore keeps how it ended; a failure the trial recorded itself keeps its own message
+    (Ray's wrapper says less)."""
+    run_id = run_id or find_trial_run(client, experiment_id, parent_run_id, trial_id)
+    if run_id is None:
+        return
+    run = client.get_run(run_id)
+    ended = run.data.tags.get(schema.STOP_REASON_TAG)
+    if replayed and ended in (schema.STOP_COMPLETED, schema.STOP_ASHA):
+        return
+    if (ended == schema.STOP_FAILED and run.data.tags.get(schema.STOP_MESSAGE_TAG)
+            and run.info.status == "FAILED"):
+        return
+    end_trial_run(client, run_id, stop_reason, message)
+
+
+def tag_trial(client: MlflowClient, *, experiment_id: str, parent_run_id: str, trial_id: str,
+              tags: dict[str, str]) -> None:
+    """Tags on a trial's run, found by its trial id (nothing when it has none yet)."""
+    run_id = find_trial_run(client, experiment_id, parent_run_id, trial_id)
+    if run_id is not None:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def close_open_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                          message: str) -> list[str]:
+    """End as ``failed`` (with ``message``) every trial run of a study still RUNNING once no
+    trial of it runs any more: a run whose end was never recorded (its trial ended while the
+    tracking server was away and the write was lost with its node). Returns their ids."""
+    left = [run.info.run_id for run in list_trial_runs(client, experiment_id, parent_run_id)
+            if run.info.status == "RUNNING"]
+    for run_id in left:
+        end_trial_run(client, run_id, schema.STOP_FAILED, message)
+    return left
+
+
 def log_epoch(client: MlflowClient, run_id: str, values: dict[str, float], step: int) -> None:
-    """Log one epoch's metrics at ``step`` (the epoch number, from 1)."""
-    client.log_batch(run_id, metrics=epoch_metrics(values, step))
-
-
-def epoch_metrics(values: dict[str, float], step: int) -> list[Metric]:
-    """One epoch's ``values`` as MLflow metrics at ``step``, timestamped now."""
+    """Log one epoch's metrics at ``step`` (the epoch number, from 1), timestamped now."""
     now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items()]
-
-
-class MetricSender:
-    """Logs a run's per-epoch metrics from a background thread, so a trial never waits on the
-    tracking server between epochs: :meth:`log` queues, the thread sends whatever is queued in
-    one ``log_batch``. :meth:`flush` waits until everything queued has been sent (a trial
-    flushes before each report the scheduler may act on) and raises the first send error;
-    :meth:`close` flushes and stops the thread (idempotent)."""
-
-    _STOP = object()
-
-    def __init__(self, client: MlflowClient, run_id: str):
-        self._client, self._run_id = client, run_id
-        self._queue: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._send_loop, name=f"metrics-{run_id[:8]}",
-                                        daemon=True)
-        self._thread.start()
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        """Queue one epoch's metrics at ``step`` (timestamped now)."""
-        self._queue.put(epoch_metrics(values, step))
-
-    def _send_loop(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            while True:  # everything queued meanwhile goes in the same request
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is self._STOP for item in items)
-            metrics = [m for item in items if item is not self._STOP for m in item]
-            try:
-                for start in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
-                    self._client.log_batch(self._run_id, metrics=metrics[start:start + 1000])
-            except Exception as exc:  # kept for flush()/close() in the trial's thread
-                self._error = self._error or exc
-            finally:
-                for _ in items:
-                    self._queue.task_done()
-            if stop:
-                return
-
-    def flush(self) -> None:
-        """Wait until every queued metric was sent; raise the first error of a send."""
-        self._queue.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def close(self, raise_errors: bool = True) -> None:
-        """Send what is queued, stop the thread; with ``raise_errors`` raise a send error."""
-        if self._thread.is_alive():
-            self._queue.put(self._STOP)
-            self._thread.join()
-        if raise_errors and self._error is not None:
-            error, self._error = self._error, None
-            raise error
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
 
 def end_trial_run(client: MlflowClient, run_id: str, stop_reason: str, message: str = "") -> None:

@@ -6,12 +6,14 @@ arrays, read here without copying (and moved to the trial's GPU once, when it ha
 
 What a trial writes, and when (so that the device trains rather than waits):
 - every epoch: ``tune.report(metrics)``; the metrics go to the trial's nested MLflow run
-  through a background sender (:class:`tuner.tracking.writer.MetricSender`), never blocking training;
+  through the trial's outbox (:class:`tuner.tracking.outbox.Outbox`: journalled on local disk,
+  sent by a background thread), so training never waits on the tracking server, and an outage
+  of the server loses nothing;
 - at each ASHA rung (the only epochs where the scheduler can stop the trial) and at the last
   epoch: a Tune checkpoint (weights, AdamW state, scheduler step, resolved config, MLflow run
   id) with the report, and, if the validation AUC improved since the last one, the best
-  weights (kept in memory meanwhile) and validation probabilities to MLflow; the metric
-  sender is flushed first, so the driver sees every epoch of a trial it stops. The driver
+  weights (kept in memory meanwhile) and validation probabilities to MLflow; the outbox is
+  flushed first (unless the server is away), so the driver sees every epoch of a trial it stops. The driver
   draws each trial's ROC and confusion-matrix plots once, from those probabilities, when the
   family's trials have ended.
 A crash loses at most the epochs since the last rung: ``--resume`` restarts the trial from its
@@ -22,6 +24,7 @@ trial resumes from ``tune.get_checkpoint()``.
 from __future__ import annotations
 
 import gc
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ from tuner.training import checkpoint as ckpt
 from tuner.training import loop
 from tuner.training.plots import BEST_PROBS
 from tuner.tracking import schema
+from tuner.tracking.outbox import Outbox
 
 
 class TrialContext(BaseModel):
@@ -64,6 +68,7 @@ class TrialContext(BaseModel):
     dataset_source: str
     dataset_preset: str
     study_config: dict[str, Any] = {}
+    outbox_dir: str  # journals of writes waiting for the tracking server (tuner.tracking.outbox)
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -88,7 +93,7 @@ def resolved_config(config: dict[str, Any], ctx: TrialContext) -> dict[str, Any]
     }
 
 
-def _log_best_epoch(client, run_id: str, *, weights: dict[str, torch.Tensor], resolved: dict,
+def _log_best_epoch(outbox, run_id: str, *, weights: dict[str, torch.Tensor], resolved: dict,
                     probs: np.ndarray, labels: np.ndarray, epoch: int) -> None:
     """Artifacts of the best epoch so far: checkpoint/ (its ``weights``), config.json, and its
     validation probabilities (``BEST_PROBS``), from which the driver draws the trial's plots
@@ -99,8 +104,8 @@ def _log_best_epoch(client, run_id: str, *, weights: dict[str, torch.Tensor], re
         (folder / schema.CONFIG_ARTIFACT).write_text(
             (folder / schema.CHECKPOINT_ARTIFACT / ckpt.CONFIG_FILE).read_text())
         np.savez(folder / BEST_PROBS, probs=probs.astype(np.float32), labels=labels)
-        client.log_artifacts(run_id, str(folder))
-    client.set_tag(run_id, "best_epoch", str(epoch))
+        outbox.artifacts(run_id, folder)
+    outbox.tags(run_id, {"best_epoch": str(epoch)})
 
 
 @dataclass
@@ -130,21 +135,18 @@ def _placement() -> dict[str, str]:
             schema.NODE_IP_TAG: ray.util.get_node_ip_address(),
             schema.ASSIGNED_RESOURCES_TAG: ",".join(f"{k}={v:g}"
                                                     for k, v in sorted(assigned.items())),
-            schema.DEVICE_TAG: str(loop.pick_device())}
+            schema.DEVICE_TAG: str(loop.pick_device()), schema.WORKER_PID_TAG: str(os.getpid())}
 
 
-def _count_retry(client, run_id: str) -> None:
-    """A run that an earlier attempt of this trial ended as failed (or left running when its
-    worker died) is being retried: count the attempt on the run and say what ended the last."""
-    run = client.get_run(run_id)
-    tags, history = run.data.tags, client.get_metric_history(run_id, schema.OBJECTIVE)
-    previous = tags.get(schema.STOP_REASON_TAG)
-    if previous != schema.STOP_FAILED and not (history and previous is None):
-        return
-    retries = int(tags.get(schema.RETRIES_TAG, "0")) + 1
-    reason = tags.get(schema.STOP_MESSAGE_TAG) or "its worker stopped (lost process or node)"
-    client.set_tag(run_id, schema.RETRIES_TAG, str(retries))
-    client.set_tag(run_id, schema.RETRIED_AFTER_TAG, reason[:1000])
+def _clear_failed_attempt(client, run_id: str) -> None:
+    """A run that an earlier attempt of this trial ended as failed is being retried: its stop
+    reason and message go (the driver tagged the cause of the retry and counts the attempts,
+    ``lenstune.retried_after`` and ``lenstune.retries``), so the run ends with this attempt's."""
+    tags = client.get_run(run_id).data.tags
+    if tags.get(schema.STOP_REASON_TAG) == schema.STOP_FAILED:
+        for key in (schema.STOP_REASON_TAG, schema.STOP_MESSAGE_TAG):
+            if key in tags:
+                client.delete_tag(run_id, key)
 
 
 def _replay_finished_run(ctx: TrialContext, trial_id: str) -> bool:
@@ -188,6 +190,10 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     from tuner.study.search_space import TrainHParams
 
     ctx = TrialContext(**context)
+    # Tune hands a worker to its next trial once the last trial's thread has ended, waiting
+    # 2 s by default; freeing a trial's memory can take longer on a busy node, and a failed
+    # hand-over ends the next trial in error before it starts. Read by Tune in this process.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     hp = TrainHParams(**config["train"])
     trial_id = tune.get_context().get_trial_id() or "local"
     if _replay_finished_run(ctx, trial_id):
@@ -244,7 +250,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     else:
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[tracking.RunTag(k, v) for k, v in _placement().items()])
-    _count_retry(client, run_id)
+    _clear_failed_attempt(client, run_id)
     # Epochs a previous attempt logged before dying without a checkpoint are re-trained
     # (deterministically) but not logged twice, and not reported to Tune before the last of
     # them: the trial went on past those epochs, so the scheduler's decisions at them were
@@ -252,8 +258,10 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     logged = {m.step for m in client.get_metric_history(run_id, schema.OBJECTIVE)}
     decided_before = max(logged, default=0)
     checkpoint_epochs = set(ctx.rungs) | {ctx.max_epochs}
-    sender = tracking.MetricSender(client, run_id)
+    outbox = Outbox(client, ctx.outbox_dir, f"trial-{trial_id}", adopt=True)
 
+    reported = False
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch + 1, ctx.max_epochs + 1):
             # Seeds depend on (trial seed, epoch) so a resumed trial draws what it would have.
@@ -276,17 +284,18 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             best.update(values[schema.OBJECTIVE], epoch, network, probs)
             values[schema.BEST_OBJECTIVE] = best.score
             if epoch not in logged:
-                sender.log(values, step=epoch)
+                outbox.metrics(run_id, values, step=epoch)
             if epoch < decided_before:
                 continue
             if epoch not in checkpoint_epochs:
                 tune.report({**values, "mlflow_run_id": run_id})
+                reported = True
                 continue
             if best.epoch > best.logged:
-                _log_best_epoch(client, run_id, weights=best.weights, resolved=resolved,
+                _log_best_epoch(outbox, run_id, weights=best.weights, resolved=resolved,
                                 probs=best.probs, labels=y_val_np, epoch=best.epoch)
                 best.logged = best.epoch
-            sender.flush()
+            outbox.flush()
             with tempfile.TemporaryDirectory() as tmp:
                 state = {"epoch": epoch, "best": best.score, "best_epoch": best.logged,
                          "mlflow_run_id": run_id, "scheduler_step": scheduler.last_epoch}
@@ -294,17 +303,21 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                                      optimizer=optimizer, state=state)
                 tune.report({**values, "mlflow_run_id": run_id},
                             checkpoint=tune.Checkpoint.from_directory(tmp))
-        sender.close()
-        tracking.end_trial_run(client, run_id, schema.STOP_COMPLETED)
+                reported = True
     except loop.NonFiniteLossError as exc:  # the configuration's fault: a retry fails again
-        sender.close(raise_errors=False)
-        tracking.end_trial_run(client, run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
+        outbox.end_run(run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
+        if not reported:  # Tune refuses a trial that ends without its metric: the worst score
+            tune.report({schema.OBJECTIVE: 0.0, schema.BEST_OBJECTIVE: 0.0,
+                         schema.EPOCH: float(epoch), "mlflow_run_id": run_id,
+                         "non_finite_loss": 1.0})
     except Exception as exc:  # Tune retries it (max_failures) from its last checkpoint
-        sender.close(raise_errors=False)
-        tracking.end_trial_run(client, run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
+        outbox.end_run(run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
         raise
+    else:
+        outbox.end_run(run_id, schema.STOP_COMPLETED)
     finally:
-        sender.close(raise_errors=False)
+        # Sent now, or (server away) left in the journal for whoever replays it next.
+        outbox.close(raise_errors=False)
         # Free the device memory even when the actor is reused for the next trial.
         del model, network, optimizer, best, x_train, y_train, x_val
         gc.collect()
