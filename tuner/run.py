@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.tracking import schema
     from tuner.study.config import ConfigError, parse_family_list, resolve_study_config
     from tuner.data import DatasetError
+    from tuner.study.faults import DiskError, disk_cause, stop_message
     from tuner.tracking.outbox import TrackingOutageError, is_outage
     from tuner.tracking.writer import TrackingError
 
@@ -127,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         result = run_study(config)
     except (ConfigError, DatasetError, TrackingError, SearchSpaceError) as exc:
         return error("tune", str(exc), EXIT_USAGE)
-    except TrackingOutageError as exc:
+    except (TrackingOutageError, DiskError) as exc:  # the study stopped cleanly
         return error("tune", str(exc), EXIT_FAILED)
     except Exception as exc:
+        if disk_cause(exc):  # the driver's own writes (leaderboard, Ray's state) hit the disk
+            from tuner.study.driver import study_folders
+
+            return error("tune", stop_message(disk_cause(exc), study_folders(config)),
+                         EXIT_FAILED)
         if not is_outage(exc):
             raise
         return error("tune", f"the MLflow tracking server stopped answering: {exc}; its unsent "

@@ -16,7 +16,9 @@ def _study(uri, experiment):
 
 def test_study_and_trial_runs_follow_conventions(sqlite_uri):
     client, exp, parent = _study(sqlite_uri, "conventions")
-    assert tracking.start_study_run(client, exp, "s1", {"seed": 0}, DATASET) == parent  # reused
+    assert tracking.start_study_run(client, exp, "s1", {"seed": 0}, DATASET, resume=True) == parent
+    with pytest.raises(tracking.StudyNameTaken, match="--resume"):  # never another study's run
+        tracking.start_study_run(client, exp, "s1", {"seed": 0}, DATASET)
     run = tracking.start_trial_run(client, experiment_id=exp, parent_run_id=parent,
                                    study_name="s1", trial_id="t_00001", family="vit",
                                    run_name="vit-t_00001", params={"train.lr": 0.01}, dataset=DATASET)

@@ -23,7 +23,7 @@ from tuner.registry.promotion import (
     PromotionResult,
     _eval_tags,
     default_model_name,
-    ensure_registered_model,
+    create_version_once,
     find_version,
     load_trial,
     reevaluate_champion,
@@ -33,7 +33,7 @@ from tuner.registry.evaluation import evaluate, write_evaluation
 from tuner.models.io import ENSEMBLE_FAMILY, EnsembleMember, ModelConfig, predict_probs
 from tuner.registry.pyfunc import save_registry_model
 from tuner.tracking import schema
-from tuner.tracking.store import mlflow_client
+from tuner.tracking.store import mlflow_client, store_lock
 from tuner.tracking.reader import (
     PromotionError,
     completed,
@@ -93,9 +93,9 @@ def _register(client, name: str, study_run_id: str, k: int, config: ModelConfig,
     artifact_path = f"hyper_ensemble_top{k}"
     client.log_artifacts(study_run_id, str(model_dir), artifact_path)
     source = client.get_run(study_run_id).info.artifact_uri.rstrip("/") + "/" + artifact_path
-    ensure_registered_model(client, name)
-    return client.create_model_version(
-        name, source, run_id=study_run_id, tags={**tags, **_eval_tags(candidate)},
+    return create_version_once(
+        client, name, source, run_id=study_run_id, tags={**tags, **_eval_tags(candidate)},
+        key_tag=schema.ENSEMBLE_KEY_TAG,
         description=f"hyper-ensemble of the top {k} completed trials of study {study_run_id}")
 
 
@@ -142,40 +142,50 @@ def register_hyper_ensemble(
         candidate, probs = evaluate(module, config, test, f"hyper-ensemble of study {sid}")
         result = dict(model_name=name, study_run_id=sid, trial_run_id=sid, family=ENSEMBLE_FAMILY,
                       candidate=candidate)
-        existing = find_version(client, name, schema.ENSEMBLE_KEY_TAG, key)
-        if existing is not None and schema.DECISION_TAG in existing.tags:
-            message = (f"{name} version {existing.version} already holds the top-{top_k} "
-                       f"hyper-ensemble of study {sid}: {existing.tags[schema.DECISION_TAG]}; "
-                       "nothing changed")
-            echo(message)
-            return PromotionResult(**result, version=str(existing.version), champion_version=None,
-                                   champion=None, decision="unchanged", message=message)
-        champ_v, champ_eval = (reevaluate_champion(client, name, test, tracking_uri, work)
-                               if compete else (None, None))
-        members = [m.run_id for m in config.members]
-        tags = {schema.MODEL_KIND_TAG: ENSEMBLE_FAMILY, schema.ENSEMBLE_KEY_TAG: key,
-                schema.STUDY_RUN_TAG: sid,
-                schema.ENSEMBLE_MEMBERS_TAG: json.dumps(members),
-                schema.ENSEMBLE_WEIGHTS_TAG: json.dumps([round(m.weight, 6) for m in config.members]),
-                schema.VERSION_FAMILY_TAG: ",".join(m.config.family for m in config.members),
-                schema.DATASET_DIGEST_TAG: test.meta.digest,
-                schema.VAL_NLL_TAG: f"{ens_nll:.6f}",
-                schema.MEMBER_VAL_NLL_TAG: json.dumps({r: round(singles[r], 6) for r in members})}
-        if existing is None:
-            existing = _register(client, name, sid, top_k, config, module, test, candidate, probs,
-                                 tags, work)
-        version = str(existing.version)
-        client.set_registered_model_alias(name, schema.ENSEMBLE, version)
-        if compete:
-            decision, message = settle_champion(client, name, version, candidate, champ_v,
-                                                champ_eval, study_run_id=sid,
-                                                role="hyper-ensemble", echo=echo)
-        else:
-            decision = "kept"
-            message = (f"{name} v{version} is the hyper-ensemble (alias {schema.ENSEMBLE}), test AUC "
-                       f"{candidate.auc_macro:.4f}; champion not contested (--no-promote)")
-            client.set_model_version_tag(name, version, schema.DECISION_TAG, message)
-            echo(message)
-        return PromotionResult(**result, version=version, champion_version=champ_v,
-                               champion=champ_eval, decision=decision, message=message)
+        with store_lock(tracking_uri):  # one registration of an ensemble, also when run twice
+            return _register_and_settle(client, tracking_uri, name, key, top_k, sid, config,
+                                        module, test, candidate, probs, singles, ens_nll,
+                                        compete, result, work, echo)
+
+
+def _register_and_settle(client, tracking_uri, name: str, key: str, top_k: int, sid: str,
+                         config, module, test, candidate, probs, singles, ens_nll: float,
+                         compete: bool, result: dict, work: Path, echo) -> PromotionResult:
+    """The registry half of :func:`register_hyper_ensemble`."""
+    existing = find_version(client, name, schema.ENSEMBLE_KEY_TAG, key)
+    if existing is not None and schema.DECISION_TAG in existing.tags:
+        message = (f"{name} version {existing.version} already holds the top-{top_k} "
+                   f"hyper-ensemble of study {sid}: {existing.tags[schema.DECISION_TAG]}; "
+                   "nothing changed")
+        echo(message)
+        return PromotionResult(**result, version=str(existing.version), champion_version=None,
+                               champion=None, decision="unchanged", message=message)
+    champ_v, champ_eval = (reevaluate_champion(client, name, test, tracking_uri, work)
+                           if compete else (None, None))
+    members = [m.run_id for m in config.members]
+    tags = {schema.MODEL_KIND_TAG: ENSEMBLE_FAMILY, schema.ENSEMBLE_KEY_TAG: key,
+            schema.STUDY_RUN_TAG: sid,
+            schema.ENSEMBLE_MEMBERS_TAG: json.dumps(members),
+            schema.ENSEMBLE_WEIGHTS_TAG: json.dumps([round(m.weight, 6) for m in config.members]),
+            schema.VERSION_FAMILY_TAG: ",".join(m.config.family for m in config.members),
+            schema.DATASET_DIGEST_TAG: test.meta.digest,
+            schema.VAL_NLL_TAG: f"{ens_nll:.6f}",
+            schema.MEMBER_VAL_NLL_TAG: json.dumps({r: round(singles[r], 6) for r in members})}
+    if existing is None:
+        existing = _register(client, name, sid, top_k, config, module, test, candidate, probs,
+                             tags, work)
+    version = str(existing.version)
+    client.set_registered_model_alias(name, schema.ENSEMBLE, version)
+    if compete:
+        decision, message = settle_champion(client, name, version, candidate, champ_v,
+                                            champ_eval, study_run_id=sid,
+                                            role="hyper-ensemble", echo=echo)
+    else:
+        decision = "kept"
+        message = (f"{name} v{version} is the hyper-ensemble (alias {schema.ENSEMBLE}), test AUC "
+                   f"{candidate.auc_macro:.4f}; champion not contested (--no-promote)")
+        client.set_model_version_tag(name, version, schema.DECISION_TAG, message)
+        echo(message)
+    return PromotionResult(**result, version=version, champion_version=champ_v,
+                           champion=champ_eval, decision=decision, message=message)
 

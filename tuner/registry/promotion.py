@@ -29,7 +29,7 @@ from tuner.models.io import ModelConfig, load_network
 from tuner.registry.evaluation import Evaluation, evaluate, write_evaluation
 from tuner.registry.pyfunc import load_registered, save_registry_model
 from tuner.tracking import schema
-from tuner.tracking.store import mlflow_client
+from tuner.tracking.store import mlflow_client, store_lock
 from tuner.tracking.reader import (
     PromotionError,
     TrialSummary,
@@ -121,13 +121,36 @@ def find_version(client, name: str, tag: str, value: str):
 
 
 def ensure_registered_model(client, name: str) -> None:
-    """Create the registered model ``name`` unless it exists."""
+    """Create the registered model ``name`` unless it exists (or another process creates it
+    at the same moment)."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="lenstune champion/challenger models")
+        try:
+            client.create_registered_model(name, description="lenstune champion/challenger models")
+        except MlflowException:
+            client.get_registered_model(name)  # made meanwhile by another promotion: fine
+
+
+def create_version_once(client, name: str, source: str, *, run_id: str, tags: dict[str, str],
+                        key_tag: str, description: str):
+    """A new version of ``name`` holding what ``tags[key_tag]`` names (a trial run, an
+    ensemble), unless another process registered the same at the same moment: then the
+    lowest such version stays, this one is deleted, and the one that stays is returned. On an
+    embedded store promotion runs under :func:`tuner.tracking.store.store_lock` and this never
+    happens; a tracking server has no such lock."""
+    ensure_registered_model(client, name)
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags,
+                                          description=description)
+    same = [v for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get(key_tag) == tags[key_tag]]
+    first = min(same, key=lambda v: int(v.version), default=version)
+    if str(first.version) != str(version.version):
+        client.delete_model_version(name, version.version)
+        return first
+    return version
 
 
 def _register(client, name: str, trial: TrialSummary, study_run_id: str, config: ModelConfig,
@@ -137,12 +160,11 @@ def _register(client, name: str, trial: TrialSummary, study_run_id: str, config:
     shutil.copytree(eval_dir, model_dir / schema.EVALUATION_ARTIFACT)
     client.log_artifacts(trial.run_id, str(model_dir), schema.REGISTERED_MODEL_ARTIFACT)
     source = client.get_run(trial.run_id).info.artifact_uri.rstrip("/") + "/" + schema.REGISTERED_MODEL_ARTIFACT
-    ensure_registered_model(client, name)
     tags = {schema.TRIAL_RUN_TAG: trial.run_id, schema.STUDY_RUN_TAG: study_run_id,
             schema.VERSION_FAMILY_TAG: trial.family, schema.DATASET_DIGEST_TAG: split.meta.digest,
             schema.VERSION_VAL_AUC_TAG: f"{trial.val_auc:.6f}", **_eval_tags(candidate)}
-    return client.create_model_version(
-        name, source, run_id=trial.run_id, tags=tags,
+    return create_version_once(
+        client, name, source, run_id=trial.run_id, tags=tags, key_tag=schema.TRIAL_RUN_TAG,
         description=f"{trial.family} trial {trial.trial_id} of study {study_run_id}")
 
 
@@ -219,30 +241,39 @@ def promote_champion(
         results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work)
                    for t in per_family.values()}
         config, weights, candidate, eval_dir = results[best.run_id]
+        with store_lock(tracking_uri):  # one registration of a trial, also when run twice at once
+            return _register_and_settle(client, tracking_uri, name, best, sid, config, weights,
+                                        eval_dir, split, candidate, work, echo)
 
-        existing = find_version(client, name, schema.TRIAL_RUN_TAG, best.run_id)
-        if existing is not None and schema.DECISION_TAG in existing.tags:
-            message = (f"{name} version {existing.version} already holds trial {best.run_id}: "
-                       f"{existing.tags[schema.DECISION_TAG]}; nothing changed")
-            echo(message)
-            return PromotionResult(model_name=name, version=str(existing.version), study_run_id=sid,
-                                   trial_run_id=best.run_id, family=best.family,
-                                   candidate=candidate, champion_version=None, champion=None,
-                                   decision="unchanged", message=message)
 
-        # Re-evaluate the current champion on this very test split before writing anything.
-        champ_v, champ_eval = reevaluate_champion(client, name, split, tracking_uri, work)
-        if existing is None:
-            existing = _register(client, name, best, sid, config, weights, eval_dir, split,
-                                 candidate, work)
-        version = str(existing.version)
-        client.set_registered_model_alias(name, schema.CHALLENGER, version)
-        decision, message = settle_champion(client, name, version, candidate, champ_v, champ_eval,
-                                            study_run_id=sid, echo=echo)
-        return PromotionResult(
-            model_name=name, version=version, study_run_id=sid, trial_run_id=best.run_id,
-            family=best.family, candidate=candidate,
-            champion_version=champ_v, champion=champ_eval, decision=decision, message=message)
+def _register_and_settle(client, tracking_uri, name: str, best: TrialSummary, sid: str,
+                         config: ModelConfig, weights: Path, eval_dir: Path, split,
+                         candidate: Evaluation, work: Path, echo) -> PromotionResult:
+    """The registry half of :func:`promote_champion`: register ``best`` unless a version holds
+    it already, set ``challenger`` and decide ``champion``."""
+    existing = find_version(client, name, schema.TRIAL_RUN_TAG, best.run_id)
+    if existing is not None and schema.DECISION_TAG in existing.tags:
+        message = (f"{name} version {existing.version} already holds trial {best.run_id}: "
+                   f"{existing.tags[schema.DECISION_TAG]}; nothing changed")
+        echo(message)
+        return PromotionResult(model_name=name, version=str(existing.version), study_run_id=sid,
+                               trial_run_id=best.run_id, family=best.family,
+                               candidate=candidate, champion_version=None, champion=None,
+                               decision="unchanged", message=message)
+
+    # Re-evaluate the current champion on this very test split before writing anything.
+    champ_v, champ_eval = reevaluate_champion(client, name, split, tracking_uri, work)
+    if existing is None:
+        existing = _register(client, name, best, sid, config, weights, eval_dir, split,
+                             candidate, work)
+    version = str(existing.version)
+    client.set_registered_model_alias(name, schema.CHALLENGER, version)
+    decision, message = settle_champion(client, name, version, candidate, champ_v, champ_eval,
+                                        study_run_id=sid, echo=echo)
+    return PromotionResult(
+        model_name=name, version=version, study_run_id=sid, trial_run_id=best.run_id,
+        family=best.family, candidate=candidate,
+        champion_version=champ_v, champion=champ_eval, decision=decision, message=message)
 
 
 def reevaluate_champion(client, name: str, split, tracking_uri: str | None,

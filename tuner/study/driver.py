@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ import numpy as np
 
 from tuner.tracking import writer as tracking
 from tuner.study.config import ConfigError, StudyConfig, flatten, join_storage
+from tuner.study.faults import DiskError, disk_cause, stop_message
 from tuner.study.resources import TrialResources
 from tuner.tracking import schema
 
@@ -114,10 +116,17 @@ def _latest_unfinished_study(client, experiment_id: str, families: list[str]) ->
 
 
 def study_name_for(config: StudyConfig, client, experiment_id: str | None) -> str:
-    """``--study-name``; on ``--resume`` the latest unfinished study of these families;
-    else ``<families>-<UTC time>``, with ``all`` for every registered family (their names joined
-    would make a folder name of some 150 characters in the Tune storage)."""
+    """``--study-name`` (refused without ``--resume`` when that study exists); on ``--resume``
+    the latest unfinished study of these families; else ``<families>-<UTC time>-<4 random hex
+    digits>`` (two studies started in the same second get different names), with ``all`` for
+    every registered family (their names joined would make a folder name of some 150
+    characters in the Tune storage)."""
     if config.study_name:
+        if (not config.resume and experiment_id
+                and tracking.find_study_run(client, experiment_id, config.study_name)):
+            raise ConfigError(f"study {config.study_name!r} exists in experiment "
+                              f"{config.experiment!r}; pass --resume to continue it, or another "
+                              "--study-name")
         return config.study_name
     if config.resume:
         found = experiment_id and _latest_unfinished_study(client, experiment_id, config.families)
@@ -128,7 +137,7 @@ def study_name_for(config: StudyConfig, client, experiment_id: str | None) -> st
     from tuner.models import list_families
 
     label = "all" if config.families == list(list_families()) else "-".join(config.families)
-    return f"{label}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    return f"{label}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
 def _log_study_files(client, run_id: str, config: StudyConfig, spaces: dict) -> None:
@@ -348,6 +357,41 @@ def run_families(families: list[str], run_one: Callable[[str], None]) -> None:
         raise errors[0]
 
 
+def study_folders(config: StudyConfig) -> dict[Path, str]:
+    """Where the study keeps files on this machine (path -> role): the runs folder, a local
+    Tune storage, the folder of an embedded sqlite store."""
+    folders = {config.resolved_runs_dir(): "runs folder"}
+    storage = config.resolved_storage()
+    if "://" not in storage:
+        folders.setdefault(Path(storage), "Tune storage")
+    uri = config.resolved_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        folders.setdefault(Path(uri[len("sqlite:///"):]).parent, "MLflow store folder")
+    return folders
+
+
+def check_folders(config: StudyConfig) -> None:
+    """ConfigError unless the study can write to each of :func:`study_folders`."""
+    from tuner.study.faults import check_writable
+
+    for folder, what in study_folders(config).items():
+        problem = check_writable(folder, what)
+        if problem:
+            raise ConfigError(problem)
+
+
+def _close_after_disk_error(client, experiment_id: str, parent_run_id: str, cause: str) -> None:
+    """End the study's open runs after a full or read-only disk stopped it (trial runs
+    failed, the study run KILLED; ``--resume`` opens them again). Where the MLflow store is on
+    that disk too, nothing can be written: ``--resume`` ends them once there is room."""
+    try:
+        tracking.close_open_trial_runs(client, experiment_id, parent_run_id,
+                                       f"the study stopped: {cause}")
+        tracking.finish_study_run(client, parent_run_id, "KILLED")
+    except Exception:  # the store is on the full disk: nothing more to do now
+        pass
+
+
 def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> StudyResult:
     """Run (or resume) a study as described in the module docstring."""
     from tuner.tracking.store import mlflow_client
@@ -355,6 +399,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     from tuner.study.search_space import load_search_space
 
     spaces = {family: load_search_space(family, config.profile) for family in config.families}
+    check_folders(config)
     tracking_uri = config.resolved_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
     tracking.bound_request_retries(config.tracking_outage_limit_s)
@@ -389,7 +434,8 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     params["storage_resolved"] = config.resolved_storage()
     for family, res in resources.items():
         params.update(res.as_params(family))
-    parent_run_id = tracking.start_study_run(client, experiment_id, study_name, params, dataset)
+    parent_run_id = tracking.start_study_run(client, experiment_id, study_name, params, dataset,
+                                             resume=config.resume)
     client.set_tag(parent_run_id, schema.FAMILIES_TAG, ",".join(config.families))
     for family, res in resources.items():  # tags: a resumed study may resolve them anew
         client.set_tag(parent_run_id, schema.RESOURCES_TAG_PREFIX + family,
@@ -409,10 +455,17 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
     refs = {name: ray.put(array) for name, array in arrays.items()}
     del arrays
     pending = [f for f in config.families if parent_tags.get(schema.DONE_TAG_PREFIX + f) != "true"]
-    run_families(pending, lambda family: run_family(
-        config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
-        study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
-        parent_run_id=parent_run_id, resources=resources[family]))
+    try:
+        run_families(pending, lambda family: run_family(
+            config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
+            study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
+            parent_run_id=parent_run_id, resources=resources[family]))
+    except Exception as exc:
+        cause = exc.cause if isinstance(exc, DiskError) else disk_cause(exc)
+        if cause is None:
+            raise
+        _close_after_disk_error(client, experiment_id, parent_run_id, cause)
+        raise DiskError(stop_message(cause, study_folders(config)), cause) from exc
     # Every trial has ended: send what its trials left on this machine, then end any run whose
     # end was lost with a worker node while the server was away.
     replay_outbox(client, outbox)

@@ -20,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.study.asha import (EqualFidelityOptunaSearch, RankASHAScheduler, RestorableOptunaSearch,
                         reported_epoch)
 from tuner.study.config import EPOCH_ATTR, METRIC, MODE
+from tuner.study.faults import DiskError, disk_cause
 from tuner.tracking import schema
 from tuner.tracking.outbox import Outbox, ServerWatch, TrackingOutageError
 
@@ -60,9 +61,10 @@ class TrialStopCallback(tune.Callback):
         self.outage_limit_s = outage_limit_s
         self._outbox: Outbox | None = None
         self._watch: ServerWatch | None = None
+        self._disk: str | None = None  # a full or read-only disk seen: the study stops
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_outbox": None, "_watch": None}
+        return {**self.__dict__, "_outbox": None, "_watch": None, "_disk": None}
 
     def _send(self, op: dict[str, Any]) -> None:
         try:
@@ -72,14 +74,17 @@ class TrialStopCallback(tune.Callback):
                 self._outbox = Outbox(mlflow_client(self.tracking_uri), self.outbox_dir,
                                       f"driver-{self.run_fields['family']}")
             self._outbox.submit(op)
-        except Exception as exc:  # e.g. an unwritable runs folder: never a reason to stop Tune
+        except Exception as exc:  # never an exception into Tune's loop
             log.warning("could not record %s of a trial: %s", op.get("op"), exc)
+            self._disk = self._disk or disk_cause(exc)
 
     def _trial_fields(self, trial) -> dict[str, Any]:
         return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
                 "trial_id": trial.trial_id}
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._disk:
+            raise DiskError(f"the study cannot write its files: {self._disk}", self._disk)
         if self._watch is None:
             self._watch = ServerWatch(self.tracking_uri).start()
         away = self._watch.away_for()
@@ -133,15 +138,18 @@ class TrialStopCallback(tune.Callback):
                       f"stopped by the scheduler after {epochs} of {self.max_epochs} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._end(trial, schema.STOP_FAILED, error_reason(trial))
+        reason = error_reason(trial)
+        self._disk = self._disk or disk_cause(reason)
+        self._end(trial, schema.STOP_FAILED, reason)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """Tune retries the trial from its last checkpoint (its worker or node died, or it
         raised): count the attempt and say why on its run."""
+        reason = error_reason(trial)
+        self._disk = self._disk or disk_cause(reason)  # a retry would fail the same way
         self._send({"op": "trial_tags", "fields": {
             **self._trial_fields(trial), "tags": {
-                schema.RETRIES_TAG: str(trial.num_failures),
-                schema.RETRIED_AFTER_TAG: error_reason(trial)}}})
+                schema.RETRIES_TAG: str(trial.num_failures), schema.RETRIED_AFTER_TAG: reason}}})
 
     def on_experiment_end(self, trials: list, **info) -> None:
         """Send what is waiting (not while the server is away: the journal keeps it)."""

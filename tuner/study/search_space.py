@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tuner.study.config import yaml_problem
 
 PROFILES = ("gpu", "micro")
 
@@ -275,7 +276,7 @@ def load_search_space(family: str, profile: str = "gpu", path: Path | None = Non
     except FileNotFoundError:
         raise SearchSpaceError(f"{path}: no search-space file for family {family!r}") from None
     except yaml.YAMLError as exc:
-        raise SearchSpaceError(f"{path}: YAML syntax error: {exc}") from None
+        raise SearchSpaceError(f"{path}: YAML syntax error: {yaml_problem(exc)}") from None
     try:
         parsed = SearchSpaceFile.model_validate(raw)
     except ValidationError as exc:

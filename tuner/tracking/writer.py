@@ -101,26 +101,48 @@ def _params(values: dict[str, Any]) -> list[Param]:
     return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
 
 
-def find_study_run(client: MlflowClient, experiment_id: str, study_name: str):
-    """The parent run of ``study_name`` in the experiment, or None."""
+def _study_runs(client: MlflowClient, experiment_id: str, study_name: str) -> list:
+    """The parent runs named ``study_name``, oldest first, ties by run id (one, normally)."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{schema.KIND_TAG}` = 'study' and tags.`{schema.STUDY_TAG}` = '{study_name}'",
-        max_results=1,
+        max_results=50,
     )
+    return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
+
+
+def find_study_run(client: MlflowClient, experiment_id: str, study_name: str):
+    """The parent run of ``study_name`` in the experiment, or None."""
+    runs = _study_runs(client, experiment_id, study_name)
     return runs[0] if runs else None
 
 
+class StudyNameTaken(TrackingError):
+    """A study of that name exists (or was started at the same moment by another process)."""
+
+
 def start_study_run(client: MlflowClient, experiment_id: str, study_name: str,
-                    params: dict[str, Any], dataset: DatasetInfo) -> str:
-    """Create the study's parent run (or return the existing one on resume); returns its id."""
+                    params: dict[str, Any], dataset: DatasetInfo, resume: bool = False) -> str:
+    """Create the study's parent run, or on ``resume`` return the existing one; returns its id.
+    Raises StudyNameTaken when, without ``resume``, the name is taken: a study never adds its
+    trials to another's run. Two processes creating the same name at once both see both runs:
+    the later one deletes its own and raises."""
     existing = find_study_run(client, experiment_id, study_name)
     if existing is not None:
+        if not resume:
+            raise StudyNameTaken(f"study {study_name!r} exists (parent run "
+                                 f"{existing.info.run_id}); pass --resume to continue it, or "
+                                 "another --study-name")
         if existing.info.status != "RUNNING":
             client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
     run = client.create_run(experiment_id, run_name=study_name,
                             tags={schema.KIND_TAG: schema.KIND_STUDY, schema.STUDY_TAG: study_name})
+    first = find_study_run(client, experiment_id, study_name)
+    if first is not None and first.info.run_id != run.info.run_id:
+        client.delete_run(run.info.run_id)
+        raise StudyNameTaken(f"study {study_name!r} was started by another process at the same "
+                             "moment; give another --study-name")
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_inputs(run.info.run_id, datasets=[dataset_input(dataset)])
     return run.info.run_id
