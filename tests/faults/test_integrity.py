@@ -402,3 +402,45 @@ def test_pyfunc_refuses_damaged_weights_at_load(model_copy):
     with pytest.raises(Exception, match="SHA-256") as info:
         mlflow.pyfunc.load_model(str(model_copy))
     assert str(weights.name) in str(info.value)
+
+
+# ------------------------------------------------------------ a study on a damaged dataset
+
+
+def _study_on(dataset: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from tests.study.studies import REPO, ray_env
+
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "tuner/run.py", "--family", "vit", "--profile", "micro",
+                           "--data", str(dataset), "--runs-dir", str(runs)], cwd=REPO,
+                          env=ray_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-2000:]
+    assert "Traceback" not in proc.stderr and not runs.exists()  # refused before any work
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_study_refuses_flipped_bytes_naming_the_file(dataset, tmp_path):
+    path = dataset / "train" / "images.npy"
+    _overwrite(path, _data_offset(path) + 1000, b"\x5a\xa5\x5a\xa5")
+    line = _study_on(dataset, tmp_path)
+    assert line.startswith("lenstune tune: error: ") and str(path) in line
+    assert "changed since it was written" in line
+
+
+def test_a_study_refuses_a_damaged_header_naming_the_file(dataset, tmp_path):
+    path = dataset / "val" / "images.npy"
+    raw = bytearray(path.read_bytes())
+    raw[20] = ord("{")
+    path.write_bytes(bytes(raw))
+    assert f"corrupt array file {path}" in _study_on(dataset, tmp_path)
+
+
+def test_a_study_refuses_nan_pixels(dataset, tmp_path):
+    images = np.load(dataset / "train" / "images.npy")
+    images[4, 0, 7, 9] = np.nan
+    _store_with_digests(dataset, "train", images)
+    line = _study_on(dataset, tmp_path)
+    assert "NaN or infinite" in line and "image 4" in line

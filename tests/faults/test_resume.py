@@ -81,3 +81,71 @@ def test_resume_keeps_finished_trials_and_their_decisions(tmp_path):
     folders = {p.name for p in family_dir.iterdir() if p.name.startswith("train_trial_")}
     assert folders == {f"train_trial_{t}" for t in before}
     assert "lenstune.orphan_trial_runs_deleted.vit" not in client.get_run(parent).data.tags
+
+
+def _named_checkpoints(family_dir: Path) -> dict[str, Path]:
+    """Trial id -> the checkpoint the newest saved experiment state will restore it from, for
+    the trials it lists as unfinished."""
+    import cloudpickle
+
+    experiment = max(family_dir.glob("experiment_state-*.json"))
+    named = {}
+    for json_state, metadata in json.loads(experiment.read_text())["trial_data"]:
+        trial = json.loads(json_state)
+        if trial["status"] == "TERMINATED":
+            continue
+        manager = json.loads(metadata)["checkpoint_manager"]
+        manager = cloudpickle.loads(bytes.fromhex(manager["value"]))
+        latest = manager.latest_checkpoint_result
+        if latest is not None:
+            named[trial["trial_id"]] = Path(latest.checkpoint.path)
+    return named
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one_on_resume(tmp_path):
+    """The driver is SIGKILLed while trials train; the checkpoint the saved state will restore
+    each unfinished trial from is then truncated (a torn write). ``--resume`` restores such a
+    trial from its previous intact checkpoint (or from scratch when there is none) with a
+    warning tagged on its run, logs no epoch twice and finishes the study."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.study.studies import REPO, check_trial_runs, ray_env
+    from tuner.data import ensure_simulated
+
+    epochs = 12  # checkpoints at the rungs 1, 2, 4, 8 and at 12
+    data = ensure_simulated(tmp_path / "data", "model_ii", 1000, seed=0, img_size=32)
+    runs = tmp_path / "runs"
+    args = run_args(data, runs, "vit", samples=2,
+                    extra=("--max-epochs", str(epochs), "--study-name", "torn", "--no-promote"))
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(args, cwd=REPO, env=ray_env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    family_dir = runs / "studies" / "torn" / "vit"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(family_dir.glob("*/checkpoint_000002")):
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait(timeout=60)
+
+    named = _named_checkpoints(family_dir)
+    assert named, "every trial had finished before the kill"
+    for checkpoint in named.values():
+        weights = checkpoint / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+
+    again = run_study_process([*args, "--resume"], timeout_s=600)
+    (tmp_path / "resumed.log").write_text(again.stdout + again.stderr)
+    assert again.returncode == 0, again.stderr[-3000:]
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    studies, trials = trial_runs(uri)
+    assert [s.info.status for s in studies] == ["FINISHED"] and len(trials) == 2
+    check_trial_runs(uri, trials, studies[0].info.run_id, epochs)
+    tags = {r.data.tags["trial_id"]: r.data.tags.get("lenstune.checkpoint_fallback", "")
+            for r in trials}
+    for trial_id, checkpoint in named.items():
+        assert checkpoint.name in tags[trial_id] and "damaged" in tags[trial_id], tags
+        assert "falling back to" in tags[trial_id] or "no intact checkpoint" in tags[trial_id]

@@ -60,13 +60,17 @@ class StudyResult:
 
 
 def prepare_dataset(config: StudyConfig) -> Path:
-    """The dataset root: ``--data`` as given (must exist), else the preset simulated once into
-    ``<runs_dir>/data/<preset>-<size>px-n<N>-s<seed>`` and reused afterwards."""
-    from tuner.data import DatasetError, ensure_simulated, read_meta
+    """The dataset root: ``--data`` as given, else the preset simulated once into
+    ``<runs_dir>/data/<preset>-<size>px-n<N>-s<seed>`` and reused afterwards. Either way it is
+    verified before any trial trains on it (:func:`tuner.data.store.verify_dataset`: every file
+    opens, the content digests match ``meta.json``, no pixel is NaN or infinite; a marker skips
+    the hashing while no file changed): DatasetError naming the file otherwise."""
+    from tuner.data import DatasetError, ensure_simulated
+    from tuner.data.store import verify_dataset
 
     if config.data is not None:
         root = config.data.expanduser().resolve()
-        read_meta(root)  # DatasetError naming the missing/corrupt file
+        verify_dataset(root)
         return root
     from tuner.lensing import PRESETS
 
@@ -75,10 +79,12 @@ def prepare_dataset(config: StudyConfig) -> Path:
     size = f"{config.img_size}px" if config.img_size else "native"
     root = config.resolved_runs_dir() / "data" / f"{config.preset}-{size}-n{config.n_per_class}-s{config.seed}"
     try:
-        return ensure_simulated(root, config.preset, config.n_per_class, seed=config.seed,
+        root = ensure_simulated(root, config.preset, config.n_per_class, seed=config.seed,
                                 img_size=config.img_size)
     except OSError as exc:
         raise DatasetError(f"cannot simulate the dataset into {root}: {exc}") from exc
+    verify_dataset(root)
+    return root
 
 
 def load_arrays(root: Path) -> tuple[dict[str, np.ndarray], Any]:

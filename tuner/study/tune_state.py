@@ -20,7 +20,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
@@ -113,9 +112,6 @@ def reconcile_search_state(path: str, finished_trials: set[str] = frozenset()) -
     return changes
 
 
-CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)$")
-
-
 def _folders(fs, fs_path: str) -> list[tuple[str, str]]:
     """(name, path) of every folder directly under ``fs_path``; none where it does not exist."""
     import pyarrow.fs as pafs
@@ -126,8 +122,15 @@ def _folders(fs, fs_path: str) -> list[tuple[str, str]]:
 
 
 def _checkpoint_index(path: str) -> int | None:
-    match = CHECKPOINT_NAME.search(path.rstrip("/"))
-    return int(match.group(1)) if match else None
+    from tuner.training.checkpoint import checkpoint_index
+
+    return checkpoint_index(PurePosixPath(path.rstrip("/")).name)
+
+
+def trial_checkpoint_paths(fs, trial_path: str) -> list[tuple[int, str]]:
+    """(N, path) of the ``checkpoint_<N>`` folders of a trial on storage ``fs``, oldest first."""
+    return sorted((index, path) for name, path in _folders(fs, trial_path)
+                  if (index := _checkpoint_index(name)) is not None)
 
 
 def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
@@ -151,9 +154,8 @@ def _repoint(run_json: str, trial_state: dict) -> tuple[str, dict, str] | None:
         return None
     # The oldest newer one: Tune deletes a checkpoint only after registering the two that
     # follow it, so that one is complete; a newer one may be a half-finished upload.
-    siblings = _folders(fs, str(PurePosixPath(lost).parent))
-    oldest_newer = min(((index, path) for name, path in siblings
-                        if (index := _checkpoint_index(name)) is not None and index > lost_index),
+    siblings = trial_checkpoint_paths(fs, str(PurePosixPath(lost).parent))
+    oldest_newer = min(((index, path) for index, path in siblings if index > lost_index),
                        default=None)
     if oldest_newer is None:
         return None

@@ -57,6 +57,7 @@ WORKER_PID_TAG = "lenstune.worker_pid"  # the trial's worker process on its node
 RETRIES_TAG = "lenstune.retries"  # attempts after the first (a lost worker or node, an error)
 RETRIED_AFTER_TAG = "lenstune.retried_after"  # what the previous attempt ended with
 ORPHANED_TAG = "lenstune.orphaned"  # a run the resumed study does not know (then deleted)
+CHECKPOINT_FALLBACK_TAG = "lenstune.checkpoint_fallback"  # damaged checkpoints skipped on restore
 PLOTS_ERROR_TAG = "lenstune.plots_error"
 TEST_DIGEST_TAG = "lenstune.test_digest"  # the test split its registered_model/evaluation is of
 

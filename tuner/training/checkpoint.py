@@ -15,9 +15,10 @@ trial's ``checkpoint_*`` folders, the newest one that loads intact, for a fallba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -163,10 +164,11 @@ def check_checkpoint(directory: Path) -> None:
 
 class IntactCheckpoint(NamedTuple):
     """The newest checkpoint that loads intact (None if none does) and the newer ones skipped,
-    each with the reason, newest first."""
+    each with the reason, newest first; ``value``: what ``use`` returned for it."""
 
     path: Path | None
     skipped: tuple[tuple[Path, str], ...]
+    value: Any = None
 
     def warning(self) -> str | None:
         """One line for the log when newer checkpoints were skipped; None otherwise."""
@@ -190,23 +192,37 @@ def trial_checkpoints(trial_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def newest_intact_checkpoint(checkpoints: Path | Sequence[Path]) -> IntactCheckpoint:
+def checkpoint_index(name: str) -> int | None:
+    """N of a ``checkpoint_<N>`` folder name, else None."""
+    match = _CHECKPOINT_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def newest_intact_checkpoint(checkpoints: Path | Sequence[Any],
+                             use: Callable[[Path], Any] | None = None) -> IntactCheckpoint:
     """The newest checkpoint that loads intact (:func:`check_checkpoint`), for resuming after
     the latest one turned out damaged.
 
     ``checkpoints``: a Ray Tune trial folder (its ``checkpoint_<N>`` folders, newest = largest
-    N) or a sequence of checkpoint folders, oldest first. Checkpoints are tried newest first;
-    the result holds the first intact one (None if none is) and the newer ones skipped with
-    their reasons (``warning()`` words them for the log).
+    N), or a sequence, oldest first, of checkpoint folders or of Ray Tune checkpoints (anything
+    with ``as_directory()`` and ``path``: on local disk or S3). Checkpoints are tried newest
+    first; the result holds the first intact one (None if none is), the newer ones skipped with
+    their reasons (``warning()`` words them for the log), and ``use(folder)`` of the intact one,
+    called while its folder exists (a checkpoint on S3 is downloaded only meanwhile).
     """
     candidates = (trial_checkpoints(checkpoints) if isinstance(checkpoints, (str, Path))
-                  else [Path(c) for c in checkpoints])
+                  else list(checkpoints))
     skipped: list[tuple[Path, str]] = []
-    for directory in reversed(candidates):
+    for candidate in reversed(candidates):
+        opened = (candidate.as_directory() if hasattr(candidate, "as_directory")
+                  else contextlib.nullcontext(candidate))
+        name = Path(str(getattr(candidate, "path", candidate)))
         try:
-            check_checkpoint(directory)
+            with opened as folder:
+                check_checkpoint(Path(folder))
+                value = use(Path(folder)) if use is not None else None
         except (CheckpointError, FileNotFoundError, OSError) as exc:
-            skipped.append((directory, str(exc)))
+            skipped.append((name, str(exc)))
             continue
-        return IntactCheckpoint(directory, tuple(skipped))
+        return IntactCheckpoint(name, tuple(skipped), value)
     return IntactCheckpoint(None, tuple(skipped))

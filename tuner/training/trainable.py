@@ -138,6 +138,23 @@ def _placement() -> dict[str, str]:
             schema.DEVICE_TAG: str(loop.pick_device()), schema.WORKER_PID_TAG: str(os.getpid())}
 
 
+def _trial_checkpoints_up_to(checkpoint) -> list:
+    """The Tune checkpoints of ``checkpoint``'s trial up to it, oldest first, on the storage
+    it is on (a local folder or S3): what a damaged ``checkpoint`` may fall back to."""
+    from ray import tune
+
+    from tuner.study.tune_state import trial_checkpoint_paths
+
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    current = ckpt.checkpoint_index(name)
+    try:
+        siblings = trial_checkpoint_paths(checkpoint.filesystem, parent)
+    except OSError:
+        return [checkpoint]
+    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for index, path in siblings
+            if current is not None and index < current] + [checkpoint]
+
+
 def _clear_failed_attempt(client, run_id: str) -> None:
     """A run that an earlier attempt of this trial ended as failed is being retried: its stop
     reason and message go (the driver tagged the cause of the retry and counts the attempts,
@@ -220,13 +237,24 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     scaler = (torch.amp.GradScaler("cuda") if device.type == "cuda"
               and not torch.cuda.is_bf16_supported() else None)
 
-    start_epoch, best, run_id = 0, _Best(), None
+    start_epoch, best, run_id, fallback = 0, _Best(), None, None
     restored = tune.get_checkpoint()
+    state = None
     if restored is not None:
-        with restored.as_directory() as folder:
-            ckpt.restore_weights(network, Path(folder), device)
-            ckpt.load_optimizer(optimizer, Path(folder))
-            state = ckpt.read_state(Path(folder))
+        def restore(folder: Path) -> dict:
+            ckpt.restore_weights(network, folder, device)
+            ckpt.load_optimizer(optimizer, folder)
+            return ckpt.read_state(folder)
+
+        choice = ckpt.newest_intact_checkpoint(_trial_checkpoints_up_to(restored), use=restore)
+        state, fallback = choice.value, choice.warning()
+        if fallback:  # a damaged checkpoint (torn write, bad disk): the older one, or none
+            warnings.warn(f"trial {trial_id}: {fallback}", stacklevel=1)
+            if state is None:  # nothing intact: the trial starts over, from fresh weights
+                torch.manual_seed(ctx.seed)
+                network.load_state_dict(
+                    io.build_network(io.ModelConfig.from_checkpoint_config(resolved)).state_dict())
+    if state is not None:
         start_epoch = int(state["epoch"])
         # The best epoch up to the checkpoint is in MLflow already (written with it).
         best.score = float(state["best"])
@@ -251,6 +279,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[tracking.RunTag(k, v) for k, v in _placement().items()])
     _clear_failed_attempt(client, run_id)
+    if fallback:
+        client.set_tag(run_id, schema.CHECKPOINT_FALLBACK_TAG, fallback[:1000])
     # Epochs a previous attempt logged before dying without a checkpoint are re-trained
     # (deterministically) but not logged twice, and not reported to Tune before the last of
     # them: the trial went on past those epochs, so the scheduler's decisions at them were
