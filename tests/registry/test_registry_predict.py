@@ -36,8 +36,18 @@ def test_champion_loads_by_alias_as_module_and_pyfunc(promoted, tracking, test_i
     probs = frame[["prob_no_sub", "prob_cdm", "prob_axion"]].to_numpy()
     np.testing.assert_allclose(probs, direct, atol=1e-6)
     assert list(frame["predicted_class"]) == [config.class_names[i] for i in direct.argmax(1)]
-    # Height and width are free: the model prepares raw images of its training size itself.
+    # Height and width are free: the model prepares raw images of its training size itself;
+    # the MLmodel file says which sizes, and a caller may ask for others to be prepared too.
     assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 1, -1, -1)
+    said = pyfunc.metadata.metadata["lenstune"]
+    assert said["accepted_image_sizes"] == [32] and said["input_size"] == 32
+    assert said["preparation"] == config.preprocessing and said["class_names"] == list(config.class_names)
+    big = np.repeat(np.repeat(test_images, 2, axis=2), 2, axis=3)  # 64 px
+    with pytest.raises(Exception, match="the model takes 32x32 images, got 64x64"):
+        pyfunc.predict(big)
+    with pytest.warns(UserWarning, match="resizing 64x64 images to 32x32"):
+        resized = pyfunc.predict(big, params={"resize": True})
+    assert resized.shape == frame.shape
     # the champion is version 2: its test AUC tag is what promotion measured
     assert promoted["results"][1].version == "2"
 

@@ -142,7 +142,10 @@ class LensTuneModel(PythonModel):
         self.network = load_network(self.config, Path(context.artifacts["weights"]))
 
     def predict(self, context, model_input: np.ndarray, params=None):
-        images = as_image_batch(model_input, self.config)
+        # params {"resize": true} (``mlflow models serve``: "params" beside "inputs") prepares
+        # images of other sizes too, with the same code and a warning
+        images = as_image_batch(model_input, self.config,
+                                resize=bool((params or {}).get("resize", False)))
         probs = predict_probs(self.network, images, self.config.img_size)
         check_finite_probs(probs)  # ModelOutputError rather than empty probabilities
         return probs_frame(probs, self.config.class_names)
@@ -158,17 +161,29 @@ def read_model_config(path: Path) -> ModelConfig:
 
 
 def model_signature(config: ModelConfig):
-    """Tensor input (-1, in_chans, -1, -1) float32; one column per class + label. Height and
-    width are free in the signature because the model takes raw images of the size it was
-    trained from (and its input size) and prepares them itself (``as_image_batch`` refuses
-    other sizes with a message naming the allowed ones)."""
+    """Tensor input (-1, in_chans, -1, -1) float32; one column per class + label; the
+    parameter ``resize`` (boolean, default false). Height and width are free in the signature
+    because the model takes raw images of the sizes it was trained from (and its input size)
+    and prepares them itself; :func:`model_metadata` names those sizes in the MLmodel file,
+    and ``as_image_batch`` refuses other sizes, naming the allowed ones, unless ``resize``."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, config.in_chans, -1, -1))])
     columns = [ColSpec("double", f"prob_{name}") for name in config.class_names]
     outputs = Schema(columns + [ColSpec("string", "predicted_class")])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    params = ParamSchema([ParamSpec("resize", "boolean", False)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def model_metadata(config: ModelConfig) -> dict[str, Any]:
+    """What the model accepts and how it prepares images, written into its MLmodel file
+    (``metadata.lenstune``) beside the signature."""
+    return {"lenstune": {
+        "family": config.family, "class_names": list(config.class_names),
+        "accepted_image_sizes": sorted(accepted_sizes(config)), "input_size": config.img_size,
+        "channels": config.in_chans, "preparation": config.preprocessing,
+        "other_sizes": "refused unless params {\"resize\": true} (lenstune predict --resize)"}}
 
 
 def _pip_requirements() -> list[str]:
@@ -210,6 +225,7 @@ def save_registry_model(
             python_model=str(entry),
             artifacts={"config": str(tmp_dir / CONFIG_FILE), "weights": str(tmp_dir / WEIGHTS_FILE)},
             signature=model_signature(config),
+            metadata=model_metadata(config),
             input_example=np.asarray(input_example, dtype=np.float32),
             pip_requirements=_pip_requirements(),
         )
