@@ -40,6 +40,7 @@ from tuner.training import checkpoint as ckpt
 from tuner.training import loop
 from tuner.training.plots import BEST_PROBS
 from tuner.tracking import schema
+from tuner.tracking.system_metrics import start_system_metrics, stop_system_metrics
 
 
 class TrialContext(BaseModel):
@@ -253,6 +254,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     decided_before = max(logged, default=0)
     checkpoint_epochs = set(ctx.rungs) | {ctx.max_epochs}
     sender = tracking.MetricSender(client, run_id)
+    monitor = start_system_metrics(run_id, ctx.tracking_uri)  # system/* metrics of the run
 
     try:
         for epoch in range(start_epoch + 1, ctx.max_epochs + 1):
@@ -305,6 +307,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         raise
     finally:
         sender.close(raise_errors=False)
+        stop_system_metrics(monitor)
         # Free the device memory even when the actor is reused for the next trial.
         del model, network, optimizer, best, x_train, y_train, x_val
         gc.collect()
