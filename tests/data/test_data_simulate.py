@@ -238,7 +238,8 @@ def cli_backend(fake_backend, monkeypatch):
     return fake_backend
 
 
-def test_cli_writes_refuses_overwrite_and_forces(tmp_path, cli_backend, capsys):
+def test_cli_writes_refuses_overwrite_and_forces(tmp_path, cli_backend, capsys, monkeypatch):
+    monkeypatch.setenv("LENSTUNE_PROGRESS", "1")  # a bar also when stderr is no terminal
     out = tmp_path / "ds"
     args = ["--preset", "fake16", "--n-per-class", "10", "--out", str(out), "--batch-size", "4"]
     assert simulate_main(args) == 0
