@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from tuner.models.io import ModelConfig, load_network
+from tuner.progress import progress
 from tuner.registry.evaluation import Evaluation, evaluate, write_evaluation
 from tuner.registry.pyfunc import load_registered, save_registry_model
 from tuner.tracking import schema
@@ -217,7 +218,7 @@ def promote_champion(
     with tempfile.TemporaryDirectory(prefix="lenstune-promote-") as tmp:
         work = Path(tmp)
         results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work)
-                   for t in per_family.values()}
+                   for t in progress(per_family.values(), desc="test evaluation", unit="family")}
         config, weights, candidate, eval_dir = results[best.run_id]
 
         existing = find_version(client, name, schema.TRIAL_RUN_TAG, best.run_id)
