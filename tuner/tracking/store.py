@@ -5,7 +5,6 @@ Light on purpose: no MLflow import, so a command can settle its store before loa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -33,8 +32,3 @@ def mlflow_client(tracking_uri: str | None):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def quiet_mlflow() -> None:
-    """No per-file artifact progress bars on the terminal (set only if the user has not)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
