@@ -56,11 +56,11 @@ class StudyResult:
         lines.append(f"tracking URI: {self.tracking_uri}")
         from tuner.tracking.description import experiment_page
 
-        if self.tracking_uri.startswith("sqlite:///"):
+        if self.tracking_uri.startswith(("http://", "https://")):  # the server serves the UI
+            lines.append(f"MLflow UI: {experiment_page(self.experiment_id, self.tracking_uri)}")
+        else:
             lines.append(f"open the MLflow UI: mlflow ui --backend-store-uri {self.tracking_uri}, "
                          f"then {experiment_page(self.experiment_id)}")
-        else:
-            lines.append(f"MLflow UI: {experiment_page(self.experiment_id, self.tracking_uri)}")
         return "\n".join(lines)
 
 
