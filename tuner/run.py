@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = CommandParser(
         "tune",
+        mlflow_bars=False,  # many small downloads: the study's own lines say more
         description="Tune transformer families on lensing images with Ray Tune (Optuna TPE + "
         "ASHA) and track every trial in MLflow. Defaults: tuner/study/defaults.yaml. "
         "Also run as `python tuner/run.py`.",

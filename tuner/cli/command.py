@@ -46,14 +46,17 @@ def version_text() -> str:
 
 class CommandParser(argparse.ArgumentParser):
     """The parser of one command: ``prog`` is ``lenstune <command>``, ``examples`` (one or two
-    command lines) end its ``--help``, and a usage error is one line on stderr with exit 2."""
+    command lines) end its ``--help``, and a usage error is one line on stderr with exit 2.
+    ``mlflow_bars``: whether MLflow's own per-download bars may show (commands that download
+    models; not those that fetch many small files and show their own bar)."""
 
-    def __init__(self, command: str, *, description: str, examples: Sequence[str], **kwargs):
+    def __init__(self, command: str, *, description: str, examples: Sequence[str],
+                 mlflow_bars: bool = True, **kwargs):
         epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
         super().__init__(prog=kwargs.pop("prog", f"lenstune {command}"), description=description,
                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
                          **kwargs)
-        self.command = command
+        self.command, self.mlflow_bars = command, mlflow_bars
         common = self.add_argument_group("output")
         loudness = common.add_mutually_exclusive_group()
         loudness.add_argument("-v", "--verbose", action="store_true",
@@ -104,11 +107,13 @@ def output(line: str) -> None:
     sys.stdout.flush()
 
 
-def setup_logging(command: str, *, verbose: bool = False, quiet: bool = False) -> None:
+def setup_logging(command: str, *, verbose: bool = False, quiet: bool = False,
+                  mlflow_bars: bool = True) -> None:
     """Route the ``tuner`` loggers to the console at the level the flags ask for (idempotent:
     a second call replaces the first's handler). MLflow's loggers show warnings only, unless
-    ``verbose``; its per-file artifact bars are shown when stderr is a terminal and the command
-    is not ``quiet`` (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` set by the user wins)."""
+    ``verbose``; its per-download bars are shown when ``mlflow_bars``, stderr is a terminal and
+    the command is not ``quiet`` (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` set by the user
+    wins)."""
     logger = logging.getLogger(LOGGER)
     for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
         logger.removeHandler(handler)
@@ -120,7 +125,7 @@ def setup_logging(command: str, *, verbose: bool = False, quiet: bool = False) -
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
-    bars = not quiet and sys.stderr.isatty()
+    bars = mlflow_bars and not quiet and sys.stderr.isatty()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if bars else "false")
 
 
@@ -134,7 +139,8 @@ def run_command(parser: CommandParser, body: Callable[[argparse.Namespace], int 
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version (0) or a usage error (2, already printed)
         return EXIT_OK if exit_.code is None else int(exit_.code)
-    setup_logging(parser.command, verbose=args.verbose, quiet=args.quiet)
+    setup_logging(parser.command, verbose=args.verbose, quiet=args.quiet,
+                  mlflow_bars=parser.mlflow_bars)
     name = parser.prog.removeprefix("lenstune ")
     try:
         return int(body(args) or EXIT_OK)

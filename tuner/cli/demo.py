@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> CommandParser:
-    p = CommandParser("demo", description=__doc__.splitlines()[0],
+    p = CommandParser("demo", description=__doc__.splitlines()[0], mlflow_bars=False,
                       examples=["make demo", "lenstune demo --samples 4 --max-epochs 6"])
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--samples", type=int, default=8, help="trials per family")

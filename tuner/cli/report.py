@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> CommandParser:
     parser = CommandParser(
-        "report", description=__doc__.split("\n\n")[0],
+        "report", description=__doc__.split("\n\n")[0], mlflow_bars=False,
         examples=["lenstune report --experiment lenstune --out report/",
                   "lenstune report --experiment lenstune-demo --tracking-uri "
                   "sqlite:///runs/demo/mlflow.db --out runs/demo/report --force"])

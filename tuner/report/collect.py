@@ -128,20 +128,20 @@ def _artifact_jsons(client, run_id: str, folder: str) -> dict[str, dict]:
 
 def family_rungs(client, study_run_id: str) -> dict[str, list[int]]:
     """family -> the epochs where ASHA decides (its rungs), from the study's logged search
-    spaces (``search_space/<family>.json``, their ``budget``)."""
-    import math
+    spaces (``search_space/<family>.json``, their ``budget``) and its ``max_epochs`` param
+    (``--max-epochs``, which overrides the budget's)."""
+    from tuner.study.asha import rung_epochs
 
+    override = client.get_run(study_run_id).data.params.get("max_epochs", "None")
     rungs = {}
     for family, space in _artifact_jsons(client, study_run_id, "search_space").items():
         budget = space.get("budget") or {}
         try:
-            top, grace = int(budget["max_epochs"]), int(budget["grace_period"])
-            rf = float(budget["reduction_factor"])
+            top = int(override) if override not in ("None", "") else int(budget["max_epochs"])
+            rungs[family] = rung_epochs(top, int(budget["grace_period"]),
+                                        float(budget["reduction_factor"]))
         except (KeyError, TypeError, ValueError):
             continue
-        grace = min(grace, top)
-        count = int(math.log(top / grace) / math.log(rf) + 1)
-        rungs[family] = sorted({int(grace * rf ** k) for k in range(count) if grace * rf ** k < top})
     return rungs
 
 
