@@ -25,7 +25,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def error(command: str, message: str, code: int = EXIT_USAGE) -> int:
-    """Print ``lenstune <command>: error: <message>`` on stderr; returns ``code``."""
+    """Print ``lenstune <command>: error: <message>`` on stderr, as one line (a message of
+    several lines is joined with "; "); returns ``code``."""
+    message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
     print(f"lenstune {command}: error: {message}", file=sys.stderr)
     return code
 
