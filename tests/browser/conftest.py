@@ -93,18 +93,26 @@ def ui(micro_study) -> str:
         yield server.uri
 
 
-@pytest.fixture(scope="session")
-def browser():
-    """Headless Debian Chromium under Playwright."""
+@pytest.fixture(scope="session", autouse=True)
+def chromium_and_playwright() -> str:
+    """Fail (never skip) before any study is made when the browser or Playwright is missing."""
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(f"Chromium is missing at {CHROMIUM}: the browser tests need Debian's "
                     "chromium (`bash .ci/system-deps` installs it; or set LENSTUNE_CHROMIUM)",
                     pytrace=False)
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.fail("the Python package playwright is missing: pip install -e '.[test]'",
                     pytrace=False)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_and_playwright):
+    """Headless Debian Chromium under Playwright."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         # root in a container: no sandbox; small /dev/shm: use /tmp
         chromium = playwright.chromium.launch(
