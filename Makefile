@@ -38,7 +38,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow and not alone" $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m tuner.cli.demo
+	$(PY) -m tuner.cli demo
 
 clean:
 	rm -rf runs data/demo

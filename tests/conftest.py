@@ -14,6 +14,20 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+@pytest.fixture(autouse=True)
+def _restore_tuner_logging():
+    """A command run in-process sets up the ``tuner`` loggers (tuner.cli.command); put them
+    back so later tests see library code as it is without a command (no progress bars)."""
+    import logging
+
+    logger = logging.getLogger("tuner")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
 @pytest.fixture(scope="session")
 def sqlite_uri(tmp_path_factory) -> str:
     """One embedded MLflow store for the session (creating one costs seconds of migrations);

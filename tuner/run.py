@@ -15,6 +15,7 @@ still finished: the reason is printed and the exit code stays 0.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ if __package__ in (None, ""):
     _here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
+
+log = logging.getLogger("tuner.run")  # also when run as a file (__name__ == "__main__")
 
 
 def _auto_or(kind):
@@ -40,10 +43,18 @@ def _auto_or(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lenstune tune",
+    from tuner.cli.command import CommandParser
+
+    p = CommandParser(
+        "tune",
+        mlflow_bars=False,  # many small downloads: the study's own lines say more
         description="Tune transformer families on lensing images with Ray Tune (Optuna TPE + "
-        "ASHA) and track every trial in MLflow. Defaults: tuner/study/defaults.yaml.",
+        "ASHA) and track every trial in MLflow. Defaults: tuner/study/defaults.yaml. "
+        "Also run as `python tuner/run.py`.",
+        examples=["python tuner/run.py --family levit,cvt --profile micro --preset model_ii "
+                  "--img-size 32 --samples 4",
+                  "ray job submit --address http://127.0.0.1:8265 --working-dir . -- "
+                  "python tuner/run.py --family swin"],
     )
     p.add_argument("--family", help="family name, comma list, or 'all' (default: vit)")
     data = p.add_mutually_exclusive_group()
@@ -96,15 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """Flag values that were given, as StudyConfig fields (families still unparsed)."""
-    values = {k: v for k, v in vars(args).items() if k not in ("family", "config")}
+    values = {k: v for k, v in vars(args).items()
+              if k not in ("family", "config", "verbose", "quiet")}
     return {k: v for k, v in values.items() if v is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the study, print its leaderboard, promote. Exit codes (tuner.cli):
     0 done; 1 no trial finished without failing; 2 bad input, refused before any work."""
-    args = build_parser().parse_args(argv)
-    from tuner.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error
+    from tuner.cli.command import run_command
+
+    return run_command(build_parser(), tune, argv)
+
+
+def tune(args: argparse.Namespace) -> int:
+    """The study of ``args`` (see :func:`main`)."""
+    from tuner.cli.command import UsageError, WorkError
     from tuner.tracking import schema
     from tuner.study.config import ConfigError, parse_family_list, resolve_study_config
     from tuner.data import DatasetError
@@ -127,34 +145,31 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_study(config)
     except (ConfigError, DatasetError, TrackingError, SearchSpaceError) as exc:
-        return error("tune", str(exc), EXIT_USAGE)
+        raise UsageError(str(exc)) from exc
     except (TrackingOutageError, DiskError) as exc:  # the study stopped cleanly
-        return error("tune", str(exc), EXIT_FAILED)
+        raise WorkError(str(exc)) from exc
     except Exception as exc:
         if disk_cause(exc):  # the driver's own writes (leaderboard, Ray's state) hit the disk
             from tuner.study.driver import study_folders
 
-            return error("tune", stop_message(disk_cause(exc), study_folders(config)),
-                         EXIT_FAILED)
+            raise WorkError(stop_message(disk_cause(exc), study_folders(config))) from exc
         if not is_outage(exc):
             raise
-        return error("tune", f"the MLflow tracking server stopped answering: {exc}; its unsent "
-                     "writes wait under the runs folder's outbox/; run the same command with "
-                     "--resume once the server is back", EXIT_FAILED)
-    print(result.summary())
+        raise WorkError(f"the MLflow tracking server stopped answering: {exc}; its unsent writes "
+                        "wait under the runs folder's outbox/; run the same command with "
+                        "--resume once the server is back") from exc
+    log.info(result.summary())
     failed = [r for r in result.rows if r.get(schema.STOP_REASON_TAG) == schema.STOP_FAILED]
     if result.rows and len(failed) == len(result.rows):
-        return error("tune", f"all {len(failed)} trials failed (failures.csv on the study run "
-                     f"says why)", EXIT_FAILED)
+        raise WorkError(f"all {len(failed)} trials failed (failures.csv on the study run says why)")
     register_after_study(config, result)
     if failed:
-        return error("tune", f"{len(failed)} of {len(result.rows)} trials failed (failures.csv "
-                     f"on the study run says why); the others were tuned and promoted as usual",
-                     EXIT_FAILED)
-    return EXIT_OK
+        raise WorkError(f"{len(failed)} of {len(result.rows)} trials failed (failures.csv on the "
+                        "study run says why); the others were tuned and promoted as usual")
+    return 0
 
 
-def register_after_study(config, result, echo=print) -> None:
+def register_after_study(config, result, echo=log.info) -> None:
     """Promotion of the best trial and, with ``ensemble_top_k``, of the hyper-ensemble.
     Nothing to promote (e.g. no trial completed its budget) is reported, not raised."""
     from tuner.data import DatasetError
@@ -171,9 +186,14 @@ def register_after_study(config, result, echo=print) -> None:
 
         echo("promotion of the best completed trial:")
         try:
-            echo(format_result(promote_champion(config.experiment, **common)))
+            promoted = promote_champion(config.experiment, **common)
         except (PromotionError, DatasetError) as exc:
             echo(f"promotion: nothing promoted: {exc}")
+        else:
+            from tuner.tracking.description import describe_study_after_promotion
+
+            echo(format_result(promoted))
+            describe_study_after_promotion(result.tracking_uri, promoted)
     if config.ensemble_top_k:
         from tuner.registry.ensembles import register_hyper_ensemble
 

@@ -238,11 +238,14 @@ def cli_backend(fake_backend, monkeypatch):
     return fake_backend
 
 
-def test_cli_writes_refuses_overwrite_and_forces(tmp_path, cli_backend, capsys):
+def test_cli_writes_refuses_overwrite_and_forces(tmp_path, cli_backend, capsys, monkeypatch):
+    monkeypatch.setenv("LENSTUNE_PROGRESS", "1")  # a bar also when stderr is no terminal
     out = tmp_path / "ds"
-    args = ["--preset", "fake16", "--n-per-class", "10", "--out", str(out), "--batch-size", "4", "--quiet"]
+    args = ["--preset", "fake16", "--n-per-class", "10", "--out", str(out), "--batch-size", "4"]
     assert simulate_main(args) == 0
-    assert "wrote" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "simulate fake16" in captured.err  # message and bar
+    args.append("--quiet")
     first = read_meta(out).digest
     assert simulate_main(args + ["--seed", "5"]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err

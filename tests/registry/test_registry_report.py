@@ -66,3 +66,27 @@ def test_report_unknown_experiment(tracking, tmp_path, capsys):
                         "--tracking-uri", tracking[0]])
     assert code == 2 and "no MLflow experiment named 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_report_page_is_self_contained_and_logged_to_the_study(promoted, tracking, tmp_path):
+    import re
+
+    uri, client, _ = tracking
+    study = promoted["results"][1].study_run_id
+    out = tmp_path / "page"
+    assert report_main(["--experiment", "toy", "--out", str(out), "--tracking-uri", uri,
+                        "--study", study]) == 0
+    page = (out / "index.html").read_text()
+    for section in ("leaderboard", "roc", "curves", "calibration"):
+        assert f"<section id='{section}'>" in page, section
+    sources = re.findall(r"<img[^>]* src='([^']*)'", page)
+    assert len(sources) >= 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page  # nothing fetched from a network
+    assert "<td>scratch</td>" in page
+    for png in ("roc_families.png", "roc_per_family.png", "learning_curves.png",
+                "calibration_champion.png"):
+        assert (out / png).stat().st_size > 1000, png
+    logged = {a.path for a in client.list_artifacts(study, "report")}
+    assert {"report/index.html", "report/leaderboard.csv", "report/README.md"} <= logged
+    assert report_main(["--experiment", "toy", "--out", str(tmp_path / "x"), "--tracking-uri",
+                        uri, "--study", "0" * 32]) == 2  # no such study run

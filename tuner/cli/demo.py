@@ -13,18 +13,20 @@ near chance for many more epochs).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 
-from tuner.cli import EXIT_USAGE
+from tuner.cli.command import CommandParser, UsageError, run_command
 
 DEMO_FAMILIES = ["levit", "cvt"]
+log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuner.cli.demo", description=__doc__.splitlines()[0])
+def build_parser() -> CommandParser:
+    p = CommandParser("demo", description=__doc__.splitlines()[0], mlflow_bars=False,
+                      examples=["make demo", "lenstune demo --samples 4 --max-epochs 6"])
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--samples", type=int, default=8, help="trials per family")
     p.add_argument("--n-per-class", type=int, default=1000, help="simulated images per class")
@@ -33,15 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser(), demo, argv)
+
+
+def demo(args: argparse.Namespace) -> None:
     for name in ("samples", "n_per_class", "max_epochs"):
         if getattr(args, name) < 1:
-            print(f"python -m tuner.cli.demo: error: --{name.replace('_', '-')} must be >= 1, "
-                  f"got {getattr(args, name)}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} is not allowed, "
+                             "it must be >= 1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     start = time.perf_counter()
 
     from tuner.study.config import resolve_study_config
@@ -50,17 +53,17 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = args.runs_dir.resolve()
     data = runs / "data" / f"model_ii-32px-n{args.n_per_class}-s0"
-    print(f"[1/4] dataset: simulating (or reusing) {data}", flush=True)
+    log.info(f"[1/5] dataset: simulating (or reusing) {data}")
     ensure_simulated(data, "model_ii", args.n_per_class, seed=0, img_size=32)
     montage = runs / "montage.png"
     try:
         from tuner.data.montage import render_montage
 
         render_montage(data, montage)
-        print(f"      montage with substructure residuals: {montage}")
+        log.info(f"      montage with substructure residuals: {montage}")
     except Exception as exc:  # the montage is a picture for people, not a step of the study
         montage = None
-        print(f"      (montage skipped: {exc})")
+        log.info(f"      (montage skipped: {exc})")
 
     config = resolve_study_config({
         "families": DEMO_FAMILIES, "profile": "micro", "data": data, "samples": args.samples,
@@ -69,42 +72,58 @@ def main(argv: list[str] | None = None) -> int:
         # The demo always uses its own embedded store, whatever MLFLOW_TRACKING_URI says.
         "tracking_uri": f"sqlite:///{runs / 'mlflow.db'}",
     })
-    print(f"[2/4] tuning {', '.join(DEMO_FAMILIES)}: {args.samples} trials each, up to "
-          f"{args.max_epochs} epochs, Optuna TPE + ASHA on a local Ray", flush=True)
+    log.info(f"[2/5] tuning {', '.join(DEMO_FAMILIES)}: {args.samples} trials each, up to "
+             f"{args.max_epochs} epochs, Optuna TPE + ASHA on a local Ray")
     result = run_study(config)
-    print("[3/4] leaderboard")
-    print(result.summary())
+    log.info("[3/5] leaderboard")
+    log.info(result.summary())
 
     # The study itself (tuner.study.driver.run_study) never promotes; this is the only promotion.
-    print("[4/4] promotion of the best completed trial (test split, registry, champion alias)",
-          flush=True)
+    log.info("[4/5] promotion of the best completed trial (test split, registry, champion alias)")
     model_uri = None
     from tuner.data import DatasetError
     from tuner.registry.promotion import PromotionError, promote_champion
+    from tuner.tracking.description import describe_study_after_promotion
 
     try:
         promoted = promote_champion(result.experiment, tracking_uri=result.tracking_uri,
                                     data_root=data, study_run_id=result.parent_run_id,
-                                    echo=lambda line: print(f"      {line}"))
+                                    echo=lambda line: log.info("      %s", line))
     except (PromotionError, DatasetError) as exc:
-        print(f"      nothing promoted: {exc}")
+        log.info("      nothing promoted: %s", exc)
     else:
         c = promoted.candidate
         model_uri = f"models:/{promoted.model_name}/{promoted.version}"
-        print(f"      {promoted.family} (trial run {promoted.trial_run_id}): test AUC "
-              f"{c.auc_macro:.4f}, accuracy {c.acc:.4f} on {c.n_images} images; {promoted.decision}")
+        log.info("      %s (trial run %s): test AUC %.4f, accuracy %.4f on %d images; %s",
+                 promoted.family, promoted.trial_run_id, c.auc_macro, c.acc, c.n_images,
+                 promoted.decision)
+        describe_study_after_promotion(result.tracking_uri, promoted)
 
-    print(f"\nDone in {(time.perf_counter() - start) / 60:.1f} min. Where to look:")
-    print(f"  MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri} "
-          "--host 127.0.0.1 --port 5000   (then http://127.0.0.1:5000)")
+    log.info("[5/5] report page of the experiment")
+    from tuner.report.page import write_report
+    from tuner.tracking.reader import PromotionError as ReportError
+
+    report = runs / "report"
+    try:
+        page = write_report(result.experiment, report, tracking_uri=result.tracking_uri,
+                            force=True, study_run_id=result.parent_run_id)
+    except ReportError as exc:
+        page = None
+        log.info("      no report: %s", exc)
+
+    log.info("\nDone in %.1f min. Where to look (docs/ui.md says which page shows what):",
+             (time.perf_counter() - start) / 60)
+    from tuner.tracking.description import experiment_page
+
+    log.info("  MLflow UI:        mlflow ui --backend-store-uri %s --host 127.0.0.1 --port 5000",
+             result.tracking_uri)
+    log.info("                    then %s", experiment_page(result.experiment_id))
+    if page is not None:
+        log.info("  report page:      %s", page)
     if montage is not None:
-        print(f"  montage:          {montage}")
+        log.info("  montage:          %s", montage)
     if result.leaderboard_csv is not None:
-        print(f"  leaderboard:      {result.leaderboard_csv}")
+        log.info("  leaderboard:      %s", result.leaderboard_csv)
     if model_uri is not None:
-        print(f"  registered model: {model_uri} (champion: models:/{promoted.model_name}@champion)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        log.info("  registered model: %s (champion: models:/%s@champion)", model_uri,
+                 promoted.model_name)

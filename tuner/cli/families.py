@@ -7,12 +7,12 @@ size (matrix multiplications and convolutions; 1 multiply-add = 2 FLOPs).
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from tuner.models.registry import build_model, check_img_size, family_info, list_families
-from tuner.cli import EXIT_USAGE
+from tuner.cli.command import CommandParser, UsageError, output, run_command
+from tuner.progress import progress
 
 
 def forward_gflops(model: torch.nn.Module, img_size: int, in_chans: int = 1) -> float:
@@ -37,38 +37,39 @@ def family_row(family: str, sizes: tuple[int, ...]) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lenstune families", description=__doc__.splitlines()[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(
+        "families", description=__doc__.splitlines()[0],
+        examples=["lenstune families", "lenstune families --family swin --family levit --sizes 64"])
     parser.add_argument("--family", action="append", help="only these families (repeatable)")
     parser.add_argument("--sizes", default="64,150", help="image sizes in px, comma separated")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def table(args: argparse.Namespace) -> None:
     families = args.family or list_families()
     unknown = [f for f in families if f not in list_families()]
     if unknown:
-        print(f"lenstune families: unknown family {', '.join(unknown)}; allowed: "
-              f"{', '.join(list_families())}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"unknown family {', '.join(unknown)}, allowed: "
+                         f"{', '.join(list_families())}")
     try:
         sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
-        print(f"lenstune families: --sizes must be integers like 64,150, got {args.sizes!r}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--sizes {args.sizes!r} is not allowed, give integers like 64,150") from None
     try:  # before the table starts: a bad size must not leave half a table
         for size in sizes:
             check_img_size(size)
     except ValueError as exc:
-        print(f"lenstune families: --sizes {args.sizes}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--sizes {args.sizes}: {exc}") from None
     header = f"{'family':<18} {'origin':<6} {'params (M)':>10} " + " ".join(
         f"{'GFLOPs@' + str(s):>11}" for s in sizes) + "  description"
-    print(header)
-    print("-" * len(header))
-    for family in families:
+    output(header)
+    output("-" * len(header))
+    for family in progress(families, desc="families", unit="family", leave=False):
         r = family_row(family, sizes)
         flops = " ".join(f"{r[f'gflops_{s}']:>11.3f}" for s in sizes)
-        print(f"{family:<18} {r['origin']:<6} {r['params_m']:>10.2f} {flops}  {r['summary']}")
-    return 0
+        output(f"{family:<18} {r['origin']:<6} {r['params_m']:>10.2f} {flops}  {r['summary']}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), table, argv)

@@ -18,22 +18,29 @@ found through the registry or given with ``--data``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from tuner.cli import EXIT_FAILED, EXIT_USAGE, error
+from tuner.cli.command import CommandParser, UsageError, WorkError, run_command
+
+log = logging.getLogger(__name__)
 
 UNCERTAINTY_METHODS = ("none", "temperature", "mc_dropout", "laplace", "conformal", "ensemble")
 FITTED = ("temperature", "laplace", "conformal")  # need the model's dataset
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lenstune predict", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(
+        "predict", description=__doc__.split("\n\n")[0],
+        examples=["lenstune predict images.npy --model models:/lenstune-model_ii@champion "
+                  "--out preds.csv",
+                  "lenstune predict ~/deeplense/Model_II/test --model "
+                  "models:/lenstune-model_ii@champion --uncertainty conformal --out preds.csv"])
     parser.add_argument("input", type=Path, help=".npy array or DeepLense-format folder")
     parser.add_argument("--model", required=True,
                         help="model URI, e.g. models:/lenstune-model_ii@champion, or a local "
@@ -140,11 +147,19 @@ def predict_frame(model, config, images: np.ndarray, method: str, batch_size: in
     import torch
 
     from tuner.models.io import predict_probs
+    from tuner.progress import progress
     from tuner.registry.pyfunc import probs_frame
 
-    if method == "none":
-        return probs_frame(predict_probs(model, images, config.img_size, batch_size=batch_size),
-                           config.class_names)
+    if method == "none":  # in chunks of batches, for the progress bar
+        chunk = batch_size * 8
+        with progress(total=len(images), desc="predict", unit="img") as bar:
+            parts = []
+            for start in range(0, len(images), chunk):
+                parts.append(predict_probs(model, images[start:start + chunk], config.img_size,
+                                           batch_size=batch_size))
+                bar.update(len(parts[-1]))
+        probs = np.concatenate(parts) if parts else np.zeros((0, len(config.class_names)))
+        return probs_frame(probs, config.class_names)
     from tuner.models.io import PreparedMember
     from tuner.uncertainty.ensemble import ensemble_predict
 
@@ -158,17 +173,23 @@ def predict_frame(model, config, images: np.ndarray, method: str, batch_size: in
     net = model if config.is_ensemble else PreparedMember(model, config.img_size).eval()
     x = torch.from_numpy(images)
     conformal = None
-    if method == "ensemble":
-        pred = ensemble_predict(list(model.members), x, model.weights, batch_size)
-    else:
-        from tuner.uncertainty.conformal import ConformalConfig
-        from tuner.uncertainty.report import fit_method
+    steps = ["predict"] if method == "ensemble" else ["fit " + method, "predict"]
+    with progress(total=len(steps), desc=f"predict ({method})", unit="step") as bar:
+        if method == "ensemble":
+            pred = ensemble_predict(list(model.members), x, model.weights, batch_size)
+        else:
+            from tuner.uncertainty.conformal import ConformalConfig
+            from tuner.uncertainty.report import fit_method
 
-        splits = splits or {}
-        fitted = fit_method(method, [net], splits.get("val"), train=splits.get("train"),
-                            mc_samples=mc_samples, conformal=ConformalConfig(
-                                score=score, alpha=alpha, randomized=False))
-        pred, conformal = fitted.method.predict(x), fitted.conformal
+            splits = splits or {}
+            bar.set_postfix_str(steps[0])
+            fitted = fit_method(method, [net], splits.get("val"), train=splits.get("train"),
+                                mc_samples=mc_samples, conformal=ConformalConfig(
+                                    score=score, alpha=alpha, randomized=False))
+            bar.update()
+            bar.set_postfix_str("predict")
+            pred, conformal = fitted.method.predict(x), fitted.conformal
+        bar.update()
     frame = probs_frame(pred.probs.double().numpy(), config.class_names)
     frame["entropy"] = pred.entropy().numpy()
     if pred.samples is not None:
@@ -201,23 +222,19 @@ def write_csv_atomic(frame, path: Path) -> None:
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def predict(args: argparse.Namespace) -> None:
     from tuner.data import DatasetError
-    from tuner.tracking.store import check_tracking_store, default_tracking_uri, quiet_mlflow
+    from tuner.tracking.store import check_tracking_store, default_tracking_uri
     from tuner.registry.pyfunc import as_image_batch, load_registered
 
-    quiet_mlflow()
-    def fail(message: str) -> int:
-        return error("predict", message, EXIT_USAGE)
-
     if args.batch_size < 1:
-        return fail(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size {args.batch_size} is not allowed, it must be >= 1")
     if not 0 < args.alpha < 1 or args.mc_samples < 1:
-        return fail(f"--alpha must be in (0, 1) and --mc-samples >= 1; got {args.alpha} and "
-                    f"{args.mc_samples}")
+        raise UsageError(f"--alpha must be in (0, 1) and --mc-samples >= 1; got {args.alpha} "
+                         f"and {args.mc_samples}")
     if not args.input.exists():
-        return fail(f"input {args.input} does not exist")
+        raise UsageError(f"input {args.input} does not exist, give a .npy file or a folder of "
+                         ".npy files")
     try:  # read and check the images before loading the model: bad input fails fast
         if args.input.is_dir():
             raw, names, classes = read_folder(args.input)
@@ -225,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             raw = read_npy(args.input)
             names, classes = None, None
         else:
-            return fail(f"input {args.input} must be a .npy file or a folder of .npy files")
+            raise UsageError(f"input {args.input} is not allowed, give a .npy file or a folder "
+                             "of .npy files")
         uri = args.tracking_uri or default_tracking_uri()
         if args.model.startswith(("models:/", "runs:/")):
             check_tracking_store(uri)
@@ -234,24 +252,23 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always")
             images = as_image_batch(raw, config, resize=args.resize)
         for warning in caught:
-            print(f"lenstune predict: warning: {warning.message}", file=sys.stderr)
+            log.warning("%s", warning.message)
         splits = (calibration_splits(args, config, uri) if args.uncertainty in FITTED else None)
         frame = predict_frame(model, config, images, args.uncertainty, args.batch_size,
                               splits=splits, alpha=args.alpha, score=args.conformal_score,
                               mc_samples=args.mc_samples)
     except (ValueError, DatasetError, FileNotFoundError) as exc:  # InputError is a ValueError
-        return fail(str(exc))
+        raise UsageError(str(exc)) from exc
     except Exception as exc:  # registry lookups: unknown model, alias or server
         if type(exc).__name__ != "MlflowException":
             raise
-        return fail(f"cannot load model {args.model}: {exc}")
+        raise UsageError(f"cannot load model {args.model}: {exc}") from exc
     bad = non_finite_rows(frame)
     if len(bad):
         first = names[bad[0]] if names is not None else f"index {bad[0]}"
-        return error("predict", f"model {args.model} gave NaN or infinite probabilities for "
-                     f"{len(bad)} of {len(frame)} image(s) (first: {first}); its weights hold "
-                     f"non-finite values or the network overflowed; nothing was written to "
-                     f"{args.out}", EXIT_FAILED)
+        raise WorkError(f"model {args.model} gave NaN or infinite probabilities for {len(bad)} "
+                        f"of {len(frame)} image(s) (first: {first}); its weights hold non-finite "
+                        f"values or the network overflowed; nothing was written to {args.out}")
     if names is not None:
         frame.insert(0, "file", names)
         if any(classes):
@@ -259,9 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         frame.insert(0, "index", np.arange(len(frame)))
     write_csv_atomic(frame, args.out)
-    print(f"wrote {len(frame)} predictions to {args.out}")
-    return 0
+    log.info("wrote %d predictions to %s", len(frame), args.out)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), predict, argv)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
-from tuner.tracking.store import check_tracking_store, default_tracking_uri, quiet_mlflow
-from tuner.cli import EXIT_FAILED, EXIT_USAGE, error
+from tuner.tracking.store import check_tracking_store, default_tracking_uri
+from tuner.cli.command import CommandParser, UsageError, WorkError, run_command
+
+log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lenstune promote",
+def build_parser() -> CommandParser:
+    parser = CommandParser(
+        "promote",
+        examples=["lenstune promote --experiment lenstune",
+                  "lenstune promote --experiment lenstune --tracking-uri http://127.0.0.1:5000 "
+                  "--model-name lenstune-model_ii"],
         description="Evaluate the best completed trial of a study on the test split, register it "
         "(alias challenger) and move the alias champion if it beats the current champion on the "
         "same test data. Running it again for the same trial changes nothing.",
@@ -30,24 +35,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def promote(args: argparse.Namespace) -> None:
     from tuner.data import DatasetError
     from tuner.registry.promotion import PromotionError, promote_champion
     from tuner.tracking.reader import StudyNotFoundError
 
-    quiet_mlflow()
     uri = args.tracking_uri or default_tracking_uri()
     try:
         check_tracking_store(uri)
         result = promote_champion(args.experiment, tracking_uri=uri, data_root=args.data,
-                                  study_run_id=args.study, model_name=args.model_name)
+                                  study_run_id=args.study, model_name=args.model_name,
+                                  echo=log.info)
     except (DatasetError, FileNotFoundError, StudyNotFoundError) as exc:  # no such store,
-        return error("promote", str(exc), EXIT_USAGE)  # dataset, experiment or study
+        raise UsageError(str(exc)) from exc  # dataset, experiment or study
     except PromotionError as exc:  # nothing in the experiment can be promoted
-        return error("promote", str(exc), EXIT_FAILED)
-    print(format_result(result))
-    return 0
+        raise WorkError(str(exc)) from exc
+    log.info(format_result(result))
+    from tuner.tracking.description import describe_study_after_promotion
+
+    describe_study_after_promotion(uri, result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), promote, argv)
 
 
 def format_result(result) -> str:
@@ -63,6 +73,3 @@ def format_result(result) -> str:
                      f"accuracy {h.acc:.4f}, ECE {h.ece:.4f}, NLL {h.nll:.4f}")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

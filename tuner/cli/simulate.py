@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from tuner.data.simulate import (
     AUTO_COMPILE_MIN_PIXELS,
@@ -14,13 +14,19 @@ from tuner.data.simulate import (
     split_counts,
 )
 from tuner.data.store import DatasetError, write_error_message
-from tuner.cli import EXIT_USAGE
+from tuner.cli.command import CommandParser, UsageError, run_command
+from tuner.progress import progress_shown
+
+log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lenstune simulate",
+def build_parser() -> CommandParser:
+    parser = CommandParser(
+        "simulate",
         description="Simulate no_sub/cdm/axion lensing images into train/val/test splits.",
+        examples=["lenstune simulate --preset model_ii --n-per-class 1000 --out data/model_ii",
+                  "lenstune simulate --preset model_i --n-per-class 300 --img-size 64 "
+                  "--out data/model_i_64 --seed 1"],
     )
     parser.add_argument("--preset", required=True, help="simulator preset: model_i, model_ii or model_iii")
     parser.add_argument("--n-per-class", type=int, required=True, help="images per class over all splits")
@@ -48,21 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
         f"Default: compile when the dataset has >= {AUTO_COMPILE_MIN_PIXELS:.0e} pixels (images x H x W)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing dataset at --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def simulate(args: argparse.Namespace) -> None:
     try:
         counts = split_counts(args.n_per_class, args.split_fractions, args.split_counts)
         meta = simulate_dataset(
             args.out, args.preset, counts, seed=args.seed, device=args.device, img_size=args.img_size,
-            block_size=args.batch_size, force=args.force, progress=not args.quiet, compile=args.compile,
+            block_size=args.batch_size, force=args.force, progress=progress_shown(),
+            compile=args.compile,
         )
     except (DatasetError, ValueError, OSError) as exc:
-        print(f"lenstune simulate: {write_error_message(args.out, exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(write_error_message(args.out, exc)) from exc
     sizes = ", ".join(f"{s} {meta.n_images(s)}" for s in meta.counts)
-    print(f"wrote {args.out}: {meta.preset}, {meta.image_size} px, {sizes}; digest {meta.digest[:16]}")
-    return 0
+    log.info("wrote %s: %s, %s px, %s; digest %s", args.out, meta.preset, meta.image_size, sizes,
+             meta.digest[:16])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), simulate, argv)

@@ -11,17 +11,24 @@ to ``--out`` and logs both to MLflow under the model's run (or ``--run-id``).
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from tuner.uncertainty.report import METHODS
-from tuner.cli import EXIT_FAILED, EXIT_USAGE, error
+from tuner.cli.command import CommandParser, UsageError, WorkError, run_command
+
+log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lenstune uncertainty", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    p = CommandParser(
+        "uncertainty", description=__doc__.split("\n\n")[0].split("\n")[0],
+        examples=["lenstune uncertainty --model models:/lenstune-model_ii@champion --method "
+                  "temperature --data data/model_ii --out reports/unc",
+                  "lenstune uncertainty --model models:/lenstune-model_ii@champion --method "
+                  "conformal --data data/model_ii --shift-data data/model_iii --out reports/conf"])
     p.add_argument("--model", action="append", required=True,
                    help="model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) or a local model or "
                         "checkpoint directory; repeat for ensembles")
@@ -86,29 +93,27 @@ def expand_ensembles(models: list, method: str) -> tuple[list, list[float] | Non
     return members, weights if method == "ensemble" else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def fail(message: str, code: int = EXIT_USAGE) -> int:
-        return error("uncertainty", message, code)
-
+def uncertainty(args: argparse.Namespace) -> None:
     if not 0 < args.alpha < 1:
-        return fail(f"--alpha must be in (0, 1), got {args.alpha}")
+        raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.mc_samples < 1 or args.hyper_k < 1:
-        return fail(f"--mc-samples and --hyper-k must be >= 1, got {args.mc_samples} and {args.hyper_k}")
+        raise UsageError(f"--mc-samples and --hyper-k must be >= 1, got {args.mc_samples} and "
+                         f"{args.hyper_k}")
     if args.out.exists():
-        return fail(f"--out {args.out} already exists; choose a new folder")
+        raise UsageError(f"--out {args.out} already exists; choose a new folder")
     from tuner.data import DatasetError, load_split
-    from tuner.tracking.store import check_tracking_store, default_tracking_uri, quiet_mlflow
+    from tuner.progress import progress
+    from tuner.tracking.store import check_tracking_store, default_tracking_uri
     from tuner.uncertainty.conformal import ConformalConfig
     from tuner.uncertainty.report import evaluate, fit_method, log_report
 
-    quiet_mlflow()
+    bar = progress(total=3, desc=f"uncertainty ({args.method})", unit="step")
     # registry lookups and logging use the same store (also with --no-mlflow, which only
     # skips the logging)
     tracking_uri = args.tracking_uri or default_tracking_uri()
     tmp = None
     try:
+        bar.set_postfix_str("load data and models")
         if any(uri.startswith(("models:/", "runs:/")) for uri in args.model):
             check_tracking_store(tracking_uri)
         splits = {s: load_split(args.data, s) for s in ("val", "test")}
@@ -117,37 +122,49 @@ def main(argv: list[str] | None = None) -> int:
         loaded = [load_model(uri, tracking_uri) for uri in args.model]
         models, names, run_id = [m for m, _, _ in loaded], loaded[0][1], args.run_id or loaded[0][2]
         if run_id is None and not args.no_mlflow:  # refused before any report is written
-            return fail("no MLflow run to log into: pass --run-id or a registered model, or use --no-mlflow")
+            raise UsageError("no MLflow run to log into: pass --run-id or a registered model, or "
+                             "use --no-mlflow")
         models, weights = expand_ensembles(models, args.method)
         if tuple(splits["test"].meta.class_names) != tuple(names):
-            return fail(f"dataset classes {list(splits['test'].meta.class_names)} differ from the model's {list(names)}")
+            raise UsageError(f"dataset classes {list(splits['test'].meta.class_names)} differ "
+                             f"from the model's {list(names)}")
+        bar.update()
+        bar.set_postfix_str(f"fit {args.method}")
         fitted = fit_method(
             args.method, models, splits["val"], train=train, mc_samples=args.mc_samples,
             laplace_structure=args.laplace_structure, hyper_k=args.hyper_k,
             conformal=ConformalConfig(score=args.conformal_score, alpha=args.alpha), weights=weights,
         )
+        bar.update()
+        bar.set_postfix_str("evaluate on test" + (" and shifts" if shifts else ""))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".unc-", dir=args.out.parent))
         report = evaluate(fitted, splits["test"], shifts, class_names=list(names), out_dir=tmp)
         tmp.rename(args.out)
         tmp = None
+        bar.update()
+    except UsageError:
+        raise
     except (ValueError, DatasetError, FileNotFoundError) as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from exc
     except RuntimeError as exc:  # the fit or evaluation itself failed
-        return fail(str(exc), EXIT_FAILED)
+        raise WorkError(str(exc)) from exc
     finally:
+        bar.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     m = report["metrics"]
-    print(f"{args.method}: acc {m['acc']:.4f}  nll {m['nll']:.4f}  ece {m['ece']:.4f}  aurc {m['aurc']:.4f}")
+    log.info("%s: acc %.4f  nll %.4f  ece %.4f  aurc %.4f", args.method, m["acc"], m["nll"],
+             m["ece"], m["aurc"])
     for key in sorted(k for k in m if k.endswith("/ood_auroc_entropy")):
-        print(f"  {key.split('/')[0]}: OOD AUROC (entropy) {m[key]:.4f}")
-    print(f"report written to {args.out}")
+        log.info("  %s: OOD AUROC (entropy) %.4f", key.split("/")[0], m[key])
+    log.info("report written to %s", args.out)
     if not args.no_mlflow:
         log_report(report, run_id, tracking_uri=tracking_uri, out_dir=args.out)
-        print(f"logged to MLflow run {run_id}")
-    return 0
+        log.info("logged to MLflow run %s", run_id)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), uncertainty, argv)
+
+

@@ -10,11 +10,11 @@ per-image parameter ``m_axion_ev`` (NaN elsewhere).
 from __future__ import annotations
 
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+
+from tuner.progress import progress as progress_bar
 
 from tuner.data.store import (
     SPLITS,
@@ -199,8 +199,8 @@ def import_deeplense(
     image_size = read_deeplense_file(plan["train"][0][0])[0].shape[-1]
     total = sum(len(files) for files in plan.values())
     digests: dict[str, str] = {}
-    with staged_dataset(root, force=force) as tmp, tqdm(
-        total=total, unit="img", desc="import", file=sys.stderr, disable=not progress
+    with staged_dataset(root, force=force) as tmp, progress_bar(
+        total=total, unit="img", desc="import", enabled=progress
     ) as bar:
         for split in SPLITS:
             writer = SplitWriter(tmp / split, len(plan[split]), image_size)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import math
 import queue
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from tuner.data.preprocess import METHOD as PREPARATION
 from tuner.data.preprocess import prepare_images
+from tuner.progress import progress as progress_bar
 from tuner.data.store import (
     SPLITS,
     DatasetError,
@@ -458,8 +458,8 @@ def simulate_dataset(
     compiled = resolve_compile(compile, total, native or 0, device)
     capacity = max(effective_block_size(block_size, n_classes * counts[s]) for s in SPLITS)
     results: dict[str, dict[str, Any]] = {}
-    with staged_dataset(root, force=force) as tmp, tqdm(
-        total=total, unit="img", desc=f"simulate {preset}", file=sys.stderr, disable=not progress
+    with staged_dataset(root, force=force) as tmp, progress_bar(
+        total=total, unit="img", desc=f"simulate {preset}", enabled=progress
     ) as bar, _BlockWriter() as writer:
         copies = _HostCopies(device, capacity)
         for split in SPLITS:

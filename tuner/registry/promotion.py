@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from tuner.models.io import ModelConfig, load_network
+from tuner.progress import progress
 from tuner.registry.evaluation import Evaluation, evaluate, write_evaluation
 from tuner.registry.pyfunc import load_registered, save_registry_model
 from tuner.tracking import schema
@@ -239,7 +240,7 @@ def promote_champion(
     with tempfile.TemporaryDirectory(prefix="lenstune-promote-") as tmp:
         work = Path(tmp)
         results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work)
-                   for t in per_family.values()}
+                   for t in progress(per_family.values(), desc="test evaluation", unit="family")}
         config, weights, candidate, eval_dir = results[best.run_id]
         with store_lock(tracking_uri):  # one registration of a trial, also when run twice at once
             return _register_and_settle(client, tracking_uri, name, best, sid, config, weights,

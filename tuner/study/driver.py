@@ -15,6 +15,7 @@ node-local Tune storage on a multi-node cluster.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -33,6 +34,7 @@ from tuner.study.faults import DiskError, disk_cause, stop_message
 from tuner.study.resources import TrialResources
 from tuner.tracking import schema
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,8 +56,13 @@ class StudyResult:
         if self.leaderboard_csv:
             lines.append(f"leaderboard: {self.leaderboard_csv}")
         lines.append(f"tracking URI: {self.tracking_uri}")
-        if self.tracking_uri.startswith("sqlite:///"):
-            lines.append(f"open the MLflow UI: mlflow ui --backend-store-uri {self.tracking_uri}")
+        from tuner.tracking.description import experiment_page
+
+        if self.tracking_uri.startswith(("http://", "https://")):  # the server serves the UI
+            lines.append(f"MLflow UI: {experiment_page(self.experiment_id, self.tracking_uri)}")
+        else:
+            lines.append(f"open the MLflow UI: mlflow ui --backend-store-uri {self.tracking_uri}, "
+                         f"then {experiment_page(self.experiment_id)}")
         return "\n".join(lines)
 
 
@@ -291,6 +298,10 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus,
                               finished_trials=finished)
     else:
+        from tuner.study.progress import StudyProgress
+
+        progress = StudyProgress(family, config.families.index(family) + 1,
+                                 len(config.families), config.samples, max_epochs)
         callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs, {
             "study_name": study_name, "family": family,
             "dataset": {"name": ctx.dataset_name, "digest": ctx.dataset_digest,
@@ -304,7 +315,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             grace_period=space.budget.grace_period, reduction_factor=space.budget.reduction_factor,
             seed=config.seed, max_concurrent=resources.max_concurrent,
             cpus_per_trial=resources.cpus, gpus_per_trial=resources.gpus,
-            callbacks=[callback], time_budget_s=config.time_budget_s,
+            callbacks=[callback, progress], time_budget_s=config.time_budget_s,
+            verbose=1 if log.isEnabledFor(logging.INFO) else 0,  # Tune's table: not with --quiet
             max_failures=config.max_failures, asha_rule=config.asha_rule,
             tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None)
     results = tuner.fit()
@@ -398,7 +410,7 @@ def _close_after_disk_error(client, experiment_id: str, parent_run_id: str, caus
         pass
 
 
-def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> StudyResult:
+def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> StudyResult:
     """Run (or resume) a study as described in the module docstring."""
     from tuner.tracking.store import mlflow_client
 
@@ -442,6 +454,12 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = print) -> Study
         params.update(res.as_params(family))
     parent_run_id = tracking.start_study_run(client, experiment_id, study_name, params, dataset,
                                              resume=config.resume)
+    from tuner.tracking.description import describe_study, study_description
+
+    describe_study(client, parent_run_id, study_description(
+        study_name, families=config.families, profile=config.profile, samples=config.samples,
+        max_epochs=config.max_epochs, dataset_name=dataset.name, dataset_source=dataset.source,
+        preset=dataset.preset, image_size=meta.image_size, digest=meta.digest))
     client.set_tag(parent_run_id, schema.FAMILIES_TAG, ",".join(config.families))
     for family, res in resources.items():  # tags: a resumed study may resolve them anew
         client.set_tag(parent_run_id, schema.RESOURCES_TAG_PREFIX + family,

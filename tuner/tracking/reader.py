@@ -57,7 +57,13 @@ def find_study(client, experiment: str, study_run_id: str | None = None):
     if exp is None:
         raise StudyNotFoundError(f"no MLflow experiment named {experiment!r}")
     if study_run_id:
-        run = client.get_run(study_run_id)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = client.get_run(study_run_id)
+        except MlflowException:
+            raise StudyNotFoundError(f"no run {study_run_id!r} in the tracking store; give the "
+                                     f"id of a study run of experiment {experiment!r}") from None
         if run.info.experiment_id != exp.experiment_id:
             raise StudyNotFoundError(f"run {study_run_id} is not in experiment {experiment!r}")
         return run

@@ -28,6 +28,12 @@ def val_auc_of(class_name: str) -> str:
     return f"val_auc_{class_name}"
 
 
+# ------------------------------------------------------------------------------ experiments
+# MLflow 3's UI opens an experiment on the page this tag names (the GenAI overview when unset);
+# "custom_model_development" is its value for model training: the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
 # ---------------------------------------------------------------------------------- run tags
 KIND_TAG = "lenstune.kind"
 KIND_STUDY = "study"
@@ -72,6 +78,9 @@ FILES_LOGGED_TAG = "lenstune.files_logged"
 CHAMPION_TAG = "lenstune.champion"  # "<model name> v<version>" after promotion
 DATA_ROOT_TAG = "lenstune.data_root"
 DATA_PARAM = "data"  # the study's dataset folder, a param of the parent run
+REPORT_ARTIFACT = "report"  # `lenstune report`'s folder (index.html, ...) on the study run
+ROBUSTNESS_ARTIFACT = "robustness"  # PNGs of a study's robustness checks, shown by the report
+PARETO_ARTIFACT = "pareto"  # PNGs of a study's Pareto fronts, shown by the report
 
 # ----------------------------------------------------------------------------------- artifacts
 CHECKPOINT_ARTIFACT = "checkpoint"  # a trial's best-epoch checkpoint folder

@@ -84,8 +84,3 @@ def store_lock(uri: str | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def quiet_mlflow() -> None:
-    """No per-file artifact progress bars on the terminal (set only if the user has not)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -82,11 +82,17 @@ def bound_request_retries(limit_s: float) -> None:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
-    """Id of experiment ``name``, created (with ``artifact_location`` if given) when missing."""
+    """Id of experiment ``name``, created (with ``artifact_location`` if given) when missing.
+    Its ``mlflow.experimentKind`` tag (set when missing) makes MLflow 3's UI open it on the
+    runs table rather than the GenAI overview."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={schema.EXPERIMENT_KIND_TAG: schema.EXPERIMENT_KIND})
+    if schema.EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, schema.EXPERIMENT_KIND_TAG,
+                                  schema.EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def dataset_input(info: DatasetInfo, context: str = "training") -> DatasetInput:

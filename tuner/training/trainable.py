@@ -44,6 +44,7 @@ from tuner.training import loop
 from tuner.training.plots import BEST_PROBS
 from tuner.tracking import schema
 from tuner.tracking.outbox import Outbox
+from tuner.tracking.system_metrics import start_system_metrics, stop_system_metrics
 
 
 class TrialContext(BaseModel):
@@ -289,6 +290,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     decided_before = max(logged, default=0)
     checkpoint_epochs = set(ctx.rungs) | {ctx.max_epochs}
     outbox = Outbox(client, ctx.outbox_dir, f"trial-{trial_id}", adopt=True)
+    monitor = start_system_metrics(run_id, ctx.tracking_uri)  # system/* metrics of the run
 
     reported = False
     epoch = start_epoch
@@ -346,6 +348,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     else:
         outbox.end_run(run_id, schema.STOP_COMPLETED)
     finally:
+        stop_system_metrics(monitor)
         # Sent now, or (server away) left in the journal for whoever replays it next.
         outbox.close(raise_errors=False)
         # Free the device memory even when the actor is reused for the next trial.

@@ -1,0 +1,60 @@
+"""Progress of a study as people read it: one log line per ended trial, with the family's
+place among the study's families, trials ended out of the family's samples, how the trial
+ended and the best validation macro AUC so far (:class:`StudyProgress`, a Tune callback)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from ray import tune
+
+from tuner.study.asha import reported_epoch
+from tuner.tracking import schema
+
+log = logging.getLogger(__name__)
+
+
+class StudyProgress(tune.Callback):
+    """Logs ``family 2/5 swin: trial 7/32 ended ...; best so far 0.9731 (trial ...)``.
+
+    Counts come from Tune's own trial list, so a restored study carries on counting where it
+    was. Picklable: Tune saves it with the study."""
+
+    def __init__(self, family: str, index: int, n_families: int, num_samples: int,
+                 max_epochs: int):
+        self.family, self.index, self.n_families = family, index, n_families
+        self.num_samples, self.max_epochs = num_samples, max_epochs
+
+    def _label(self) -> str:
+        return f"family {self.index}/{self.n_families} {self.family}"
+
+    @staticmethod
+    def _score(trial) -> float:
+        value = (trial.last_result or {}).get(schema.BEST_OBJECTIVE, float("nan"))
+        return float(value) if isinstance(value, (int, float)) else float("nan")
+
+    def line(self, trials: list, trial, how: str) -> str:
+        """The progress line after ``trial`` ended ``how``."""
+        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        ended.add(trial.trial_id)
+        scored = [t for t in trials if math.isfinite(self._score(t))]
+        best = max(scored, key=self._score, default=None)
+        best_text = (f"best so far {self._score(best):.4f} (trial {best.trial_id})"
+                     if best is not None else "no score yet")
+        own = self._score(trial)
+        own_text = f", best val AUC {own:.4f}" if math.isfinite(own) else ""
+        return (f"{self._label()}: trial {len(ended)}/{self.num_samples} ({trial.trial_id}) "
+                f"{how}{own_text}; {best_text}")
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        log.debug("%s: trial %s started: %s", self._label(), trial.trial_id, trial.config)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        epochs = int(reported_epoch(trial.last_result or {}) or 0)
+        how = (f"completed {epochs} epochs" if epochs >= self.max_epochs
+               else f"stopped by ASHA after {epochs}/{self.max_epochs} epochs")
+        log.info(self.line(trials, trial, how))
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        log.warning(self.line(trials, trial, "failed (its run's stop_message says why)"))
