@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASHA rung rule (docs/tuning.md); default rank")
     p.add_argument("--tpe-told", choices=["first-rung", "last"],
                    help="score TPE learns of a trial (docs/tuning.md); default first-rung")
+    p.add_argument("--objective", choices=["val_auc", "robust_auc"],
+                   help="what ASHA and the searcher maximise: validation macro AUC (default), or "
+                   "macro AUC over the validation shift suite (docs/robustness.md)")
+    p.add_argument("--robust-reduce", choices=["mean", "worst"],
+                   help="robust_auc over the shifts: their mean (default) or the worst")
+    p.add_argument("--train-data", choices=["stored", "fresh"],
+                   help="fresh: every trial simulates a new training set each epoch on its "
+                   "device (simulated datasets only); default stored")
+    p.add_argument("--conditions", type=Path, metavar="FILE.yaml",
+                   help="observing conditions drawn per image when the study simulates its "
+                   "dataset (noise, PSF, source magnitude, centring; docs/data.md)")
+    p.add_argument("--shift-floor", type=float, metavar="AUC",
+                   help="promotion refuses a best trial whose worst macro AUC on the test shift "
+                   "suite is below AUC (docs/robustness.md)")
     p.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds per family")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--study-name", help="name of the study (Ray Tune run); default derived")
@@ -109,6 +123,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     """Flag values that were given, as StudyConfig fields (families still unparsed)."""
     values = {k: v for k, v in vars(args).items()
               if k not in ("family", "config", "verbose", "quiet")}
+    if values.get("conditions") is not None:  # a recipe file: its mapping is the setting
+        from tuner.study.config import load_yaml
+
+        values["conditions"] = load_yaml(values["conditions"])
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -186,7 +204,8 @@ def register_after_study(config, result, echo=log.info) -> None:
 
         echo("promotion of the best completed trial:")
         try:
-            promoted = promote_champion(config.experiment, **common)
+            promoted = promote_champion(config.experiment, **common,
+                                        shift_floor=config.shift_floor)
         except (PromotionError, DatasetError) as exc:
             echo(f"promotion: nothing promoted: {exc}")
         else:

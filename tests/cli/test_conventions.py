@@ -27,6 +27,7 @@ BAD_INPUT = {
     "uncertainty": (["--model", "m", "--method", "temperature", "--data", "nodata", "--out",
                      "unc", "--alpha", "2"], "--alpha"),
     "demo": (["--samples", "0", "--runs-dir", "runs"], "--samples 0"),
+    "robustness": (["--model", "models:/m@champion", "--shifts", "noise_x3"], "'noise_x3'"),
 }
 
 

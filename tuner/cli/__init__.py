@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("tuner.cli.predict", "predict classes (and uncertainty) with a registered model"),
     "report": ("tuner.cli.report", "leaderboard and ROC report of an experiment from MLflow"),
     "uncertainty": ("tuner.cli.uncertainty", "uncertainty/calibration report for a registered model"),
+    "robustness": ("tuner.cli.robustness", "how a registered model holds under changed noise, seeing, depth"),
     "demo": ("tuner.cli.demo", "a micro study end to end on this machine (what `make demo` runs)"),
 }
 

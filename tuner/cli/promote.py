@@ -30,6 +30,11 @@ def build_parser() -> CommandParser:
                         help="dataset folder whose test split is used (default: the study's)")
     parser.add_argument("--study", default=None, metavar="RUN_ID",
                         help="study parent run id (default: the newest study of the experiment)")
+    parser.add_argument("--shift-floor", type=float, default=None, metavar="AUC",
+                        help="evaluate the candidate (and the champion) on the test shift suite "
+                        "and refuse a candidate whose worst-shift macro AUC is below AUC "
+                        "(docs/robustness.md); a study tuned on robust_auc is evaluated there "
+                        "anyway")
     parser.add_argument("--model-name", default=None,
                         help="registered model name (default: lenstune-<preset or dataset name>)")
     return parser
@@ -45,7 +50,7 @@ def promote(args: argparse.Namespace) -> None:
         check_tracking_store(uri)
         result = promote_champion(args.experiment, tracking_uri=uri, data_root=args.data,
                                   study_run_id=args.study, model_name=args.model_name,
-                                  echo=log.info)
+                                  echo=log.info, shift_floor=args.shift_floor)
     except (DatasetError, FileNotFoundError, StudyNotFoundError) as exc:  # no such store,
         raise UsageError(str(exc)) from exc  # dataset, experiment or study
     except PromotionError as exc:  # nothing in the experiment can be promoted

@@ -46,7 +46,7 @@ from tuner.tracking.reader import (
 
 def top_completed(trials, k: int) -> list:
     """The ``k`` completed trials with the best validation macro AUC, best first."""
-    return sorted(completed(trials), key=lambda t: (-t.val_auc, t.run_id))[:k]
+    return sorted(completed(trials), key=lambda t: (-t.score, t.run_id))[:k]
 
 
 def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):

@@ -21,13 +21,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel
 
 from tuner.models.io import ModelConfig, load_network
 from tuner.progress import progress
 from tuner.registry.evaluation import Evaluation, evaluate, write_evaluation
+from tuner.registry import shifts
 from tuner.registry.pyfunc import load_registered, save_registry_model
 from tuner.tracking import schema
 from tuner.tracking.store import mlflow_client, store_lock
@@ -169,18 +170,29 @@ def _register(client, name: str, trial: TrialSummary, study_run_id: str, config:
         description=f"{trial.family} trial {trial.trial_id} of study {study_run_id}")
 
 
+class Standing(NamedTuple):
+    """What decides ``champion``: a measure, the candidate's value and the champion's (None
+    without a champion). A study on the validation AUC compares test macro AUCs; a study on
+    ``robust_auc`` compares the mean (or worst) macro AUC over the test shift suite."""
+
+    measure: str
+    candidate: float
+    champion: float | None
+
+
 def _decide(name: str, version: str, champ_version: str | None, champ_auc: float | None,
-            new_auc: float, n_test: int, role: str = "challenger") -> tuple[str, str]:
-    """(decision, message): promote only a strictly higher test macro AUC."""
+            new_auc: float, n_test: int, role: str = "challenger",
+            measure: str = "test AUC") -> tuple[str, str]:
+    """(decision, message): promote only a strictly higher ``measure``."""
     same = f"both on the same {n_test} test images"
     if champ_version is None:
-        return "promoted", f"{name} v{version} is champion: test AUC {new_auc:.4f} (no previous champion)"
+        return "promoted", f"{name} v{version} is champion: {measure} {new_auc:.4f} (no previous champion)"
     if champ_version == version:
         return "kept", f"{name} v{version} is already champion"
     if new_auc > champ_auc:
-        return "promoted", (f"{name} v{version} is the new champion: test AUC {new_auc:.4f} > "
+        return "promoted", (f"{name} v{version} is the new champion: {measure} {new_auc:.4f} > "
                             f"{champ_auc:.4f} of v{champ_version}, {same}")
-    return "kept", (f"{name} champion stays v{champ_version}: test AUC {champ_auc:.4f} >= "
+    return "kept", (f"{name} champion stays v{champ_version}: {measure} {champ_auc:.4f} >= "
                     f"{new_auc:.4f} of {role} v{version}, {same}")
 
 
@@ -208,6 +220,7 @@ def promote_champion(
     study_run_id: str | None = None,
     model_name: str | None = None,
     echo: Callable[[str], None] = print,
+    shift_floor: float | None = None,
 ) -> PromotionResult:
     """Register the best completed trial of a study and decide the ``champion`` alias.
 
@@ -218,8 +231,12 @@ def promote_champion(
         study_run_id: the study's parent run; None = the newest study in the experiment.
         model_name: registered model name; None = ``lenstune-<preset or dataset folder name>``.
         echo: where the decision line goes.
+        shift_floor: refuse a candidate whose worst macro AUC on the test shift suite is
+            below this (:mod:`tuner.registry.shifts`, which also says how a study on
+            ``robust_auc`` is decided).
     Raises:
-        PromotionError: no study or completed trial, or data that does not fit the models.
+        PromotionError: no study or completed trial, data that does not fit the models, or a
+            candidate below the shift floor.
     """
     from tuner.data import load_split
 
@@ -232,7 +249,7 @@ def promote_champion(
         reasons = sorted({t.stop_reason for t in trials}) or ["no trials"]
         raise PromotionError(f"no trial of study {sid} completed its budget ({len(trials)} trials: "
                              f"{', '.join(reasons)}); nothing to promote")
-    best = max(per_family.values(), key=lambda t: t.val_auc)
+    best = max(per_family.values(), key=lambda t: t.score)
     root = resolve_data_root(study, data_root)
     split = load_split(root, "test")
     name = model_name or default_model_name(split.meta, root)
@@ -242,16 +259,26 @@ def promote_champion(
         results = {t.run_id: _evaluate_trial(client, tracking_uri, t, split, work)
                    for t in progress(per_family.values(), desc="test evaluation", unit="family")}
         config, weights, candidate, eval_dir = results[best.run_id]
+        policy = shifts.shift_policy(study, shift_floor)
+        suite = None
+        if policy.active:  # the candidate under changed noise, seeing, depth, instrument
+            what = f"trial {best.run_id} ({best.family})"
+            suite = shifts.evaluate_suite(load_network(config, weights), config, root, what)
+            shifts.log_suite(client, best.run_id, suite, f"{what}: macro AUC under shifts")
+            shifts.check_floor(suite, policy, what)
         with store_lock(tracking_uri):  # one registration of a trial, also when run twice at once
             return _register_and_settle(client, tracking_uri, name, best, sid, config, weights,
-                                        eval_dir, split, candidate, work, echo)
+                                        eval_dir, split, candidate, work, echo,
+                                        policy=policy, suite=suite, root=root)
 
 
 def _register_and_settle(client, tracking_uri, name: str, best: TrialSummary, sid: str,
                          config: ModelConfig, weights: Path, eval_dir: Path, split,
-                         candidate: Evaluation, work: Path, echo) -> PromotionResult:
+                         candidate: Evaluation, work: Path, echo, *,
+                         policy: shifts.ShiftPolicy, suite, root: Path) -> PromotionResult:
     """The registry half of :func:`promote_champion`: register ``best`` unless a version holds
-    it already, set ``challenger`` and decide ``champion``."""
+    it already, set ``challenger`` and decide ``champion`` (on the shift suite ``suite`` too
+    when the ``policy`` says so)."""
     existing = find_version(client, name, schema.TRIAL_RUN_TAG, best.run_id)
     if existing is not None and schema.DECISION_TAG in existing.tags:
         message = (f"{name} version {existing.version} already holds trial {best.run_id}: "
@@ -264,13 +291,26 @@ def _register_and_settle(client, tracking_uri, name: str, best: TrialSummary, si
 
     # Re-evaluate the current champion on this very test split before writing anything.
     champ_v, champ_eval = reevaluate_champion(client, name, split, tracking_uri, work)
+    champ_suite = (shifts.champion_suite(client, name, champ_v, root, tracking_uri, work)
+                   if suite is not None and champ_v is not None else None)
     if existing is None:
         existing = _register(client, name, best, sid, config, weights, eval_dir, split,
                              candidate, work)
     version = str(existing.version)
     client.set_registered_model_alias(name, schema.CHALLENGER, version)
+    standing = None
+    if suite is not None:  # both on the same shift suite, recorded on both versions
+        for key, value in shifts.version_tags(suite).items():
+            client.set_model_version_tag(name, version, key, value)
+        if champ_suite is not None:
+            for key, value in shifts.version_tags(champ_suite).items():
+                client.set_model_version_tag(name, champ_v, key, value)
+        if policy.reduce is not None:
+            standing = Standing(shifts.standing_measure(policy.reduce, len(suite.shifts)),
+                                suite.score(policy.reduce),
+                                None if champ_suite is None else champ_suite.score(policy.reduce))
     decision, message = settle_champion(client, name, version, candidate, champ_v, champ_eval,
-                                        study_run_id=sid, echo=echo)
+                                        study_run_id=sid, echo=echo, standing=standing)
     return PromotionResult(
         model_name=name, version=version, study_run_id=sid, trial_run_id=best.run_id,
         family=best.family, candidate=candidate,
@@ -292,14 +332,17 @@ def reevaluate_champion(client, name: str, split, tracking_uri: str | None,
 
 def settle_champion(client, name: str, version: str, candidate: Evaluation, champ_v: str | None,
                     champ_eval: Evaluation | None, *, study_run_id: str, role: str = "challenger",
-                    echo: Callable[[str], None] = print) -> tuple[str, str]:
-    """Move ``champion`` to ``version`` if its test macro AUC beats the champion's (both measured
-    on the same split); store the champion's numbers of today and the decision as version tags,
-    and the champion's AUC, ECE and NLL as ``champion_test_*`` metrics of the study run.
-    Returns (decision, message)."""
-    decision, message = _decide(name, version, champ_v,
-                                None if champ_eval is None else champ_eval.auc_macro,
-                                candidate.auc_macro, candidate.n_images, role)
+                    echo: Callable[[str], None] = print,
+                    standing: Standing | None = None) -> tuple[str, str]:
+    """Move ``champion`` to ``version`` if it beats the champion, both measured on the same
+    split: by test macro AUC, or by ``standing`` (a robust study's shift-suite AUC); store the
+    champion's numbers of today and the decision as version tags, and the champion's AUC, ECE
+    and NLL as ``champion_test_*`` metrics of the study run. Returns (decision, message)."""
+    if standing is None:
+        standing = Standing("test AUC", candidate.auc_macro,
+                            None if champ_eval is None else champ_eval.auc_macro)
+    decision, message = _decide(name, version, champ_v, standing.champion, standing.candidate,
+                                candidate.n_images, role, standing.measure)
     if decision == "promoted":
         client.set_registered_model_alias(name, schema.CHAMPION, version)
     if champ_eval is not None:

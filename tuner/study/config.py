@@ -64,6 +64,27 @@ class StudyConfig(BaseModel):
         "first-rung", description="what TPE learns of a trial: its score at the first ASHA rung, "
         "which every trial reaches (tuner.study.asha.EqualFidelityOptunaSearch), or its last score "
         "(Ray's OptunaSearch)")
+    objective: Literal["val_auc", "robust_auc"] = Field(
+        "val_auc", description="what ASHA and the searcher maximise: val_auc = validation macro "
+        "AUC; robust_auc = macro AUC over the validation shift suite (val_shifts), every epoch")
+    robust_reduce: Literal["mean", "worst"] = Field(
+        "mean", description="robust_auc over the shifts: their mean, or the worst of them")
+    val_shifts: list[str] = Field(
+        default_factory=lambda: ["noise_x2", "noise_x4", "psf_x1.5"], min_length=1,
+        description="the validation shift suite of robust_auc (names of tuner/robustness "
+        "SHIFTS), simulated once from the val split's systems")
+    val_shift_n_per_class: int = Field(
+        50, ge=5, description="images per class of each validation shift set")
+    train_data: Literal["stored", "fresh"] = Field(
+        "stored", description="stored: the dataset's train split; fresh: every trial simulates "
+        "a new training set each epoch on its device (simulated datasets only)")
+    conditions: dict[str, Any] | None = Field(
+        None, description="observing conditions drawn per image when the study simulates its "
+        "dataset (tuner.lensing.conditions.ObservingConditions; --conditions FILE.yaml); "
+        "None = the preset's fixed values")
+    shift_floor: float | None = Field(
+        None, ge=0, le=1, description="tuner/run.py's promotion refuses a best trial whose worst "
+        "macro AUC on the test shift suite is below this")
     time_budget_s: float | None = Field(None, gt=0, description="seconds per family")
     experiment: str = Field("lenstune", min_length=1)
     study_name: str | None = Field(None, description="Ray Tune run name; None = derived")
@@ -93,6 +114,15 @@ class StudyConfig(BaseModel):
 
     compile: bool = Field(False, description="torch.compile each trial's model (GPU trials "
                           "gain throughput after a compile of tens of seconds)")
+
+    @field_validator("conditions")
+    @classmethod
+    def _known_conditions(cls, conditions: dict[str, Any] | None) -> dict[str, Any] | None:
+        if conditions is None:
+            return None
+        from tuner.lensing.conditions import ObservingConditions
+
+        return ObservingConditions(**conditions).model_dump(mode="json")
 
     @field_validator("gpus_per_trial")
     @classmethod

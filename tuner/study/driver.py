@@ -84,14 +84,60 @@ def prepare_dataset(config: StudyConfig) -> Path:
     if config.preset not in PRESETS:
         raise ConfigError(f"preset {config.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
     size = f"{config.img_size}px" if config.img_size else "native"
-    root = config.resolved_runs_dir() / "data" / f"{config.preset}-{size}-n{config.n_per_class}-s{config.seed}"
+    name = f"{config.preset}-{size}-n{config.n_per_class}-s{config.seed}"
+    if config.conditions is not None:  # a recipe of its own: another dataset
+        import hashlib
+
+        recipe = json.dumps(config.conditions, sort_keys=True).encode()
+        name += "-c" + hashlib.sha256(recipe).hexdigest()[:8]
+    root = config.resolved_runs_dir() / "data" / name
     try:
         root = ensure_simulated(root, config.preset, config.n_per_class, seed=config.seed,
-                                img_size=config.img_size)
+                                img_size=config.img_size, conditions=_conditions(config))
     except OSError as exc:
         raise DatasetError(f"cannot simulate the dataset into {root}: {exc}") from exc
     verify_dataset(root)
     return root
+
+
+def _conditions(config: StudyConfig):
+    """The study's observing conditions (None: the preset's fixed values)."""
+    if config.conditions is None:
+        return None
+    from tuner.lensing.conditions import ObservingConditions
+
+    return ObservingConditions(**config.conditions)
+
+
+def load_shift_arrays(config: StudyConfig, data_root: Path, meta) -> dict[str, np.ndarray]:
+    """The validation shift suite of a ``robust_auc`` study as arrays keyed for the trials
+    (:func:`tuner.training.validation.shift_data_keys`): the ``val_shifts`` of the val split's
+    systems, ``val_shift_n_per_class`` per class, simulated once into the dataset's
+    ``shifts/val/`` folder (:func:`tuner.robustness.shifts.ensure_shift_suite`); empty for a
+    study on ``val_auc``. ConfigError for a dataset that was not simulated (no preset to
+    simulate its shifts from)."""
+    if config.objective != "robust_auc":
+        return {}
+    if meta.preset is None:
+        raise ConfigError(f"--objective robust_auc needs a simulated dataset: {data_root} was "
+                          "imported, so there is no preset to simulate its shift suite from; "
+                          "allowed: a dataset made by lenstune simulate (or --preset)")
+    from tuner.data import load_split
+    from tuner.robustness.shifts import SHIFTS, ensure_shift_suite
+    from tuner.training.validation import shift_data_keys
+
+    unknown = [name for name in config.val_shifts if name not in SHIFTS]
+    if unknown:
+        raise ConfigError(f"val_shifts {unknown[0]!r} is not allowed; allowed: {', '.join(SHIFTS)}")
+    suite = ensure_shift_suite(data_root, split="val", names=config.val_shifts,
+                               n_per_class=config.val_shift_n_per_class)
+    arrays = {}
+    for name, folder in suite.items():
+        data = load_split(folder, "val")
+        images_key, labels_key = shift_data_keys(name)
+        arrays[images_key] = np.ascontiguousarray(data.images.numpy(), dtype=np.float32)
+        arrays[labels_key] = np.ascontiguousarray(data.labels.numpy(), dtype=np.int64)
+    return arrays
 
 
 def load_arrays(root: Path) -> tuple[dict[str, np.ndarray], Any]:
@@ -165,13 +211,13 @@ def _log_study_files(client, run_id: str, config: StudyConfig, spaces: dict) -> 
         client.log_artifacts(run_id, str(folder))
 
 
-def _log_importances(client, run_id: str, family: str, space, results) -> None:
+def _log_importances(client, run_id: str, family: str, space, results, objective: str) -> None:
     from tuner.study.search import optuna_importances
 
     trials = []
     for result in results:
         df = result.metrics_dataframe
-        score = float(df[schema.OBJECTIVE].max()) if df is not None and schema.OBJECTIVE in df else None
+        score = float(df[objective].max()) if df is not None and objective in df else None
         trials.append((result.config, score))
     importances = optuna_importances(space.param_space(), trials)
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,6 +317,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     from tuner.study.asha import rung_epochs
     from tuner.study.search import (TRIAL_FOLDER_PREFIX, TrialStopCallback, build_tuner, can_restore,
                               register_family_trainable, restore_tuner)
+    from tuner.training.fresh import fresh_spec
     from tuner.training.trainable import TrialContext, train_trial
 
     max_epochs = config.max_epochs or space.budget.max_epochs
@@ -283,7 +330,10 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         parent_run_id=parent_run_id, dataset_name=data_root.name, dataset_digest=meta.digest,
         dataset_source=str(data_root), dataset_preset=str(meta.preset),
         study_config=config.model_dump(mode="json"),
-        outbox_dir=str(config.outbox_dir(study_name)))
+        outbox_dir=str(config.outbox_dir(study_name)),
+        objective=schema.OBJECTIVES[config.objective], robust_reduce=config.robust_reduce,
+        val_shifts=config.val_shifts if config.objective == "robust_auc" else [],
+        fresh=fresh_spec(meta, meta.counts["train"]) if config.train_data == "fresh" else None)
     trainable = register_family_trainable(
         tune.with_parameters(train_trial, data=refs, context=ctx.model_dump()), family,
         resources.cpus, resources.gpus)
@@ -301,13 +351,14 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         from tuner.study.progress import StudyProgress
 
         progress = StudyProgress(family, config.families.index(family) + 1,
-                                 len(config.families), config.samples, max_epochs)
+                                 len(config.families), config.samples, max_epochs,
+                                 objective=ctx.objective)
         callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs, {
             "study_name": study_name, "family": family,
             "dataset": {"name": ctx.dataset_name, "digest": ctx.dataset_digest,
                         "source": ctx.dataset_source, "preset": ctx.dataset_preset},
             "params": {"dataset_digest": ctx.dataset_digest, "dataset_preset": ctx.dataset_preset,
-                       "img_size": ctx.img_size}},
+                       "img_size": ctx.img_size, "objective": ctx.objective}},
             outbox_dir=ctx.outbox_dir, outage_limit_s=config.tracking_outage_limit_s)
         tuner = build_tuner(
             trainable, space.param_space(), name=family, storage_path=storage,
@@ -318,7 +369,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             callbacks=[callback, progress], time_budget_s=config.time_budget_s,
             verbose=1 if log.isEnabledFor(logging.INFO) else 0,  # Tune's table: not with --quiet
             max_failures=config.max_failures, asha_rule=config.asha_rule,
-            tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None)
+            tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None,
+            metric=ctx.objective)
     results = tuner.fit()
     from tuner.tracking.store import mlflow_client
 
@@ -329,7 +381,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
                         TRIAL_FOLDER_PREFIX)
     _log_trial_plots(client, experiment_id, parent_run_id, family, list(meta.class_names))
     try:
-        _log_importances(client, parent_run_id, family, space, results)
+        _log_importances(client, parent_run_id, family, space, results, ctx.objective)
     except Exception as exc:  # importances are a report, never a reason to fail the study
         client.set_tag(parent_run_id, schema.IMPORTANCES_ERROR_PREFIX + family, str(exc)[:500])
     client.set_tag(parent_run_id, schema.DONE_TAG_PREFIX + family, "true")
@@ -426,6 +478,10 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
     check_storage(config.resolved_storage())
     data_root = prepare_dataset(config)
     arrays, meta = load_arrays(data_root)
+    if config.train_data == "fresh" and meta.preset is None:
+        raise ConfigError(f"--train-data fresh needs a simulated dataset: {data_root} was "
+                          "imported; allowed: a dataset made by lenstune simulate (or --preset)")
+    arrays.update(load_shift_arrays(config, data_root, meta))
 
     import ray
 
@@ -461,6 +517,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
         max_epochs=config.max_epochs, dataset_name=dataset.name, dataset_source=dataset.source,
         preset=dataset.preset, image_size=meta.image_size, digest=meta.digest))
     client.set_tag(parent_run_id, schema.FAMILIES_TAG, ",".join(config.families))
+    client.set_tag(parent_run_id, schema.OBJECTIVE_TAG, schema.OBJECTIVES[config.objective])
     for family, res in resources.items():  # tags: a resumed study may resolve them anew
         client.set_tag(parent_run_id, schema.RESOURCES_TAG_PREFIX + family,
                        f"{res.cpus:g} CPU + {res.gpus:g} GPU per trial, max {res.max_concurrent} "
@@ -510,8 +567,11 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
                 f"\"{r[schema.STOP_MESSAGE_TAG].replace(chr(34), chr(39))}\"" for r in failures]) + "\n",
             "failures.csv")
     if rows:
-        client.log_batch(parent_run_id, metrics=[tracking.Metric(
-            schema.BEST_OBJECTIVE, rows[0][schema.BEST_OBJECTIVE], int(time.time() * 1000), 0)])
+        now = int(time.time() * 1000)
+        best = {schema.BEST_OBJECTIVE: rows[0][schema.BEST_OBJECTIVE],
+                schema.best_of(rows[0]["objective"]): rows[0]["best_objective"]}
+        client.log_batch(parent_run_id, metrics=[tracking.Metric(k, v, now, 0)
+                                                 for k, v in best.items()])
         client.set_tag(parent_run_id, "best_trial_run_id", rows[0]["run_id"])
     tracking.finish_study_run(client, parent_run_id)
     return StudyResult(study_name, config.experiment, experiment_id, parent_run_id, tracking_uri,

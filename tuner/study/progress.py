@@ -22,16 +22,16 @@ class StudyProgress(tune.Callback):
     was. Picklable: Tune saves it with the study."""
 
     def __init__(self, family: str, index: int, n_families: int, num_samples: int,
-                 max_epochs: int):
+                 max_epochs: int, objective: str = schema.OBJECTIVE):
         self.family, self.index, self.n_families = family, index, n_families
         self.num_samples, self.max_epochs = num_samples, max_epochs
+        self.objective = objective
 
     def _label(self) -> str:
         return f"family {self.index}/{self.n_families} {self.family}"
 
-    @staticmethod
-    def _score(trial) -> float:
-        value = (trial.last_result or {}).get(schema.BEST_OBJECTIVE, float("nan"))
+    def _score(self, trial) -> float:
+        value = (trial.last_result or {}).get(schema.best_of(self.objective), float("nan"))
         return float(value) if isinstance(value, (int, float)) else float("nan")
 
     def line(self, trials: list, trial, how: str) -> str:
@@ -43,7 +43,8 @@ class StudyProgress(tune.Callback):
         best_text = (f"best so far {self._score(best):.4f} (trial {best.trial_id})"
                      if best is not None else "no score yet")
         own = self._score(trial)
-        own_text = f", best val AUC {own:.4f}" if math.isfinite(own) else ""
+        what = "robust AUC" if self.objective == schema.ROBUST_OBJECTIVE else "val AUC"
+        own_text = f", best {what} {own:.4f}" if math.isfinite(own) else ""
         return (f"{self._label()}: trial {len(ended)}/{self.num_samples} ({trial.trial_id}) "
                 f"{how}{own_text}; {best_text}")
 

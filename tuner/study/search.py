@@ -220,7 +220,8 @@ def tpe_startup_trials(num_samples: int | None) -> int:
 
 
 def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
-                  num_samples: int | None = None, tell_epoch: int | None = None):
+                  num_samples: int | None = None, tell_epoch: int | None = None,
+                  metric: str = METRIC):
     """Seeded Optuna search (``tpe`` or ``random``) limited to ``max_concurrent`` trials.
     ``tell_epoch``: tell Optuna each trial's score at that epoch (the first rung) rather than
     its last (:class:`tuner.study.asha.EqualFidelityOptunaSearch`); None = the last, Ray's default."""
@@ -234,9 +235,9 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
     else:
         raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, random")
     if tell_epoch is None:
-        search = RestorableOptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE)
+        search = RestorableOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE)
     else:
-        search = EqualFidelityOptunaSearch(sampler=optuna_sampler, metric=METRIC, mode=MODE,
+        search = EqualFidelityOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE,
                                            at_epoch=tell_epoch)
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
 
@@ -297,6 +298,7 @@ def build_tuner(
     asha_rule: str = "rank",
     tell_epoch: int | None = None,
     verbose: int = 1,
+    metric: str = METRIC,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
@@ -305,8 +307,9 @@ def build_tuner(
         _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE,
-            search_alg=make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch),
+            metric=metric, mode=MODE,
+            search_alg=make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
+                                     metric),
             scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
                                      asha_rule),
             num_samples=num_samples,

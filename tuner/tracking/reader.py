@@ -26,7 +26,9 @@ class StudyNotFoundError(PromotionError):
 
 
 class TrialSummary(BaseModel):
-    """A trial run as promotion sees it. ``val_auc``: best validation macro AUC over epochs."""
+    """A trial run as promotion sees it. ``val_auc``: best validation macro AUC over epochs;
+    ``objective``: the metric its study maximised, ``score``: its best value (``val_auc`` for a
+    study on the validation AUC)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -39,6 +41,8 @@ class TrialSummary(BaseModel):
     start_time_ms: int
     end_time_ms: int | None
     parent_run_id: str = ""  # the study run ("" when the run records none)
+    objective: str = schema.OBJECTIVE
+    score: float = float("nan")
 
 
 def _all_runs(client, experiment_id: str, filter_string: str) -> list:
@@ -82,6 +86,10 @@ def summarize_trial(client, run) -> TrialSummary:
     """Read one trial run: best validation macro AUC over its epochs, epochs run."""
     history = client.get_metric_history(run.info.run_id, schema.OBJECTIVE)
     values = [m.value for m in history if np.isfinite(m.value)]
+    objective = run.data.params.get("objective", schema.OBJECTIVE)
+    scores = values if objective == schema.OBJECTIVE else [
+        m.value for m in client.get_metric_history(run.info.run_id, objective)
+        if np.isfinite(m.value)]
     return TrialSummary(
         run_id=run.info.run_id,
         family=_tag(run, schema.FAMILY_TAG) or run.data.params.get("family", "?"),
@@ -92,6 +100,8 @@ def summarize_trial(client, run) -> TrialSummary:
         start_time_ms=run.info.start_time,
         end_time_ms=run.info.end_time,
         parent_run_id=run.data.tags.get("mlflow.parentRunId", ""),
+        objective=objective,
+        score=max(scores) if scores else float("nan"),
     )
 
 
@@ -106,14 +116,14 @@ def list_trials(client, experiment_id: str, study_run_id: str | None = None) -> 
 def completed(trials: list[TrialSummary]) -> list[TrialSummary]:
     """The trials that may be promoted: they ran their whole epoch budget (``stop_reason``
     ``completed``) and logged a finite validation macro AUC."""
-    return [t for t in trials if t.stop_reason == schema.STOP_COMPLETED and np.isfinite(t.val_auc)]
+    return [t for t in trials if t.stop_reason == schema.STOP_COMPLETED and np.isfinite(t.score)]
 
 
 def best_completed(trials: list[TrialSummary]) -> dict[str, TrialSummary]:
-    """Best completed trial (by validation macro AUC) of each family."""
+    """Best completed trial of each family, by its study's objective (``score``)."""
     best: dict[str, TrialSummary] = {}
     for trial in completed(trials):
-        if trial.family not in best or trial.val_auc > best[trial.family].val_auc:
+        if trial.family not in best or trial.score > best[trial.family].score:
             best[trial.family] = trial
     return best
 

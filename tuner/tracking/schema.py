@@ -10,9 +10,25 @@ A study is one parent run (``KIND_TAG = KIND_STUDY``) with one nested run per tr
 from __future__ import annotations
 
 # ---------------------------------------------------------------------------- the objective
-OBJECTIVE = "val_auc_macro"  # the study's objective, maximised: validation macro one-vs-rest AUC
+OBJECTIVE = "val_auc_macro"  # the default objective, maximised: validation macro one-vs-rest AUC
 OBJECTIVE_MODE = "max"
-BEST_OBJECTIVE = "best_val_auc_macro"  # the best OBJECTIVE so far, logged with every epoch
+# --objective robust_auc: the mean (or, --robust-reduce worst, the lowest) validation macro AUC
+# over the study's validation shift suite (tuner/robustness), evaluated every epoch
+ROBUST_OBJECTIVE = "val_robust_auc"
+OBJECTIVES = {"val_auc": OBJECTIVE, "robust_auc": ROBUST_OBJECTIVE}  # --objective -> metric
+
+
+def best_of(metric: str) -> str:
+    """The metric holding the best ``metric`` so far, logged with every epoch."""
+    return f"best_{metric}"
+
+
+BEST_OBJECTIVE = best_of(OBJECTIVE)  # "best_val_auc_macro"
+
+
+def shift_auc_of(shift: str, split: str = "val") -> str:
+    """Macro AUC on one shift set of the suite, e.g. ``val_auc_macro.noise_x2``."""
+    return f"{split}_auc_macro.{shift}"
 
 # ------------------------------------------------------------------------- per-epoch metrics
 TRAIN_LOSS = "train_loss"
@@ -20,6 +36,7 @@ VAL_LOSS = "val_loss"
 VAL_ACC = "val_acc"
 EPOCH_SECONDS = "epoch_seconds"
 IMAGES_PER_SECOND = "images_per_second"
+SIMULATION_SECONDS = "simulation_seconds"  # train_data fresh: simulating the epoch's training set
 EPOCH = "epoch"  # the key of the epoch number in Ray Tune reports
 
 
@@ -41,6 +58,7 @@ KIND_TRIAL = "trial"
 STUDY_TAG = "lenstune.study"  # the study (Ray Tune run) name, on the parent and every trial
 PARENT_RUN_TAG = "mlflow.parentRunId"
 FAMILY_TAG = "family"
+OBJECTIVE_TAG = "lenstune.objective"  # study and trial runs: the metric the study maximised
 TRIAL_ID_TAG = "trial_id"
 STOP_REASON_TAG = "stop_reason"
 STOP_MESSAGE_TAG = "stop_message"

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from tuner import metrics as M
 from tuner.study.config import flatten
 from tuner.data.preprocess import METHOD as PREPARATION
 from tuner.models import io
 from tuner.training import checkpoint as ckpt
-from tuner.training import loop
+from tuner.training import loop, validation
+from tuner.training.fresh import FreshEpochs
 from tuner.training.plots import BEST_PROBS
 from tuner.tracking import schema
 from tuner.tracking.outbox import Outbox
@@ -70,6 +70,10 @@ class TrialContext(BaseModel):
     dataset_preset: str
     study_config: dict[str, Any] = {}
     outbox_dir: str  # journals of writes waiting for the tracking server (tuner.tracking.outbox)
+    objective: str = schema.OBJECTIVE  # the metric ASHA and the searcher maximise
+    val_shifts: list[str] = []  # the validation shift suite of a robust study (its data keys:
+    robust_reduce: str = "mean"  # tuner.training.validation.shift_data_keys)
+    fresh: dict[str, Any] | None = None  # train_data fresh: how to simulate an epoch's training set
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -187,7 +191,9 @@ def _replay_finished_run(ctx: TrialContext, trial_id: str) -> bool:
     if run.data.tags.get(schema.STOP_REASON_TAG) not in (schema.STOP_COMPLETED, schema.STOP_ASHA):
         return False
     history = {}
-    for key in (schema.OBJECTIVE, schema.BEST_OBJECTIVE, schema.VAL_LOSS, schema.VAL_ACC):
+    keys = {schema.OBJECTIVE, schema.BEST_OBJECTIVE, schema.VAL_LOSS, schema.VAL_ACC,
+            ctx.objective, schema.best_of(ctx.objective)}
+    for key in sorted(keys):
         for metric in client.get_metric_history(run_id, key):
             history.setdefault(metric.step, {})[key] = metric.value
     for epoch in sorted(history):
@@ -225,6 +231,13 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     x_val, _ = loop.to_device(_as_tensor(arrays["val_images"]),
                               _as_tensor(arrays["val_labels"]), device)
     y_val_np = np.asarray(arrays["val_labels"])  # metrics are computed on the host
+    shift_sets = {}
+    for name in ctx.val_shifts:
+        images_key, labels_key = validation.shift_data_keys(name)
+        shift_sets[name] = (loop.to_device(_as_tensor(arrays[images_key]),
+                                           _as_tensor(arrays[labels_key]), device)[0],
+                            np.asarray(arrays[labels_key]))
+    fresh = FreshEpochs(ctx.fresh, seed=ctx.seed, device=device) if ctx.fresh else None
 
     resolved = resolved_config(config, ctx)
     torch.manual_seed(ctx.seed)  # same init for a config whether run first or re-run after a crash
@@ -239,6 +252,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
               and not torch.cuda.is_bf16_supported() else None)
 
     start_epoch, best, run_id, fallback = 0, _Best(), None, None
+    best_val_auc = -1.0
     restored = tune.get_checkpoint()
     state = None
     if restored is not None:
@@ -259,6 +273,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         start_epoch = int(state["epoch"])
         # The best epoch up to the checkpoint is in MLflow already (written with it).
         best.score = float(state["best"])
+        best_val_auc = float(state.get("best_val_auc", best.score))
         best.epoch = best.logged = int(state.get("best_epoch", start_epoch))
         run_id = state.get("mlflow_run_id")
         scheduler.last_epoch = int(state["scheduler_step"])  # LambdaLR recomputes from this
@@ -268,7 +283,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     client = mlflow_client(ctx.tracking_uri)
     if run_id is None:
         params = {**flatten(config), "family": ctx.family, "dataset_digest": ctx.dataset_digest,
-                  "dataset_preset": ctx.dataset_preset, "img_size": ctx.img_size}
+                  "dataset_preset": ctx.dataset_preset, "img_size": ctx.img_size,
+                  "objective": ctx.objective}
         dataset = tracking.DatasetInfo(ctx.dataset_name, ctx.dataset_digest, ctx.dataset_source,
                                        ctx.dataset_preset)
         run_id = tracking.start_trial_run(
@@ -299,22 +315,26 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             # Seeds depend on (trial seed, epoch) so a resumed trial draws what it would have.
             gen = torch.Generator(device=x_train.device).manual_seed(ctx.seed * 100003 + epoch)
             aug_gen = torch.Generator(device=device).manual_seed(ctx.seed * 100019 + epoch)
+            if fresh is not None:  # a new training set, simulated on the device for this epoch
+                x_train, y_train = fresh.epoch(epoch)
             stats = loop.train_one_epoch(
                 model, x_train, y_train, optimizer=optimizer, scheduler=scheduler, hp=hp,
                 device=device, img_size=ctx.img_size, generator=gen, aug_generator=aug_gen,
                 scaler=scaler)
-            probs = io.predict_probs(model, x_val, ctx.img_size, device=device)
-            report = M.classification_report(probs, y_val_np, list(ctx.class_names))
+            measured, probs = validation.epoch_values(
+                model, x_val=x_val, y_val=y_val_np, shift_sets=shift_sets, img_size=ctx.img_size,
+                device=device, class_names=list(ctx.class_names), robust_reduce=ctx.robust_reduce)
             values = {
-                schema.TRAIN_LOSS: stats.train_loss,
-                schema.VAL_LOSS: loop.cross_entropy_of_probs(probs, y_val_np),
-                schema.VAL_ACC: report["acc"], schema.OBJECTIVE: report["auc_macro"],
-                **{schema.val_auc_of(c): report[f"auc_{c}"] for c in ctx.class_names},
+                schema.TRAIN_LOSS: stats.train_loss, **measured,
                 schema.EPOCH_SECONDS: stats.seconds, schema.IMAGES_PER_SECOND: stats.images_per_second,
                 "epoch": float(epoch),
             }
-            best.update(values[schema.OBJECTIVE], epoch, network, probs)
-            values[schema.BEST_OBJECTIVE] = best.score
+            if fresh is not None:
+                values[schema.SIMULATION_SECONDS] = fresh.last_seconds
+            best.update(values[ctx.objective], epoch, network, probs)
+            values[schema.best_of(ctx.objective)] = best.score
+            best_val_auc = max(best_val_auc, values[schema.OBJECTIVE])
+            values[schema.BEST_OBJECTIVE] = best_val_auc  # also in a study on another objective
             if epoch not in logged:
                 outbox.metrics(run_id, values, step=epoch)
             if epoch < decided_before:
@@ -330,6 +350,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             outbox.flush()
             with tempfile.TemporaryDirectory() as tmp:
                 state = {"epoch": epoch, "best": best.score, "best_epoch": best.logged,
+                         "best_val_auc": best_val_auc,
                          "mlflow_run_id": run_id, "scheduler_step": scheduler.last_epoch}
                 ckpt.save_checkpoint(Path(tmp), model=network, config=resolved,
                                      optimizer=optimizer, state=state)
@@ -339,7 +360,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     except loop.NonFiniteLossError as exc:  # the configuration's fault: a retry fails again
         outbox.end_run(run_id, schema.STOP_FAILED, f"{type(exc).__name__}: {exc}")
         if not reported:  # Tune refuses a trial that ends without its metric: the worst score
-            tune.report({schema.OBJECTIVE: 0.0, schema.BEST_OBJECTIVE: 0.0,
+            tune.report({ctx.objective: 0.0, schema.best_of(ctx.objective): 0.0,
                          schema.EPOCH: float(epoch), "mlflow_run_id": run_id,
                          "non_finite_loss": 1.0})
     except Exception as exc:  # Tune retries it (max_failures) from its last checkpoint
