@@ -123,8 +123,14 @@ class ObservingConditions(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"{where}: {problems}; allowed fields: {', '.join(cls.model_fields)}") from None
+            problems = []
+            for error in exc.errors():
+                message = error["msg"].removeprefix("Value error, ")
+                loc = ".".join(map(str, error["loc"]))
+                problems.append(f"{loc}: {message}" if loc else message)
+            unknown = any(error["type"] == "extra_forbidden" for error in exc.errors())
+            allowed = f"; allowed fields: {', '.join(cls.model_fields)}" if unknown else ""
+            raise ValueError(f"{where}: {'; '.join(problems)}{allowed}") from None
 
     @property
     def is_default(self) -> bool:
