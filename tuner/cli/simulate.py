@@ -25,9 +25,7 @@ def build_parser() -> CommandParser:
         "simulate",
         description="Simulate no_sub/cdm/axion lensing images into train/val/test splits.",
         examples=["lenstune simulate --preset model_ii --n-per-class 1000 --out data/model_ii",
-                  "lenstune simulate --preset model_i --n-per-class 300 --img-size 64 "
-                  "--out data/model_i_64 --seed 1",
-                  "lenstune simulate --preset model_ii --n-per-class 1000 --out data/model_ii_wide "
+                  "lenstune simulate --preset model_ii --n-per-class 1000 --img-size 32 --out data/model_ii_wide "
                   "--noise-scale 0.5,4 --psf-scale 0.75,1.5 --mag-offset=-1,1 --subpixel-shift 0.5"],
     )
     parser.add_argument("--preset", required=True, help="simulator preset: model_i, model_ii or model_iii")
