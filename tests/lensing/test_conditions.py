@@ -203,3 +203,23 @@ def test_convolve_gaussian_psf_shared_kernel_is_unchanged():
     taps = gaussian_taps_batched(torch.full((2,), 1.3, dtype=torch.float64), 4.0, 1.3).float()
     torch.testing.assert_close(convolve_separable(image, taps), convolve_gaussian_psf(image, 1.3, 4.0),
                                atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("base", ["model_i", "model_ii"])
+def test_another_instrument_sees_the_same_systems_on_the_base_grid(base):
+    from tuner.lensing.instrument import survey_background_rms
+    from tuner.lensing.presets import with_instrument
+
+    hst = with_instrument(base, "model_iii")
+    grid = get_preset(base).instrument
+    assert (hst.instrument.num_pix, hst.instrument.pixel_scale_arcsec) == (grid.num_pix, grid.pixel_scale_arcsec)
+    assert hst.instrument.psf_fwhm_arcsec == 0.08 and hst.source.magnitude == 20.0 and hst.source.amp is None
+    images, params = _sim([0, 1, 2], seed=12, preset=hst)
+    _, own = _sim([0, 1, 2], seed=12, preset=base)
+    assert images.shape == (3, 1, grid.num_pix, grid.num_pix)
+    for key in ("source_x_arcsec", "subhalo_mass_msun", "m_axion_ev"):
+        torch.testing.assert_close(params[key], own[key], rtol=0, atol=0, equal_nan=True)
+    assert (params["exposure_s"] == 5400).all()
+    want = survey_background_rms(read_noise_e=4.0, exposure_s=5400.0, num_exposures=1, sky_mag=22.3,
+                                 zero_point=25.96, pixel_scale=grid.pixel_scale_arcsec)
+    torch.testing.assert_close(params["background_rms"], torch.full((3,), want, dtype=torch.float32))
