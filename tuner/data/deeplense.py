@@ -20,9 +20,11 @@ from tuner.data.store import (
     SPLITS,
     DatasetError,
     DatasetMeta,
+    Split,
     SplitWriter,
     combine_digests,
     package_version,
+    split_digest,
     staged_dataset,
     write_meta,
 )
@@ -236,3 +238,48 @@ def import_deeplense(
         )
         write_meta(tmp, meta)
     return meta
+
+
+def read_deeplense_split(folder: str | Path, *, split: str = "test") -> Split:
+    """One DeepLense-format split in memory, e.g. a user's evaluation set of another survey.
+
+    ``folder`` holds class folders (``<folder>/<class>/*.npy``) or split folders
+    (``<folder>/<split>/<class>/*.npy``, of which ``split`` is read). Files are read as
+    :func:`import_deeplense` reads them (no pickled code, the same checks and errors); images
+    are kept as stored (a network's batches are prepared as usual). Returns a Split whose meta
+    holds only ``split`` (source "deeplense", no preset) with its digest; ``source_file`` is
+    relative to the folder holding the class folders.
+    """
+    import torch
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"DeepLense folder {folder} is not a folder")
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    children = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    source = folder / split if split in children else folder
+    if source is folder and children & set(SPLITS):
+        raise DatasetError(f"{folder} has split folders {sorted(children & set(SPLITS))} but no {split}/; "
+                           f"allowed: <folder>/{split}/<class>/*.npy or <folder>/<class>/*.npy")
+    files = sorted(_list_split(source), key=lambda f: (f[1], f[0]))
+    first = read_deeplense_file(files[0][0])[0]
+    images = np.empty((len(files), 1, *first.shape), dtype=np.float32)
+    masses = np.empty(len(files))
+    for i, (path, _) in enumerate(files):
+        image, masses[i] = read_deeplense_file(path)
+        if image.shape != first.shape:
+            raise DatasetError(f"{path}: image shape {image.shape} differs from {first.shape} ({files[0][0]}); "
+                               "all images must match")
+        images[i, 0] = image
+    labels = np.array([label for _, label in files], dtype=np.int64)
+    params = {"m_axion_ev": masses, "source_file": np.array([str(p.relative_to(source)) for p, _ in files])}
+    digest = split_digest(images, labels, params)
+    meta = DatasetMeta(
+        source="deeplense", preset=None, seed=None, class_names=CLASS_NAMES, image_size=first.shape[-1],
+        counts={split: {n: int((labels == k).sum()) for k, n in enumerate(CLASS_NAMES)}},
+        param_names=tuple(sorted(params)), digest=combine_digests({split: digest}), split_digests={split: digest}, version=package_version(),
+        source_path=str(folder.resolve()),
+        preprocessing="as stored in the source files (prepared batch by batch when used)",
+    )
+    return Split(split, torch.from_numpy(images), torch.from_numpy(labels), params, meta)

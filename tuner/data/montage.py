@@ -17,6 +17,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tuner.data.conditions import conditions_of
 from tuner.data.simulate import block_seed, default_backend, effective_block_size, simulate_block
 from tuner.data.store import DatasetError, Split, load_split
 
@@ -64,7 +65,7 @@ def substructure_residuals(
         block_labels = labels[start : start + block_size]
         seed = block_seed(meta.seed, split.name, block)
         kwargs = dict(seed=seed, block_size=block_size, device=device, img_size=size,
-                      compiled=bool(meta.compiled))
+                      compiled=bool(meta.compiled), conditions=conditions_of(meta))
         again, _ = simulate_block(backend, meta.preset, block_labels, **kwargs)
         lumpy, _ = simulate_block(backend, meta.preset, block_labels, noise=False, normalize=False, **kwargs)
         smooth, _ = simulate_block(

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tuner.data.conditions import normalise_conditions, recorded_conditions
 from tuner.data.preprocess import METHOD as PREPARATION
 from tuner.data.preprocess import prepare_images
 from tuner.progress import progress as progress_bar
@@ -138,6 +139,7 @@ def simulate_block_tensors(
     noise: bool = True,
     normalize: bool = True,
     compiled: bool = False,
+    conditions: Any = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Simulate one block on ``device``: images float32 (b, 1, S, S) and params name -> (b,)
     for ``labels`` (b,), as tensors where the backend left them (no copy to the host).
@@ -146,6 +148,8 @@ def simulate_block_tensors(
     dropped. ``backend`` provides ``simulate_batch`` (contract of ``tuner.lensing``) and gets the
     labels on the CPU, where it can group rows by class without waiting for a GPU; ``compiled``
     selects its ``torch.compile`` path (same draws, float32 rounding differs from eager).
+    ``conditions``: observing conditions (``ObservingConditions``), passed on only when not
+    the preset's own, so default conditions are the very call made without them.
     """
     b = len(labels)
     if b > block_size:
@@ -164,6 +168,7 @@ def simulate_block_tensors(
         noise=noise,
         normalize=normalize,
         **({"compiled": True} if compiled else {}),  # backends without a compiled path stay usable
+        **({"conditions": conditions} if conditions is not None and not conditions.is_default else {}),
     )
     if img_size is not None:
         images = prepare_images(images, img_size, normalize=normalize)
@@ -183,12 +188,13 @@ def simulate_block(
     noise: bool = True,
     normalize: bool = True,
     compiled: bool = False,
+    conditions: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """:func:`simulate_block_tensors` copied to host numpy arrays (waits for the device):
     images float32 (b, 1, S, S), params name -> (b,)."""
     images, params = simulate_block_tensors(
         backend, preset, labels, seed=seed, block_size=block_size, device=device, img_size=img_size,
-        substructure=substructure, noise=noise, normalize=normalize, compiled=compiled,
+        substructure=substructure, noise=noise, normalize=normalize, compiled=compiled, conditions=conditions,
     )
     return images.cpu().numpy(), {key: value.cpu().numpy() for key, value in params.items()}
 
@@ -369,7 +375,7 @@ def _write_block(split_writer: SplitWriter, start: int, labels: np.ndarray, name
 def _simulate_split(
     folder: Path, split: str, labels: np.ndarray, *, writer: _BlockWriter, copies: _HostCopies,
     backend: Any, preset: str, seed: int, block_size: int, device: str, img_size: int | None, compiled: bool,
-    bar: tqdm | None = None,
+    bar: tqdm | None = None, conditions: Any = None,
 ) -> tuple[int, dict[str, Any]]:
     """Simulate ``labels`` of ``split`` block by block and queue their writes into ``folder``.
 
@@ -386,7 +392,7 @@ def _simulate_split(
         bseed = block_seed(seed, split, block)
         images, params = simulate_block_tensors(
             backend, preset, block_labels, seed=bseed, block_size=size,
-            device=device, img_size=img_size, compiled=compiled,
+            device=device, img_size=img_size, compiled=compiled, conditions=conditions,
         )
         if split_writer is None:
             image_size = int(images.shape[-1])
@@ -423,6 +429,7 @@ def simulate_dataset(
     progress: bool = False,
     backend: ModuleType | Any | None = None,
     compile: bool | str | None = "auto",
+    conditions: Any = None,
 ) -> DatasetMeta:
     """Simulate ``counts[split]`` images per class for every split and write the store at ``root``.
 
@@ -431,9 +438,12 @@ def simulate_dataset(
     place at the end. ``block_size`` None takes the device's default (:func:`default_block_size`).
     Same arguments (``compile`` resolved alike, see :func:`resolve_compile`) on the same device
     give bitwise identical arrays; the compiled and eager simulators agree to float32 rounding.
+    ``conditions`` (``ObservingConditions`` or a mapping): per-image observing conditions,
+    recorded in meta.json; None or default ones give the dataset made without them, bit for bit.
     Returns the dataset's meta.
     """
     backend = backend or default_backend()
+    conditions = normalise_conditions(conditions)
     backend.get_preset(preset)  # ValueError naming the allowed presets
     check_device(device)
     block_size = default_block_size(device) if block_size is None else block_size
@@ -467,6 +477,7 @@ def simulate_dataset(
             image_size, results[split] = _simulate_split(
                 tmp / split, split, labels, writer=writer, copies=copies, backend=backend, preset=preset,
                 seed=seed, block_size=block_size, device=device, img_size=img_size, compiled=compiled, bar=bar,
+                conditions=conditions,
             )
             native = native or image_size
         writer.finish()  # the last writes and digests; re-raises a writer error
@@ -487,6 +498,7 @@ def simulate_dataset(
             native_image_size=native,
             preprocessing=PREPARATION,
             compiled=compiled,
+            conditions=recorded_conditions(conditions),
         )
         write_meta(tmp, meta)
     return meta
@@ -550,33 +562,37 @@ def ensure_simulated(
     progress: bool = False,
     backend: ModuleType | Any | None = None,
     compile: bool | str | None = "auto",
+    conditions: Any = None,
 ) -> Path:
     """Return ``root`` if it holds the dataset these arguments describe, else simulate it there.
 
     Splits use the default fractions of ``n_per_class``; the block size is the device's default.
     ``compile`` picks the simulator path for a new dataset (:func:`resolve_compile`); an existing
-    dataset matches whichever path made it. A different dataset already at ``root`` is never
-    overwritten: DatasetError says what differs. Safe against a concurrent writer of the
-    same dataset (the loser of the final rename re-checks and returns).
+    dataset matches whichever path made it. ``conditions``: observing conditions (see
+    :func:`simulate_dataset`); other conditions make another dataset. A different dataset
+    already at ``root`` is never overwritten: DatasetError says what differs. Safe against a
+    concurrent writer of the same dataset (the loser of the final rename re-checks and returns).
     """
     root = Path(root)
     counts = split_counts(n_per_class)
+    wanted = recorded_conditions(conditions)
     if (root / "meta.json").exists():
-        _check_matches(root, preset, counts, seed, img_size)
+        _check_matches(root, preset, counts, seed, img_size, wanted)
         return root
     try:
         simulate_dataset(
             root, preset, counts, seed=seed, device=device, img_size=img_size, progress=progress, backend=backend,
-            compile=compile,
+            compile=compile, conditions=conditions,
         )
     except (DatasetError, OSError):
         if not (root / "meta.json").exists():
             raise
-        _check_matches(root, preset, counts, seed, img_size)
+        _check_matches(root, preset, counts, seed, img_size, wanted)
     return root
 
 
-def _check_matches(root: Path, preset: str, counts: dict[str, int], seed: int, img_size: int | None) -> None:
+def _check_matches(root: Path, preset: str, counts: dict[str, int], seed: int, img_size: int | None,
+                   conditions: dict | None = None) -> None:
     meta = read_meta(root)
     want_size = img_size if img_size is not None else meta.native_image_size
     found = {
@@ -585,6 +601,7 @@ def _check_matches(root: Path, preset: str, counts: dict[str, int], seed: int, i
         "seed": meta.seed,
         "image_size": meta.image_size,
         "per-class counts": {s: sorted(set(meta.counts[s].values())) for s in SPLITS},
+        "conditions": meta.conditions,
     }
     wanted = {
         "source": "simulated",
@@ -592,6 +609,7 @@ def _check_matches(root: Path, preset: str, counts: dict[str, int], seed: int, i
         "seed": seed,
         "image_size": want_size,
         "per-class counts": {s: [counts[s]] for s in SPLITS},
+        "conditions": conditions,
     }
     diff = [f"{key}: found {found[key]}, wanted {wanted[key]}" for key in wanted if found[key] != wanted[key]]
     if diff:

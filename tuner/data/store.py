@@ -62,6 +62,10 @@ class DatasetMeta(BaseModel):
     ``preprocessing`` says how the stored images were prepared: the preparation's name
     (``tuner.data.preprocess.METHOD``) for simulated data; for imported data, that they are
     stored as the files held them (a network's batches are prepared by the same preparation).
+    ``conditions``: the observing-condition ranges the images were simulated with
+    (``tuner.lensing.conditions.ObservingConditions`` as a mapping); None for the preset's own.
+    ``shift``: set on a shifted evaluation set (``tuner.robustness``): its name, kind,
+    severity, the base dataset's digest and split, and how it was derived.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -83,6 +87,8 @@ class DatasetMeta(BaseModel):
     compiled: bool | None = None
     source_path: str | None = None
     preprocessing: str | None = None  # how the stored images were prepared (tuner/data/preprocess.py)
+    conditions: dict | None = None
+    shift: dict | None = None
 
     def n_images(self, split: str) -> int:
         """Total number of images in ``split``."""
@@ -149,9 +155,10 @@ def split_digest(images: np.ndarray, labels: np.ndarray, params: dict[str, np.nd
 
 
 def combine_digests(split_digests: dict[str, str]) -> str:
-    """The dataset digest: SHA-256 over the per-split digests in SPLITS order."""
+    """The dataset digest: SHA-256 over the per-split digests in SPLITS order (the splits it
+    holds: a shifted evaluation set holds one)."""
     h = hashlib.sha256()
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in split_digests):
         h.update(f"{split}:{split_digests[split]};".encode())
     return h.hexdigest()
 
@@ -159,8 +166,9 @@ def combine_digests(split_digests: dict[str, str]) -> str:
 # ---------------------------------------------------------------- reading
 
 
-def read_meta(root: str | Path) -> DatasetMeta:
-    """Read and validate ``<root>/meta.json``; DatasetError if missing or malformed."""
+def read_meta(root: str | Path, *, splits: tuple[str, ...] = SPLITS) -> DatasetMeta:
+    """Read and validate ``<root>/meta.json``; DatasetError if missing or malformed, or if it
+    lacks one of ``splits`` (a shifted evaluation set holds one split only)."""
     path = Path(root) / META_FILE
     if not path.is_file():
         raise DatasetError(f"no dataset at {Path(root)}: {path} does not exist")
@@ -172,7 +180,7 @@ def read_meta(root: str | Path) -> DatasetMeta:
         raise DatasetError(
             f"{path}: format_version {meta.format_version} is not supported (allowed: {FORMAT_VERSION})"
         )
-    missing = [s for s in SPLITS if s not in meta.counts or s not in meta.split_digests]
+    missing = [s for s in splits if s not in meta.counts or s not in meta.split_digests]
     if missing:
         raise DatasetError(f"{path}: splits {missing} missing from counts/split_digests")
     return meta
@@ -334,7 +342,7 @@ def load_split(root: str | Path, split: str, *, verify: bool = False) -> Split:
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     root = Path(root)
-    meta = read_meta(root)
+    meta = read_meta(root, splits=(split,))
     images, labels, params = _open_split(root, meta, split, mmap="c")
     if verify:
         _check_split_content(root, meta, split, images, labels, params)
@@ -488,9 +496,18 @@ class SplitWriter:
         return digest
 
 
+# Fields added to format 1 later: written only when set, so a dataset without them keeps the
+# meta.json it had before they existed.
+_OPTIONAL_FIELDS = ("conditions", "shift")
+
+
 def write_meta(folder: Path, meta: DatasetMeta) -> None:
     """Write ``meta.json`` (sorted keys so identical datasets give identical files)."""
-    text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True)
+    data = meta.model_dump(mode="json")
+    for key in _OPTIONAL_FIELDS:
+        if data[key] is None:
+            del data[key]
+    text = json.dumps(data, indent=2, sort_keys=True)
     (folder / META_FILE).write_text(text + "\n")
 
 

@@ -68,30 +68,35 @@ def convolve_gaussian_psf(image: Tensor, sigma_px: float, truncate: float, metho
 def convolve_separable(image: Tensor, taps: Tensor, method: str = "auto") -> Tensor:
     """Convolve (B, 1, H, W) with the separable kernel taps (x) taps, replicated edges.
 
-    ``taps``: (K,) odd-length 1-D kernel. ``method``: "direct" (a weighted sum of shifted
+    ``taps``: (K,) odd-length 1-D kernel shared by every image, or (B, K) one kernel per image
+    (observing conditions: per-image seeing). ``method``: "direct" (a weighted sum of shifted
     views per axis: far cheaper on CPU than conv2d with a 1 x K kernel, and fusable by
     torch.compile), "fft" (one 2-D FFT product of the edge-padded image; better for wide
     kernels) or "auto" (FFT above 31 taps).
     """
     if method not in ("auto", "direct", "fft"):
         raise ValueError(f"unknown convolution method {method!r}; allowed: auto, direct, fft")
-    k = taps.shape[0]
+    k = taps.shape[-1]
     r = (k - 1) // 2
+    # tap t as a scalar (shared kernel) or a (B, 1, 1, 1) column (one kernel per image)
+    tap = (lambda t: taps[t]) if taps.ndim == 1 else (lambda t: taps[:, t].reshape(-1, 1, 1, 1))
     if r == 0:
-        return image * taps[0]
+        return image * tap(0)
     padded = F.pad(image, (r, r, r, r), mode="replicate")
     h, w = image.shape[-2:]
     if method == "direct" or (method == "auto" and k <= 31):
-        rows = padded[..., 0:w] * taps[0]
+        rows = padded[..., 0:w] * tap(0)
         for t in range(1, k):
-            rows = rows + padded[..., t : t + w] * taps[t]
-        out = rows[..., 0:h, :] * taps[0]
+            rows = rows + padded[..., t : t + w] * tap(t)
+        out = rows[..., 0:h, :] * tap(0)
         for t in range(1, k):
-            out = out + rows[..., t : t + h, :] * taps[t]
+            out = out + rows[..., t : t + h, :] * tap(t)
         return out
     hp, wp = padded.shape[-2:]
-    kernel = torch.zeros(hp, wp, dtype=image.dtype, device=image.device)
-    kernel[:k, :k] = torch.outer(taps, taps)
+    kernel = torch.zeros((*taps.shape[:-1], hp, wp), dtype=image.dtype, device=image.device)
+    kernel[..., :k, :k] = taps.unsqueeze(-1) * taps.unsqueeze(-2)
+    if taps.ndim == 2:
+        kernel = kernel.unsqueeze(1)  # (B, 1, hp, wp)
     # circular convolution of the padded image; the valid part starts at offset 2r.
     out = torch.fft.irfft2(torch.fft.rfft2(padded) * torch.fft.rfft2(kernel), s=(hp, wp))
     return out[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w]
@@ -132,3 +137,23 @@ def add_noise(
     t = exposure_s.reshape(-1, 1, 1, 1)
     sigma = torch.sqrt(bkg * bkg + image.clamp(min=0) / t)
     return torch.addcmul(image, sigma, normals)
+
+
+def observe(
+    sb: Tensor, *, num_pix: int, supersampling: int, pixel_area: float, psf_taps: Tensor,
+    background_rms: Tensor, exposure_s: Tensor, normals: Tensor, noise: bool, normalize: bool,
+) -> Tensor:
+    """The instrument: (B, P) sub-pixel surface brightness -> (B, 1, n, n) observed image.
+
+    Bins the supersampled grid (times the pixel area [arcsec^2]: flux per pixel), convolves
+    with the separable PSF ``psf_taps`` (K,), optionally adds noise and min-max normalises.
+    """
+    image = bin_supersampled(sb, num_pix, supersampling) * pixel_area
+    image = convolve_separable(image, psf_taps)
+    if noise:
+        image = add_noise(image, background_rms=background_rms, exposure_s=exposure_s, normals=normals)
+    if normalize:
+        lo = image.amin(dim=(1, 2, 3), keepdim=True)
+        hi = image.amax(dim=(1, 2, 3), keepdim=True)
+        image = (image - lo) / (hi - lo).clamp(min=torch.finfo(image.dtype).tiny)
+    return image

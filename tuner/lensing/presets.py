@@ -183,3 +183,23 @@ def get_preset(name: str | Preset) -> Preset:
         return PRESETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}") from None
+
+
+def with_instrument(base: str | Preset, donor: str | Preset) -> Preset:
+    """``base``'s lens systems seen through ``donor``'s telescope on ``base``'s pixel grid.
+
+    The donor's PSF, supersampling, noise model (exposure, sky, zero point, read noise, gain)
+    and source brightness (a magnitude needs the donor's zero point) on the base's image size
+    and pixel scale. The draws of a batch depend only on the image size and the base's
+    populations, so the same seed renders the same systems as ``base`` does: another
+    telescope, same sky. Named ``<base>@<donor>``.
+    """
+    base, donor = get_preset(base), get_preset(donor)
+    grid = dict(num_pix=base.instrument.num_pix, pixel_scale_arcsec=base.instrument.pixel_scale_arcsec)
+    source = base.source.model_copy(update=dict(amp=donor.source.amp, magnitude=donor.source.magnitude))
+    return base.model_copy(update=dict(
+        name=f"{base.name}@{donor.name}",
+        description=f"{base.name}'s systems seen by {donor.name}'s instrument on {base.name}'s pixel grid",
+        source=source,
+        instrument=donor.instrument.model_copy(update=grid),
+    ))

@@ -16,13 +16,13 @@ import warnings
 import torch
 from torch import Tensor
 
+from tuner.lensing.compiled import render_compiled
+from tuner.lensing.conditions import ConditionDraws, ObservingConditions, draw_conditions, gaussian_taps_batched
 from tuner.lensing.instrument import (
     FWHM_TO_SIGMA,
-    add_noise,
-    bin_supersampled,
-    convolve_separable,
     gaussian_kernel_1d,
     magnitude_to_cps,
+    observe,
     pixel_grid,
     survey_background_rms,
 )
@@ -39,7 +39,6 @@ from tuner.lensing.populations import (
 from tuner.lensing.presets import CLASS_NAMES, Preset, get_preset
 from tuner.lensing.profiles import (
     point_mass_deflection,
-    point_mass_deflection_dense,
     sersic_ellipse_fixed_shape,
     sersic_total_flux,
     shear_deflection,
@@ -47,7 +46,6 @@ from tuner.lensing.profiles import (
 )
 
 
-RECOMPILE_LIMIT = 64
 COMPILED_CHUNK = 16  # images per compiled call on the CPU: (16, P) temporaries stay in cache at 150 px
 # On CUDA every compiled call costs tens of microseconds of host time (guards, launches) for
 # little GPU work at 16 images, so chunks are larger there; the padding of each class to whole
@@ -111,20 +109,26 @@ def _subhalo_groups(
     return groups
 
 
-def _host_deflection(x: Tensor, y: Tensor, preset: Preset) -> tuple[Tensor, Tensor]:
-    """SIE + shear deflection (1, P): the host is the same for every image, so once per batch."""
+def _host_parameters(preset: Preset, device, dtype) -> list[Tensor]:
+    """theta_E [arcsec], e1, e2, centre x, y [arcsec], gamma1, gamma2 of the host, each (1,)."""
     host = preset.host
-    one = [torch.tensor([v], device=x.device, dtype=x.dtype)
-           for v in (host_theta_e_arcsec(preset), host.e1, host.e2, 0.0, 0.0, host.gamma1, host.gamma2)]
-    ax, ay = sie_deflection(x, y, *one[:5])
-    sx, sy = shear_deflection(x, y, *one[5:])
+    return [torch.tensor([v], device=device, dtype=dtype)
+            for v in (host_theta_e_arcsec(preset), host.e1, host.e2, 0.0, 0.0, host.gamma1, host.gamma2)]
+
+
+def _host_deflection(x: Tensor, y: Tensor, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """SIE + shear deflection [arcsec] at (x, y) ((1, P): the host is the same for every image,
+    so once per batch; (B, P) for shifted scenes) from :func:`_host_parameters`."""
+    ax, ay = sie_deflection(x, y, *params[:5])
+    sx, sy = shear_deflection(x, y, *params[5:])
     return ax + sx, ay + sy
 
 
 @functools.lru_cache(maxsize=8)
 def _instrument_constants(p: Preset, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """The tensors every batch of ``p`` shares: ray-shooting grid x, y (1, P) [arcsec], host
-    deflection x, y (1, P) [arcsec] and PSF taps (K,), on ``device``; never written to.
+    deflection x, y (1, P) [arcsec], PSF taps (K,) and the host parameters (7 x (1,)), on
+    ``device``; never written to.
 
     Built on the host and copied once: building them on a GPU per batch would copy host numbers
     (and wait for the GPU) in every batch. Cached like the compiled graphs: pure functions of
@@ -132,10 +136,23 @@ def _instrument_constants(p: Preset, device: torch.device, dtype: torch.dtype) -
     """
     inst = p.instrument
     x, y = pixel_grid(inst.num_pix, inst.pixel_scale_arcsec, inst.supersampling, dtype=dtype)
-    hx, hy = _host_deflection(x, y, p)
-    sigma_px = inst.psf_fwhm_arcsec * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
-    taps = gaussian_kernel_1d(sigma_px, inst.psf_truncation_sigma, dtype=dtype)
-    return tuple(_to_device(t, device) for t in (x, y, hx, hy, taps))
+    params = _host_parameters(p, "cpu", dtype)
+    hx, hy = _host_deflection(x, y, params)
+    taps = gaussian_kernel_1d(psf_sigma_px(p), inst.psf_truncation_sigma, dtype=dtype)
+    return tuple(_to_device(t, device) for t in (x, y, hx, hy, taps, *params))
+
+
+def psf_sigma_px(p: Preset, fwhm_scale: float = 1.0) -> float:
+    """The preset's Gaussian PSF sigma in pixels, its FWHM scaled by ``fwhm_scale``."""
+    inst = p.instrument
+    return inst.psf_fwhm_arcsec * fwhm_scale * FWHM_TO_SIGMA / inst.pixel_scale_arcsec
+
+
+@functools.lru_cache(maxsize=32)
+def _scaled_psf_taps(p: Preset, fwhm_scale: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Shared PSF taps (K,) for a FWHM ``fwhm_scale`` times the preset's (fixed seeing)."""
+    taps = gaussian_kernel_1d(psf_sigma_px(p, fwhm_scale), p.instrument.psf_truncation_sigma, dtype=dtype)
+    return _to_device(taps, device)
 
 
 def source_shape(preset: Preset) -> dict[str, float]:
@@ -150,7 +167,7 @@ def lensed_surface_brightness(
 ) -> Tensor:
     """Source surface brightness seen at the image-plane points (x, y) [arcsec]: (B, P), eagerly.
 
-    ``host``: the host deflection (1, P) each; ``groups`` lists the subhalos per class (empty
+    ``x``, ``y``: (1, P), or (B, P) per image (shifted scenes); ``host``: the host deflection there; ``groups`` lists the subhalos per class (empty
     for smooth lenses). Without subhalos the (1, P) ray-traced grid broadcasts against the
     per-image source centres, so no (B, P) deflection is formed.
     """
@@ -159,92 +176,14 @@ def lensed_surface_brightness(
         ax = hx.expand(labels.shape[0], -1).clone()
         ay = hy.expand(labels.shape[0], -1).clone()
         for rows, theta_e, cx, cy, _ in groups:
-            px, py = point_mass_deflection(x, y, theta_e, cx, cy)
+            xr, yr = (x, y) if x.shape[0] == 1 else (x[rows], y[rows])  # (B, P): shifted scenes
+            px, py = point_mass_deflection(xr, yr, theta_e, cx, cy)
             ax.index_add_(0, rows, px)
             ay.index_add_(0, rows, py)
         bx, by = x - ax, y - ay
     else:
         bx, by = x - hx, y - hy
     return sersic_ellipse_fixed_shape(bx, by, draws.source_x, draws.source_y, **source_shape(preset))
-
-
-def observe(
-    sb: Tensor, *, num_pix: int, supersampling: int, pixel_area: float, psf_taps: Tensor,
-    background_rms: Tensor, exposure_s: Tensor, normals: Tensor, noise: bool, normalize: bool,
-) -> Tensor:
-    """The instrument: (B, P) sub-pixel surface brightness -> (B, 1, n, n) observed image.
-
-    Bins the supersampled grid (times the pixel area [arcsec^2]: flux per pixel), convolves
-    with the separable PSF ``psf_taps`` (K,), optionally adds noise and min-max normalises.
-    """
-    image = bin_supersampled(sb, num_pix, supersampling) * pixel_area
-    image = convolve_separable(image, psf_taps)
-    if noise:
-        image = add_noise(image, background_rms=background_rms, exposure_s=exposure_s, normals=normals)
-    if normalize:
-        lo = image.amin(dim=(1, 2, 3), keepdim=True)
-        hi = image.amax(dim=(1, 2, 3), keepdim=True)
-        image = (image - lo) / (hi - lo).clamp(min=torch.finfo(image.dtype).tiny)
-    return image
-
-
-def render_chunk(
-    x, y, host_ax, host_ay, psf_taps, source_x, source_y, exposure_s, normals, bkg, theta_e=None, center_x=None,
-    center_y=None, *, shape: tuple[tuple[str, float], ...], static: tuple[tuple[str, object], ...],
-) -> Tensor:
-    """The whole pipeline for C images of one class, fused by ``torch.compile``: (C, 1, n, n).
-
-    Subhalo deflection (none when ``theta_e`` is None), ray-trace, Sersic, binning, PSF, noise,
-    normalisation. Every per-image step is row-wise, so chunks of a batch are independent;
-    ``shape`` (the Sersic shape) and ``static`` (observe's fixed settings) are constants of
-    the compiled graph.
-    """
-    bx, by = x - host_ax, y - host_ay
-    if theta_e is not None:
-        px, py = point_mass_deflection_dense(x, y, theta_e, center_x, center_y)
-        bx, by = bx - px, by - py
-    sb = sersic_ellipse_fixed_shape(bx, by, source_x, source_y, **dict(shape))
-    return observe(sb, psf_taps=psf_taps, background_rms=bkg, exposure_s=exposure_s, normals=normals,
-                   **dict(static))
-
-
-def _enough_recompiles():
-    """Scoped dynamo setting: one static graph per (preset, class, flags, dtype, device) is
-    intended; dynamo's default limit (8) would silently fall back to eager, which for the
-    dense point-mass form materialises (C, P, N) and is many times slower."""
-    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_render(shape: tuple, static: tuple, deterministic: bool):
-    # Inductor's deterministic mode (used on GPUs) picks reduction configs without timing them:
-    # timed choices can differ between processes, and with them the float32 rounding of a sum.
-    options = {"deterministic": True} if deterministic else None
-    return torch.compile(functools.partial(render_chunk, shape=shape, static=static), dynamic=False,
-                         options=options)
-
-
-def _render_compiled(x, y, host, psf_taps, draws: Draws, bkg: Tensor, smooth_rows: Tensor, groups, shape: dict,
-                     static: dict, chunk: int) -> Tensor:
-    """Compiled path: the smooth rows and every substructure class in fixed chunks of ``chunk``
-    rows (the last one padded by repeating a real row), so each (preset, class, flags) compiles
-    once."""
-    b = bkg.shape[0]
-    n = static["num_pix"]
-    out = torch.empty((b, 1, n, n), device=x.device, dtype=x.dtype)
-    fn = _compiled_render(tuple(shape.items()), tuple(static.items()), x.device.type == "cuda")
-    with _enough_recompiles():
-        for rows, *masses in [(smooth_rows,), *[g[:4] for g in groups]]:
-            per_row = [draws.source_x[rows], draws.source_y[rows], draws.exposure_s[rows], draws.normals[rows],
-                       bkg[rows], *masses]
-            for lo in range(0, rows.numel(), chunk):
-                part = slice(lo, min(lo + chunk, rows.numel()))
-                pad = chunk - (part.stop - part.start)
-                args = [a[part] for a in per_row]
-                if pad:  # the padding rows' output is dropped
-                    args = [torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) for a in args]
-                out.index_copy_(0, rows[part], fn(x, y, *host, psf_taps, *args)[: chunk - pad])
-    return out
 
 
 def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -262,6 +201,49 @@ def _check_inputs(labels: Tensor, generator: torch.Generator, device: torch.devi
     return labels
 
 
+def _condition_draws(conditions, p: Preset, b: int, generator, device, dtype) -> ConditionDraws | None:
+    """The batch's per-image conditions (drawn after every other draw), or None for default
+    conditions (nothing drawn: today's images and random stream)."""
+    if conditions is None:
+        return None
+    if isinstance(conditions, ConditionDraws):
+        if any(t.shape != (b,) for t in (conditions.noise_scale, conditions.psf_fwhm_scale,
+                                          conditions.source_mag_offset, conditions.shift_x_px, conditions.shift_y_px)):
+            raise ValueError(f"condition draws must each have shape ({b},), one per label")
+        return conditions
+    if not isinstance(conditions, ObservingConditions):
+        raise ValueError(f"conditions must be ObservingConditions or ConditionDraws, got {type(conditions).__name__}")
+    if conditions.is_default:
+        return None
+    half = p.instrument.num_pix / 2
+    if conditions.subpixel_shift_px >= half:
+        raise ValueError(f"subpixel_shift_px {conditions.subpixel_shift_px} moves the lens out of preset "
+                         f"{p.name!r}'s {p.instrument.num_pix} px image; allowed: 0 <= shift < {half:g} px")
+    return draw_conditions(conditions, b, generator, device=device, dtype=dtype)
+
+
+def _observed_with(cond: ConditionDraws, p: Preset, frame: dict[str, Tensor], host_params: list[Tensor],
+                   noise: dict[str, Tensor]) -> Tensor:
+    """Apply per-image conditions: updates ``frame`` (grid, host deflection and PSF taps become
+    per image where they vary) and ``noise`` (background rms x s, exposure / s^2); returns the
+    (B,) source flux factor."""
+    inst = p.instrument
+    s = cond.noise_scale
+    noise["bkg"] = noise["bkg"] * s
+    noise["exposure_s"] = noise["exposure_s"] / (s * s)
+    if cond.uniform_psf is None:
+        sigma = cond.psf_fwhm_scale.double() * psf_sigma_px(p)
+        bound = psf_sigma_px(p, cond.max_psf_fwhm_scale or float(cond.psf_fwhm_scale.max()))
+        frame["psf_taps"] = gaussian_taps_batched(sigma, inst.psf_truncation_sigma, bound).to(s.dtype)
+    elif cond.uniform_psf != 1.0:
+        frame["psf_taps"] = _scaled_psf_taps(p, cond.uniform_psf, s.device, s.dtype)
+    if cond.shifted:  # the scene moves by (shift_x, shift_y) px: evaluate it at x - shift
+        frame["x"] = frame["x"] - cond.shift_x_px.reshape(-1, 1) * inst.pixel_scale_arcsec
+        frame["y"] = frame["y"] - cond.shift_y_px.reshape(-1, 1) * inst.pixel_scale_arcsec
+        frame["host_ax"], frame["host_ay"] = _host_deflection(frame["x"], frame["y"], host_params)
+    return cond.flux_factor()
+
+
 def simulate_batch(
     preset: str | Preset,
     labels: Tensor,
@@ -273,6 +255,7 @@ def simulate_batch(
     noise: bool = True,
     normalize: bool = True,
     compiled: bool = False,
+    conditions: ObservingConditions | ConditionDraws | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Simulate one lensing image per label.
 
@@ -288,13 +271,20 @@ def simulate_batch(
             normalisation) under ``torch.compile`` in fixed chunks (several times faster for
             large batches; the first call per preset, class and flags compiles for seconds;
             falls back to eager with a warning if compilation fails). Same draws either way.
+        conditions: per-image observing conditions (``tuner.lensing.conditions``). None or
+            default ObservingConditions: the preset's own, nothing drawn (bitwise the images,
+            params and random stream without them). ObservingConditions with ranges: one draw
+            per image after all other draws, so the same seed gives the same systems, only
+            observed differently. ConditionDraws: given per-image values, nothing drawn.
 
     Returns:
         images (B, 1, H, W) on ``device`` in ``dtype`` (counts/s per pixel unless normalised),
         and per-image parameters, each (B,): label, m_axion_ev (NaN unless axion), n_subhalos,
         subhalo_mass_msun (total), source_x_arcsec, source_y_arcsec, exposure_s,
         theta_e_arcsec, vortex_half_length_arcsec (NaN unless axion), vortex_angle_rad
-        (NaN unless axion), background_rms.
+        (NaN unless axion), background_rms; with conditions also noise_scale,
+        psf_fwhm_arcsec, source_mag_offset, shift_x_px, shift_y_px (exposure_s and
+        background_rms then describe the noise added: exposure / s^2, rms x s).
     """
     p = get_preset(preset)
     device = torch.device(device)
@@ -303,12 +293,14 @@ def simulate_batch(
     inst = p.instrument
     b = labels.shape[0]
     draws = draw_systems(p, b, generator, device=device, dtype=dtype)
+    cond = _condition_draws(conditions, p, b, generator, device, dtype)
     groups = _subhalo_groups(p, draws, labels_host, device)
 
-    x, y, host_ax, host_ay, psf_taps = _instrument_constants(p, device, dtype)
-    host = (host_ax, host_ay)
+    x, y, host_ax, host_ay, psf_taps, *host_params = _instrument_constants(p, device, dtype)
+    frame = dict(x=x, y=y, host_ax=host_ax, host_ay=host_ay, psf_taps=psf_taps)
+    per_noise = dict(bkg=torch.full((b,), background_rms(p), device=device, dtype=dtype), exposure_s=draws.exposure_s)
+    flux = None if cond is None else _observed_with(cond, p, frame, host_params, per_noise)
     rendered = groups if substructure else []
-    bkg = torch.full((b,), background_rms(p), device=device, dtype=dtype)
     static = dict(num_pix=inst.num_pix, supersampling=inst.supersampling, pixel_area=inst.pixel_scale_arcsec**2,
                   noise=noise, normalize=normalize)
     image = None
@@ -317,19 +309,33 @@ def simulate_batch(
         smooth = labels_host == NO_SUB if rendered else torch.ones_like(labels_host, dtype=torch.bool)
         smooth_rows = _to_device(torch.nonzero(smooth).squeeze(1), device)
         chunk = CUDA_COMPILED_CHUNK if device.type == "cuda" else COMPILED_CHUNK
+        # grid, host deflection and PSF are shared, or per image when conditions vary them
+        shared = {k: v for k, v in frame.items() if (v.ndim == 1 if k == "psf_taps" else v.shape[0] == 1)}
+        per_image = {k: v for k, v in frame.items() if k not in shared}
+        per_image.update(source_x=draws.source_x, source_y=draws.source_y, normals=draws.normals, **per_noise)
+        if flux is not None:
+            per_image["flux_scale"] = flux
         try:
-            image = _render_compiled(x, y, host, psf_taps, draws, bkg, smooth_rows, rendered, source_shape(p), static,
-                                     chunk=chunk)
+            image = render_compiled(shared, per_image, smooth_rows, rendered, source_shape(p), static, chunk=chunk)
         except Exception as exc:  # inductor/compiler missing or broken: eager gives the same result
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager", stacklevel=2)
     if image is None:
-        sb = lensed_surface_brightness(x, y, host, p, draws, labels, rendered)
-        image = observe(sb, psf_taps=psf_taps, background_rms=bkg, exposure_s=draws.exposure_s,
-                        normals=draws.normals, **static)
-    return image, _parameters(p, labels, draws, groups, bkg, substructure)
+        sb = lensed_surface_brightness(frame["x"], frame["y"], (frame["host_ax"], frame["host_ay"]), p, draws,
+                                       labels, rendered)
+        if flux is not None:
+            sb = sb * flux.reshape(-1, 1)
+        image = observe(sb, psf_taps=frame["psf_taps"], background_rms=per_noise["bkg"],
+                        exposure_s=per_noise["exposure_s"], normals=draws.normals, **static)
+    params = _parameters(p, labels, draws, groups, per_noise, substructure)
+    if cond is not None:
+        params.update(noise_scale=cond.noise_scale, psf_fwhm_arcsec=cond.psf_fwhm_scale * inst.psf_fwhm_arcsec,
+                      source_mag_offset=cond.source_mag_offset, shift_x_px=cond.shift_x_px,
+                      shift_y_px=cond.shift_y_px)
+    return image, params
 
 
-def _parameters(p: Preset, labels, draws: Draws, groups, bkg: Tensor, substructure: bool) -> dict[str, Tensor]:
+def _parameters(p: Preset, labels, draws: Draws, groups, per_noise: dict[str, Tensor],
+                substructure: bool) -> dict[str, Tensor]:
     b = labels.shape[0]
     kw = dict(device=labels.device, dtype=draws.source_x.dtype)
     n_sub = torch.zeros(b, device=labels.device, dtype=torch.int64)
@@ -348,9 +354,9 @@ def _parameters(p: Preset, labels, draws: Draws, groups, bkg: Tensor, substructu
         "subhalo_mass_msun": m_sub,
         "source_x_arcsec": draws.source_x,
         "source_y_arcsec": draws.source_y,
-        "exposure_s": draws.exposure_s,
+        "exposure_s": per_noise["exposure_s"],
         "theta_e_arcsec": torch.full((b,), host_theta_e_arcsec(p), **kw),
         "vortex_half_length_arcsec": torch.where(is_axion, half, nan),
         "vortex_angle_rad": torch.where(is_axion, draws.vortex_angle_rad, nan),
-        "background_rms": bkg,
+        "background_rms": per_noise["bkg"],
     }
