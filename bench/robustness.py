@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         common = dict(seed=seed, img_size=args.img_size, progress=True)
         plain = ensure_simulated(root / f"data/plain-s{seed}", "model_ii", args.n_per_class, **common)
         varied = ensure_simulated(root / f"data/varied-s{seed}", "model_ii", args.n_per_class,
-                                  conditions=ObservingConditions(**RECIPE), **common)
+                                  conditions=ObservingConditions.from_mapping(RECIPE), **common)
         for arm, data in (("plain", plain), ("robust", varied)):
             runs = root / f"{arm}-s{seed}"
             wall, commands[arm] = study(args, seed, data, runs, robust=arm == "robust")

@@ -38,13 +38,13 @@ def _copy(src, dst):
 
 
 def test_definitions():
-    assert list(SHIFTS) == ["noise_x0.5", "noise_x2", "noise_x4", "psf_x0.75", "psf_x1.5", "mag_+1", "mag_-1",
+    assert list(SHIFTS) == ["noise_x0.5", "noise_x2", "noise_x4", "psf_x0.75", "psf_x1.5", "mag_plus1", "mag_minus1",
                             "instrument_model_iii"]
     assert [(s.kind, s.severity) for s in SHIFTS.values()] == [
         ("noise", 0.5), ("noise", 2.0), ("noise", 4.0), ("psf", 0.75), ("psf", 1.5), ("magnitude", 1.0),
         ("magnitude", -1.0), ("instrument", 1.0)]
     assert SHIFTS["noise_x4"].conditions.noise_scale == (4.0, 4.0)
-    assert SHIFTS["mag_-1"].conditions.source_mag_offset == (-1.0, -1.0)
+    assert SHIFTS["mag_minus1"].conditions.source_mag_offset == (-1.0, -1.0)
 
 
 def test_suite_holds_the_same_systems_observed_differently(dataset):
@@ -107,7 +107,7 @@ def test_suite_is_deterministic_reused_and_rebuilt_when_stale(dataset, tmp_path,
 
 
 def test_dataset_verification_ignores_the_shifts(dataset):
-    ensure_shift_suite(dataset, names=["mag_+1"], split="val")
+    ensure_shift_suite(dataset, names=["mag_plus1"], split="val")
     assert not any("shifts" in f for f in _dataset_files(dataset))
     assert verify_dataset(dataset, use_marker=False).digest == read_meta(dataset).digest
     assert verify_dataset(dataset).digest == read_meta(dataset).digest  # with the marker

@@ -90,20 +90,21 @@ def evaluate_shifts(model, config, data_root: Path, *, split: str = "test",
     simulated shifts: then only ``folders`` are evaluated (ValueError when there are none).
     ``progress(name)`` is called before each set."""
     from tuner.data import load_split
-    from tuner.robustness.shifts import SHIFTS, ensure_shift_suite, load_deeplense_shift
+    from tuner.robustness.shifts import (SHIFTS, applicable_shifts, ensure_shift_suite,
+                                         load_deeplense_shift, load_shift)
 
     base_split = load_split(data_root, split)
     base = _row(model, config, base_split, BASE, "none", None, what)
     rows = []
-    simulated = base_split.meta.preset is not None
-    chosen = list(names) if names is not None else (list(SHIFTS) if simulated else [])
+    preset = base_split.meta.preset
+    chosen = list(names) if names is not None else (applicable_shifts(preset) if preset else [])
     if chosen:
         suite = ensure_shift_suite(data_root, split=split, names=chosen, n_per_class=n_per_class)
         for name in chosen:
             if progress:
                 progress(name)
             shift = SHIFTS[name]
-            rows.append(_row(model, config, load_split(suite[name], split), name, shift.kind,
+            rows.append(_row(model, config, load_shift(suite[name]), name, shift.kind,
                              shift.severity, f"{what} on shift {name}"))
     for folder in folders:
         folder = Path(folder)

@@ -88,7 +88,9 @@ def _psf(f: float) -> Shift:
 
 
 def _magnitude(dm: float) -> Shift:
-    return Shift(name=f"mag_{dm:+g}", kind="magnitude", severity=dm,
+    # "plus"/"minus" rather than a sign: the name is part of MLflow metric names
+    # (test_auc_macro.<shift>), which may not hold "+"
+    return Shift(name=f"mag_{'plus' if dm > 0 else 'minus'}{abs(dm):g}", kind="magnitude", severity=dm,
                  conditions=ObservingConditions.fixed(source_mag_offset=dm),
                  description=f"source {abs(dm):g} mag {'fainter' if dm > 0 else 'brighter'}")
 

@@ -74,7 +74,8 @@ class StudyConfig(BaseModel):
         description="the validation shift suite of robust_auc (names of tuner/robustness "
         "SHIFTS), simulated once from the val split's systems")
     val_shift_n_per_class: int = Field(
-        50, ge=5, description="images per class of each validation shift set")
+        50, ge=5, description="images per class of each validation shift set (at most the "
+        "val split's)")
     train_data: Literal["stored", "fresh"] = Field(
         "stored", description="stored: the dataset's train split; fresh: every trial simulates "
         "a new training set each epoch on its device (simulated datasets only)")
@@ -122,7 +123,7 @@ class StudyConfig(BaseModel):
             return None
         from tuner.lensing.conditions import ObservingConditions
 
-        return ObservingConditions(**conditions).model_dump(mode="json")
+        return ObservingConditions.from_mapping(conditions).to_dict()
 
     @field_validator("gpus_per_trial")
     @classmethod

@@ -106,14 +106,14 @@ def _conditions(config: StudyConfig):
         return None
     from tuner.lensing.conditions import ObservingConditions
 
-    return ObservingConditions(**config.conditions)
+    return ObservingConditions.from_mapping(config.conditions)
 
 
 def load_shift_arrays(config: StudyConfig, data_root: Path, meta) -> dict[str, np.ndarray]:
     """The validation shift suite of a ``robust_auc`` study as arrays keyed for the trials
     (:func:`tuner.training.validation.shift_data_keys`): the ``val_shifts`` of the val split's
-    systems, ``val_shift_n_per_class`` per class, simulated once into the dataset's
-    ``shifts/val/`` folder (:func:`tuner.robustness.shifts.ensure_shift_suite`); empty for a
+    systems, ``val_shift_n_per_class`` per class (at most the split's), simulated once into the
+    dataset's ``shifts/`` folder (:func:`tuner.robustness.shifts.ensure_shift_suite`); empty for a
     study on ``val_auc``. ConfigError for a dataset that was not simulated (no preset to
     simulate its shifts from)."""
     if config.objective != "robust_auc":
@@ -122,18 +122,17 @@ def load_shift_arrays(config: StudyConfig, data_root: Path, meta) -> dict[str, n
         raise ConfigError(f"--objective robust_auc needs a simulated dataset: {data_root} was "
                           "imported, so there is no preset to simulate its shift suite from; "
                           "allowed: a dataset made by lenstune simulate (or --preset)")
-    from tuner.data import load_split
-    from tuner.robustness.shifts import SHIFTS, ensure_shift_suite
+    from tuner.robustness.shifts import SHIFTS, load_shift_suite
     from tuner.training.validation import shift_data_keys
 
     unknown = [name for name in config.val_shifts if name not in SHIFTS]
     if unknown:
         raise ConfigError(f"val_shifts {unknown[0]!r} is not allowed; allowed: {', '.join(SHIFTS)}")
-    suite = ensure_shift_suite(data_root, split="val", names=config.val_shifts,
-                               n_per_class=config.val_shift_n_per_class)
+    n_per_class = min(config.val_shift_n_per_class, *meta.counts["val"].values())
+    suite = load_shift_suite(data_root, split="val", names=config.val_shifts,
+                             n_per_class=n_per_class)
     arrays = {}
-    for name, folder in suite.items():
-        data = load_split(folder, "val")
+    for name, data in suite.items():
         images_key, labels_key = shift_data_keys(name)
         arrays[images_key] = np.ascontiguousarray(data.images.numpy(), dtype=np.float32)
         arrays[labels_key] = np.ascontiguousarray(data.labels.numpy(), dtype=np.int64)
