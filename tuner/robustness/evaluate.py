@@ -86,7 +86,8 @@ def evaluate_shifts(model, config, data_root: Path, *, split: str = "test",
 
     ``names``: which shifts (default: every one of :data:`tuner.robustness.shifts.SHIFTS`);
     simulated once into the dataset's ``shifts/<split>/`` and reused. ``folders``: DeepLense-
-    format folders to add as shifts of their own. A dataset that was not simulated has no
+    format folders to add as shifts of their own; ``n_per_class`` caps each simulated set (at
+    most the split's images per class). A dataset that was not simulated has no
     simulated shifts: then only ``folders`` are evaluated (ValueError when there are none).
     ``progress(name)`` is called before each set."""
     from tuner.data import load_split
@@ -99,6 +100,8 @@ def evaluate_shifts(model, config, data_root: Path, *, split: str = "test",
     preset = base_split.meta.preset
     chosen = list(names) if names is not None else (applicable_shifts(preset) if preset else [])
     if chosen:
+        if n_per_class is not None:  # at most what the split holds
+            n_per_class = min(n_per_class, *base_split.meta.counts[split].values())
         suite = ensure_shift_suite(data_root, split=split, names=chosen, n_per_class=n_per_class)
         for name in chosen:
             if progress:
