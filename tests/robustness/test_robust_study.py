@@ -76,6 +76,9 @@ def test_promotion_of_a_robust_study_is_decided_on_the_test_shift_suite(robust_s
     run = client.get_run(champion.run_id)
     assert "test_robust_auc_worst" in run.data.metrics
     assert "robustness" in {a.path for a in client.list_artifacts(champion.run_id)}
+    study = client.get_run(run.data.tags["mlflow.parentRunId"])  # where lenstune report looks
+    assert "robustness/robustness.png" in {a.path for a in client.list_artifacts(
+        study.info.run_id, "robustness")}
 
 
 def test_a_shift_floor_refuses_the_candidate_with_one_line(robust_study):

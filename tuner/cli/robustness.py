@@ -78,6 +78,7 @@ def robustness(args: argparse.Namespace) -> int:
     from tuner.registry.pyfunc import load_registered, model_run_id
     from tuner.robustness.evaluate import evaluate_shifts, format_robustness, write_robustness
     from tuner.robustness.shifts import SHIFTS
+    from tuner.tracking import schema
     from tuner.tracking.store import check_tracking_store, default_tracking_uri, mlflow_client
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
@@ -122,7 +123,7 @@ def robustness(args: argparse.Namespace) -> int:
             now = int(time.time() * 1000)
             client.log_batch(run_id, metrics=[Metric(k, v, now, 0)
                                               for k, v in report.metrics().items()])
-            client.log_artifacts(run_id, str(folder), "robustness")
+            client.log_artifacts(run_id, str(folder), schema.ROBUSTNESS_ARTIFACT)
             log.info("logged to run %s under robustness/", run_id)
     if args.out is not None:
         log.info("wrote %s", args.out)

@@ -264,7 +264,8 @@ def promote_champion(
         if policy.active:  # the candidate under changed noise, seeing, depth, instrument
             what = f"trial {best.run_id} ({best.family})"
             suite = shifts.evaluate_suite(load_network(config, weights), config, root, what)
-            shifts.log_suite(client, best.run_id, suite, f"{what}: macro AUC under shifts")
+            shifts.log_suite(client, best.run_id, suite, f"{what}: macro AUC under shifts",
+                             study_run_id=sid)
             shifts.check_floor(suite, policy, what)
         with store_lock(tracking_uri):  # one registration of a trial, also when run twice at once
             return _register_and_settle(client, tracking_uri, name, best, sid, config, weights,

@@ -60,8 +60,9 @@ def version_tags(report) -> dict[str, str]:
             "test_robust_auc_worst": f"{worst.auc_macro:.6f}", "test_worst_shift": worst.name}
 
 
-def log_suite(client, run_id: str, report, title: str) -> None:
-    """Per-shift metrics and ``robustness/`` (table and plot) into ``run_id``."""
+def log_suite(client, run_id: str, report, title: str, study_run_id: str | None = None) -> None:
+    """Per-shift metrics and ``robustness/`` (table and plot) into ``run_id``; the table and
+    plot also into ``study_run_id`` (where ``lenstune report`` finds them)."""
     import time
 
     from mlflow.entities import Metric
@@ -71,8 +72,9 @@ def log_suite(client, run_id: str, report, title: str) -> None:
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in report.metrics().items()])
     with tempfile.TemporaryDirectory(prefix="lenstune-shifts-") as tmp:
-        folder = write_robustness(Path(tmp) / "robustness", report, title)
-        client.log_artifacts(run_id, str(folder), "robustness")
+        folder = write_robustness(Path(tmp) / schema.ROBUSTNESS_ARTIFACT, report, title)
+        for target in filter(None, (run_id, study_run_id)):
+            client.log_artifacts(target, str(folder), schema.ROBUSTNESS_ARTIFACT)
 
 
 def check_floor(report, policy: ShiftPolicy, what: str) -> None:
