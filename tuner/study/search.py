@@ -38,9 +38,9 @@ class TrialStopCallback(tune.Callback):
       epochs than ``max_epochs`` is ``asha_stopped`` (run KILLED), one that errors is
       ``failed`` (run FAILED, ``<exception class>: <first line>`` as the message), and a
       trial Tune retries gets the cause of the retry tagged.
-    - Every write goes through an :class:`tuner.tracking.outbox.Outbox` (journalled under
-      ``outbox_dir``, sent by a background thread), so Tune's loop never waits on the server
-      and no exception of MLflow's reaches it.
+    - Every write but the opening goes through an :class:`tuner.tracking.outbox.Outbox`
+      (journalled under ``outbox_dir``, sent by a background thread), so Tune's loop does not
+      wait on the server, and no exception of MLflow's reaches it.
     - Once the server has been unreachable for ``outage_limit_s`` seconds the family's Tune
       run is stopped with :class:`TrackingOutageError` (the study ends cleanly; ``--resume``
       sends the journals and goes on).
