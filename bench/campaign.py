@@ -15,6 +15,7 @@ parameters, and its training throughput (median ``images_per_second`` over its e
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import subprocess
@@ -49,7 +50,7 @@ def run_study(args, data: Path, runs: Path) -> tuple[int, float, str]:
         cmd += ["--max-epochs", str(args.max_epochs)]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO)
-    shown = " ".join(c if c != sys.executable else "python" for c in cmd)
+    shown = " ".join(c if c != sys.executable else "python" for c in cmd).replace(f"{REPO}/", "")
     return done.returncode, time.perf_counter() - start, shown
 
 
@@ -96,6 +97,34 @@ def measure(client, uri: str, data: Path, args) -> list[dict]:
     return rows
 
 
+def summary(rows: list[dict], shift_names: list[str]) -> str:
+    """What the table says, in sentences computed from it."""
+    measured = sorted((r for r in rows if "test_auc" in r), key=lambda r: -r["test_auc"])
+    if not measured:
+        return "No family completed a trial."
+    best = measured[0]
+    chance = [r["family"] for r in measured if r["test_auc"] < 0.6]
+    drops = sorted(((r["test_auc"] - r["shifts"][n], r["family"], n) for r in measured
+                    if r["test_auc"] >= 0.8 for n in shift_names), reverse=True)
+    steady = sorted(((max(r["test_auc"] - v for v in r["shifts"].values()), r["family"])
+                     for r in measured if r["test_auc"] >= 0.8))
+    out = [f"- Best in distribution: **{best['family']}**, test macro AUC {best['test_auc']:.4f} "
+           f"({best['params']:,} parameters)."]
+    if drops:
+        loss, family, shift = drops[0]
+        out.append(f"- Largest fall under a shift, among families above 0.8: {family} loses "
+                   f"{loss:.3f} of macro AUC under `{shift}`.")
+    if steady:
+        loss, family = steady[0]
+        out.append(f"- Steadiest of those: {family}, at most {loss:.3f} below its in-distribution "
+                   "AUC on any shift.")
+    if chance:
+        out.append(f"- Near chance (test AUC < 0.6) at this budget: {', '.join(chance)}; their "
+                   "micro search spaces or the epoch budget are too small for them to learn "
+                   "these images, which says nothing of them at full scale.")
+    return "\n".join(out)
+
+
 def markdown(rows: list[dict], args, command: str, wall: float, data_meta) -> str:
     shift_names = next((list(r["shifts"]) for r in rows if "shifts" in r), [])
     head = ("| family | params | trials (completed) | val AUC | test AUC | test acc | "
@@ -111,6 +140,7 @@ def markdown(rows: list[dict], args, command: str, wall: float, data_meta) -> st
         lines.append(f"| {r['family']} | {r['params']:,} | {r['trials']} ({r['completed']}) | "
                      f"{r['val_auc']:.4f} | {r['test_auc']:.4f} | {r['test_acc']:.3f} | "
                      f"{shifts} | {r['mean_shift']:.3f} | {r['images_per_s']:.0f} |")
+    findings = summary(rows, shift_names)
     published = "\n".join(f"| {p} | {name} | {auc} |" for p, entries in PUBLISHED.items()
                           for name, auc in entries)
     n_test = data_meta.n_images("test")
@@ -136,6 +166,8 @@ shift suite: [robustness](robustness.md)).
   img/s": median training throughput over its epochs, on this CPU, two trials at a time.
 
 {chr(10).join(lines)}
+
+{findings}
 
 ## Published DeepLense figures, for scale
 
@@ -169,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="images per class of each shift set (default: the whole test split)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/campaign"))
     p.add_argument("--out", type=Path, help="write the markdown here")
+    p.add_argument("--reuse", action="store_true",
+                   help="measure the study an earlier run of these arguments left in --runs-dir")
     args = p.parse_args(argv)
 
     import os
@@ -181,9 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     data = ensure_simulated(runs / "data" / f"{args.preset}-{args.img_size}px-n{args.n_per_class}"
                             f"-s{args.seed}", args.preset, args.n_per_class, seed=args.seed,
                             img_size=args.img_size, progress=True)
-    rc, wall, command = run_study(args, data, runs / "study")
-    if rc != 0:
-        print(f"the study exited {rc}; measuring the trials that completed", file=sys.stderr)
+    record = runs / "study" / "campaign.json"
+    if args.reuse and record.is_file():  # measure the study of an earlier run again
+        saved = json.loads(record.read_text())
+        wall, command = saved["wall_s"], saved["command"]
+    else:
+        rc, wall, command = run_study(args, data, runs / "study")
+        if rc != 0:
+            print(f"the study exited {rc}; measuring the trials that completed", file=sys.stderr)
+        record.write_text(json.dumps({"wall_s": wall, "command": command}))
     uri = f"sqlite:///{runs / 'study' / 'mlflow.db'}"
     rows = measure(mlflow_client(uri), uri, data, args)
     text = markdown(rows, args, command, wall, read_meta(data))

@@ -54,7 +54,7 @@ def study(args, seed: int, data: Path, runs: Path, robust: bool) -> tuple[float,
     (runs / "study.log").write_text(done.stdout + done.stderr)
     if done.returncode not in (0, 1):
         raise SystemExit(f"study failed ({done.returncode}); see {runs / 'study.log'}")
-    shown = " ".join("python" if c == sys.executable else c for c in cmd)
+    shown = " ".join("python" if c == sys.executable else c for c in cmd).replace(f"{REPO}/", "")
     return time.perf_counter() - start, shown
 
 
