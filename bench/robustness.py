@@ -123,12 +123,14 @@ def report(args, seeds, results, walls, commands) -> str:
             lines.append(f"| {arm} | {seed} | " + " | ".join(f"{row[c]:.4f}" for c in cols) + " |")
         means = {c: statistics.mean(results[(arm, s)][c] for s in seeds) for c in cols}
         lines.append(f"| **{arm}** | mean | " + " | ".join(f"**{means[c]:.4f}**" for c in cols) + " |")
-    checks = []
+    checks, held_seeds, cheap_seeds = [], 0, 0
     for seed in seeds:
         robust, plain = results[("robust", seed)], results[("plain", seed)]
         gaps = {s: robust["in_distribution"] - robust[s] for s in TARGET_SHIFTS}
         cost = plain["in_distribution"] - robust["in_distribution"]
         held = all(g <= 0.03 for g in gaps.values())
+        held_seeds += held
+        cheap_seeds += cost <= 0.01
         checks.append(f"- seed {seed}: robust champion loses "
                       + ", ".join(f"{g:+.4f} under {s}" for s, g in gaps.items())
                       + f" ({'within' if held else 'NOT within'} 0.03); in distribution it is "
@@ -157,6 +159,9 @@ in-distribution AUC, and that AUC within 0.01 of the plain champion's.
 {chr(10).join(checks)}
 
 For comparison, the plain champion loses on average (in distribution minus shifted): {plain_gaps}.
+
+Verdict: the robustness target holds for {held_seeds} of {len(seeds)} seeds, the
+in-distribution target for {cheap_seeds} of {len(seeds)}.
 """
 
 
