@@ -1,7 +1,8 @@
 """A runs folder that cannot take the study's files, as a user meets it: on a read-only file
 system, or on a disk that fills up mid-study (a small tmpfs here). One line names the folder
 and the cause; a read-only folder is refused before anything is written (exit 2); a full one
-stops the study (exit 1) and ``--resume`` finishes it once there is room, leaving no run open.
+stops the study (exit 1) and ``--resume`` finishes it once there is room, leaving no run open,
+also when the disk tore one of the state files Tune saved (its last good copy is restored).
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def test_a_full_disk_stops_the_study_and_resume_finishes_it(dataset, tmpfs):
     assert len(errors) == 1, output[-4000:]
     assert errors[0].startswith(f"lenstune tune: error: cannot write to runs folder {runs}")
     assert "no space left on the device" in errors[0] and "--resume" in errors[0]
+
+    # Tune copies its state files to the storage one by one, not atomically: a full disk can
+    # tear one (seen here). Tear the experiment state on purpose so --resume must use its copy.
+    states = sorted((runs / "studies").glob("*/vit/experiment_state-*.json"))
+    assert states and (states[-1].parent / (states[-1].name + ".lenstune-good")).is_file()
+    states[-1].write_bytes(states[-1].read_bytes()[:100])
 
     subprocess.run(["mount", "-o", "remount,size=300m", str(folder)], check=True)
     again = subprocess.run([*args, "--resume"], cwd=REPO, env=ray_env(), capture_output=True,

@@ -3,6 +3,7 @@ killed between Tune's uploads) restores with exactly the trials it asked for: a 
 study on local storage, one of its state files then rolled back the way a torn upload leaves
 it."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,32 @@ def test_orphan_trial_folders_are_deleted_and_nothing_else(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "experiment_state-x.json", "other_ccc33333", "train_trial_aaa11111", "train_trial_ddd44444"]
     assert delete_orphan_trial_folders(str(tmp_path), lambda trial_id: True, "train_trial") == []
+
+
+def test_a_state_file_torn_by_a_full_disk_is_restored_from_its_last_good_copy(tmp_path):
+    import pickle
+
+    from tuner.study.tune_state import GOOD_SUFFIX, keep_good_copies, restore_good_copies
+
+    state = tmp_path / "experiment_state-2026-12-06_23-00-00.json"
+    state.write_text(json.dumps({"trial_data": [["{}", "{}"]] * 3, "runner_data": {}}))
+    gen = tmp_path / "search_gen_state-2026-12-06_23-00-00.json"
+    gen.write_text(json.dumps({"counter": 3}))
+    searcher = tmp_path / "searcher-state-2026-12-06_23-00-00.pkl"
+    searcher.write_bytes(pickle.dumps({"trials": [1, 2, 3]}))
+    whole = {p: p.read_bytes() for p in (state, gen, searcher)}
+
+    keep_good_copies(str(tmp_path))
+    assert {p.name for p in tmp_path.glob(f"*{GOOD_SUFFIX}")} == {p.name + GOOD_SUFFIX for p in whole}
+    assert restore_good_copies(str(tmp_path)) == []  # nothing torn: nothing changed
+
+    state.write_bytes(whole[state][:40])  # torn mid-copy
+    searcher.write_bytes(b"")
+    keep_good_copies(str(tmp_path))  # a torn file never replaces its good copy
+    changes = restore_good_copies(str(tmp_path))
+    assert len(changes) == 2 and all("last good copy is restored" in c for c in changes)
+    assert state.read_bytes() == whole[state] and searcher.read_bytes() == whole[searcher]
+
+    (tmp_path / (gen.name + GOOD_SUFFIX)).unlink()
+    gen.write_text('{"coun')
+    assert restore_good_copies(str(tmp_path)) == [f"{gen.name} is torn and has no good copy"]

@@ -358,7 +358,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
                         "source": ctx.dataset_source, "preset": ctx.dataset_preset},
             "params": {"dataset_digest": ctx.dataset_digest, "dataset_preset": ctx.dataset_preset,
                        "img_size": ctx.img_size, "objective": ctx.objective}},
-            outbox_dir=ctx.outbox_dir, outage_limit_s=config.tracking_outage_limit_s)
+            outbox_dir=ctx.outbox_dir, outage_limit_s=config.tracking_outage_limit_s,
+            state_path=path)
         tuner = build_tuner(
             trainable, space.param_space(), name=family, storage_path=storage,
             num_samples=config.samples, max_epochs=max_epochs,

@@ -50,7 +50,8 @@ class TrialStopCallback(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 run_fields: dict[str, Any], *, outbox_dir: str, outage_limit_s: float):
+                 run_fields: dict[str, Any], *, outbox_dir: str, outage_limit_s: float,
+                 state_path: str | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -59,12 +60,14 @@ class TrialStopCallback(tune.Callback):
         self.run_fields = run_fields
         self.outbox_dir = outbox_dir
         self.outage_limit_s = outage_limit_s
+        self.state_path = state_path  # the family's Tune storage: good copies of its state
+        self._kept_at = 0.0
         self._outbox: Outbox | None = None
         self._watch: ServerWatch | None = None
         self._disk: str | None = None  # a full or read-only disk seen: the study stops
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_outbox": None, "_watch": None, "_disk": None}
+        return {**self.__dict__, "_outbox": None, "_watch": None, "_disk": None, "_kept_at": 0.0}
 
     def _send(self, op: dict[str, Any]) -> None:
         try:
@@ -81,6 +84,19 @@ class TrialStopCallback(tune.Callback):
     def _trial_fields(self, trial) -> dict[str, Any]:
         return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
                 "trial_id": trial.trial_id}
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        """A good copy of each state file Tune saved (tune_state.keep_good_copies): what
+        ``--resume`` restores from when a full disk tore one. Every step on local storage (a
+        stat per file), every 10 s on remote storage (requests)."""
+        import time
+
+        remote = "://" in (self.state_path or "")
+        if self.state_path and time.monotonic() - self._kept_at > (10.0 if remote else 0.0):
+            from tuner.study.tune_state import keep_good_copies
+
+            keep_good_copies(self.state_path)
+            self._kept_at = time.monotonic()
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if self._disk:
@@ -342,8 +358,10 @@ def restore_tuner(path: str, trainable: str | Callable, cpus_per_trial: float,
     whose saved checkpoint was already deleted resumes from the next (:mod:`tuner.study.tune_state`).
     ``finished_trials``: ids of trials whose MLflow run ended completed or stopped by the
     scheduler; those the saved state lost still count toward the study's samples."""
-    from tuner.study.tune_state import reconcile_search_state, repoint_lost_checkpoints
+    from tuner.study.tune_state import (reconcile_search_state, repoint_lost_checkpoints,
+                                        restore_good_copies)
 
+    restore_good_copies(path)
     reconcile_search_state(path, finished_trials)
     repoint_lost_checkpoints(path)
     return tune.Tuner.restore(path, _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),

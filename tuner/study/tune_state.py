@@ -112,6 +112,84 @@ def reconcile_search_state(path: str, finished_trials: set[str] = frozenset()) -
     return changes
 
 
+# The files Tune restores a study from, and how each is checked whole. Tune writes them in a
+# staging folder and copies them to the storage one by one, not atomically: a disk that fills
+# up during a copy leaves a torn file, which no restore can read.
+STATE_PATTERNS = {"experiment_state-*.json": "json", SEARCH_GEN_PATTERN: "json",
+                  "searcher-state-*.pkl": "pickle"}
+GOOD_SUFFIX = ".lenstune-good"  # the last copy of a state file that read whole
+
+
+def _whole(payload: bytes, kind: str) -> bool:
+    import ray.cloudpickle as cloudpickle
+
+    try:
+        if kind == "json":
+            json.loads(payload)
+        else:
+            cloudpickle.loads(payload)
+        return bool(payload)
+    except Exception:  # noqa: BLE001 - torn or empty: not whole
+        return False
+
+
+def _state_files(fs, fs_path: str) -> list[tuple[str, str]]:
+    """(path, kind) of the newest file of each state pattern at ``fs_path``."""
+    return [(newest, kind) for pattern, kind in STATE_PATTERNS.items()
+            if (newest := _newest(fs, fs_path, pattern)) is not None]
+
+
+def keep_good_copies(path: str) -> None:
+    """Copy each of the study's newest state files at ``path`` that reads whole to
+    ``<name>.lenstune-good`` beside it (when it changed since the last copy), for
+    :func:`restore_good_copies`. Best effort: a full disk fails the copy, never the study."""
+    from ray.train._internal.storage import get_fs_and_path
+
+    try:
+        fs, fs_path = get_fs_and_path(path)
+        for state, kind in _state_files(fs, fs_path):
+            good = state + GOOD_SUFFIX
+            seen, kept = fs.get_file_info([state, good])
+            if kept.type.name == "File" and kept.mtime is not None and seen.mtime is not None \
+                    and kept.mtime >= seen.mtime and kept.size == seen.size:
+                continue  # unchanged since its copy
+            with fs.open_input_stream(state) as f:
+                payload = f.readall()
+            if _whole(payload, kind):
+                tmp = good + ".tmp"
+                with fs.open_output_stream(tmp) as f:
+                    f.write(payload)
+                fs.move(tmp, good)
+    except Exception as exc:  # noqa: BLE001 - a copy for later; the study goes on
+        log.debug("no good copy of the state at %s: %s", path, exc)
+
+
+def restore_good_copies(path: str) -> list[str]:
+    """Put back the last good copy of every newest state file at ``path`` that does not read
+    whole (torn by a disk that filled up while Tune copied it); returns what changed, one line
+    each. The copy may be older than the torn file: the restore then sees a state that lags
+    behind MLflow, which ``--resume`` already reconciles (finished trials are replayed from
+    MLflow, trials it never saved are replaced)."""
+    from ray.train._internal.storage import get_fs_and_path
+
+    fs, fs_path = get_fs_and_path(path)
+    changes = []
+    for state, kind in _state_files(fs, fs_path):
+        with fs.open_input_stream(state) as f:
+            if _whole(f.readall(), kind):
+                continue
+        good = state + GOOD_SUFFIX
+        if fs.get_file_info(good).type.name != "File":
+            changes.append(f"{PurePosixPath(state).name} is torn and has no good copy")
+            continue
+        fs.copy_file(good, state)
+        changes.append(f"{PurePosixPath(state).name} was torn (a full disk?): its last good "
+                       "copy is restored")
+    for line in changes:
+        log.warning("restore of %s: %s", path, line)
+    return changes
+
+
 def _folders(fs, fs_path: str) -> list[tuple[str, str]]:
     """(name, path) of every folder directly under ``fs_path``; none where it does not exist."""
     import pyarrow.fs as pafs
