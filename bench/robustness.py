@@ -48,6 +48,8 @@ def study(args, seed: int, data: Path, runs: Path, robust: bool) -> tuple[float,
         cmd += ["--max-epochs", str(args.max_epochs)]
     if robust:
         cmd += ["--objective", "robust_auc"]
+        if args.robust_train == "fresh":
+            cmd += ["--train-data", "fresh"]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     (runs / "study.log").parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/bench-robustness"))
     p.add_argument("--out", type=Path)
+    p.add_argument("--robust-train", choices=["stored", "fresh"], default="stored",
+                   help="the robust arm's training images: the stored train split, or a new "
+                        "epoch simulated under the recipe's conditions each epoch (--train-data fresh)")
     args = p.parse_args(argv)
 
     import os
