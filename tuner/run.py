@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-floor", type=float, metavar="AUC",
                    help="promotion refuses a best trial whose worst macro AUC on the test shift "
                    "suite is below AUC (docs/robustness.md)")
+    p.add_argument("--strategy", choices=["asha-tpe", "asha-gp", "random", "grid"],
+                   help="searcher and early stopping (docs/tuning.md): asha-tpe (default), "
+                   "asha-gp, random, grid")
+    p.add_argument("--grid-points", type=int, metavar="N",
+                   help="--strategy grid: values per numeric range (default 3)")
+    p.add_argument("--warm-start", metavar="STUDY|EXPERIMENT",
+                   help="begin each family with the best configurations of an earlier study (or "
+                   "of every study of an MLflow experiment) whose search space fits this one's")
+    p.add_argument("--warm-start-top", type=int, metavar="K",
+                   help="--warm-start: how many earlier configurations to begin with (default 3)")
+    p.add_argument("--plateau", type=int, metavar="N",
+                   help="stop a family when its best has not improved in N trials")
+    p.add_argument("--budget-gpu-hours", type=float, metavar="HOURS",
+                   help="stop a family when its trials have used this much device time "
+                   "(CPU-hours on a CPU-only study)")
     p.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds per family")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--study-name", help="name of the study (Ray Tune run); default derived")

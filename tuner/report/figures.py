@@ -15,7 +15,8 @@ from tuner.tracking import schema
 # how a trial ended -> (marker, colour, legend text) of its last point
 END_MARKERS = {schema.STOP_COMPLETED: ("o", "black", "completed its budget"),
                schema.STOP_ASHA: ("X", "tab:red", "stopped by ASHA"),
-               schema.STOP_FAILED: ("v", "tab:purple", "failed")}
+               schema.STOP_FAILED: ("v", "tab:purple", "failed"),
+               **{reason: ("s", "tab:gray", "stopped with the study") for reason in schema.STUDY_STOPS}}
 
 
 def _pyplot():

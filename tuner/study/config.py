@@ -87,6 +87,22 @@ class StudyConfig(BaseModel):
         None, ge=0, le=1, description="tuner/run.py's promotion refuses a best trial whose worst "
         "macro AUC on the test shift suite is below this")
     time_budget_s: float | None = Field(None, gt=0, description="seconds per family")
+    strategy: Literal["asha-tpe", "asha-gp", "random", "grid"] = Field(
+        "asha-tpe", description="how each family is searched: searcher and scheduler "
+        "(tuner/study/strategies.py; docs/tuning.md)")
+    grid_points: int = Field(3, ge=2, description="strategy grid: values per numeric range")
+    warm_start: str | None = Field(
+        None, description="seed each family's searcher with the best configurations of this "
+        "earlier study (or of every study in this MLflow experiment) on the same tracking server "
+        "(tuner/study/warm_start.py)")
+    warm_start_top: int = Field(3, ge=1, description="warm start: how many of the earlier "
+                                "best configurations are the family's first trials")
+    plateau: int | None = Field(
+        None, ge=1, description="stop a family once its best objective has not improved in this "
+        "many trials (tuner/study/stopping.py)")
+    budget_gpu_hours: float | None = Field(
+        None, gt=0, description="stop a family once its trials' device time reaches this many "
+        "GPU-hours (epoch seconds x GPU share; CPU-hours, epoch seconds x CPUs, on a CPU-only study)")
     experiment: str = Field("lenstune", min_length=1)
     study_name: str | None = Field(None, description="Ray Tune run name; None = derived")
     resume: bool = False

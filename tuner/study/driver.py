@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import tempfile
@@ -32,6 +33,7 @@ from tuner.tracking import writer as tracking
 from tuner.study.config import ConfigError, StudyConfig, flatten, join_storage
 from tuner.study.faults import DiskError, disk_cause, stop_message
 from tuner.study.resources import TrialResources
+from tuner.study.strategies import get_strategy
 from tuner.tracking import schema
 
 log = logging.getLogger(__name__)
@@ -309,7 +311,7 @@ def _record_unseen_failures(client, ctx, results) -> None:
 
 def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, data_root: Path,
                study_name: str, tracking_uri: str, experiment_id: str, parent_run_id: str,
-               resources: TrialResources) -> None:
+               resources: TrialResources, warm_points: list[dict] | None = None) -> None:
     """Tune one family (fresh, or restored on ``--resume``) to the end of its budget."""
     from ray import tune
 
@@ -346,11 +348,26 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
                                                parent_run_id, family)
         tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus,
                               finished_trials=finished)
+        stopper = _restored_stopper(tuner)
     else:
         from tuner.study.progress import StudyProgress
+        from tuner.study.stopping import StudyStopper
 
+        strategy = get_strategy(config.strategy)
+        samples, grid = config.samples, None
+        if strategy.sampler == "grid":
+            grid = space.grid(config.grid_points)
+            size = math.prod(len(values) for values in grid.values())
+            if size < samples:
+                log.info("%s: the grid has %d points (--grid-points %d): %d trials, not %d",
+                         family, size, config.grid_points, size, samples)
+                samples = size
+        stopper = StudyStopper(
+            ctx.objective, plateau=config.plateau, budget_device_hours=config.budget_gpu_hours,
+            device_share=resources.gpus or resources.cpus,
+            device_unit="GPU" if resources.gpus else "CPU", time_budget_s=config.time_budget_s)
         progress = StudyProgress(family, config.families.index(family) + 1,
-                                 len(config.families), config.samples, max_epochs,
+                                 len(config.families), samples, max_epochs,
                                  objective=ctx.objective)
         callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs, {
             "study_name": study_name, "family": family,
@@ -359,18 +376,20 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             "params": {"dataset_digest": ctx.dataset_digest, "dataset_preset": ctx.dataset_preset,
                        "img_size": ctx.img_size, "objective": ctx.objective}},
             outbox_dir=ctx.outbox_dir, outage_limit_s=config.tracking_outage_limit_s,
-            state_path=path)
+            state_path=path, strategy=strategy, stopper=stopper)
         tuner = build_tuner(
             trainable, space.param_space(), name=family, storage_path=storage,
-            num_samples=config.samples, max_epochs=max_epochs,
+            num_samples=samples, max_epochs=max_epochs,
             grace_period=space.budget.grace_period, reduction_factor=space.budget.reduction_factor,
             seed=config.seed, max_concurrent=resources.max_concurrent,
             cpus_per_trial=resources.cpus, gpus_per_trial=resources.gpus,
-            callbacks=[callback, progress], time_budget_s=config.time_budget_s,
+            callbacks=[callback, progress],
             verbose=1 if log.isEnabledFor(logging.INFO) else 0,  # Tune's table: not with --quiet
             max_failures=config.max_failures, asha_rule=config.asha_rule,
-            tell_epoch=space.budget.grace_period if config.tpe_told == "first-rung" else None,
-            metric=ctx.objective)
+            sampler=strategy.sampler, early_stopping=strategy.early_stopping, grid=grid,
+            tell_epoch=(space.budget.grace_period if config.tpe_told == "first-rung"
+                        and strategy.early_stopping else None),
+            metric=ctx.objective, stopper=stopper, points_to_evaluate=warm_points)
     results = tuner.fit()
     from tuner.tracking.store import mlflow_client
 
@@ -379,12 +398,55 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     if restored:
         _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
                         TRIAL_FOLDER_PREFIX)
+    _record_study_stop(client, parent_run_id, family, stopper)
     _log_trial_plots(client, experiment_id, parent_run_id, family, list(meta.class_names))
     try:
         _log_importances(client, parent_run_id, family, space, results, ctx.objective)
     except Exception as exc:  # importances are a report, never a reason to fail the study
         client.set_tag(parent_run_id, schema.IMPORTANCES_ERROR_PREFIX + family, str(exc)[:500])
     client.set_tag(parent_run_id, schema.DONE_TAG_PREFIX + family, "true")
+
+
+def warm_start_all(config: StudyConfig, spaces: dict, tracking_uri: str) -> dict[str, list[dict]]:
+    """Per family, the earlier configurations its searcher begins with (--warm-start);
+    ConfigError (before Ray starts or anything is written) when there are none or they do not
+    fit the family's search space."""
+    from tuner.study.warm_start import read_earlier_trials, warm_start_points
+    from tuner.tracking.store import mlflow_client
+
+    if get_strategy(config.strategy).sampler == "grid":
+        raise ConfigError("--warm-start seeds a searcher that models results; --strategy grid "
+                          "runs its grid; allowed: --strategy asha-tpe, asha-gp or random")
+    client = mlflow_client(tracking_uri)
+    objective = schema.OBJECTIVES[config.objective]
+    return {family: warm_start_points(
+        spaces[family], read_earlier_trials(client, config.warm_start, family, objective),
+        source=config.warm_start, top=min(config.warm_start_top, config.samples))
+        for family in config.families}
+
+
+def _restored_stopper(tuner):
+    """The StudyStopper Tune restored with the study's run config (Tune keeps it in the saved
+    tuner; its public API does not hand it back), or None."""
+    from tuner.study.stopping import StudyStopper
+
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    stopper = getattr(run_config, "stop", None)
+    return stopper if isinstance(stopper, StudyStopper) else None
+
+
+def _record_study_stop(client, parent_run_id: str, family: str, stopper) -> None:
+    """The family's device time, and why the study stopped it early if it did, on the study
+    run (tag ``lenstune.study_stop.<family>``, metric ``<family>.<gpu|cpu>_hours``)."""
+    if stopper is None:
+        return
+    summary = stopper.summary()
+    if "stop" in summary:
+        client.set_tag(parent_run_id, schema.STUDY_STOP_PREFIX + family, summary["stop"][:5000])
+        log.info("%s: the study stopped the search early: %s", family, summary["stop"])
+    for key, value in summary.items():
+        if key.endswith("_hours"):
+            client.log_metric(parent_run_id, f"{family}.{key}", float(value))
 
 
 def resolve_study_resources(config: StudyConfig, spaces: dict) -> dict[str, TrialResources]:
@@ -473,6 +535,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
     tracking_uri = config.resolved_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
     tracking.bound_request_retries(config.tracking_outage_limit_s)
+    warm = warm_start_all(config, spaces, tracking_uri) if config.warm_start else {}
     from tuner.study.search import check_storage
 
     check_storage(config.resolved_storage())
@@ -518,6 +581,10 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
         preset=dataset.preset, image_size=meta.image_size, digest=meta.digest))
     client.set_tag(parent_run_id, schema.FAMILIES_TAG, ",".join(config.families))
     client.set_tag(parent_run_id, schema.OBJECTIVE_TAG, schema.OBJECTIVES[config.objective])
+    client.set_tag(parent_run_id, schema.STRATEGY_TAG, get_strategy(config.strategy).summary)
+    for family, points in warm.items():
+        client.set_tag(parent_run_id, schema.WARM_START_PREFIX + family,
+                       f"{len(points)} configuration(s) of {config.warm_start} first")
     for family, res in resources.items():  # tags: a resumed study may resolve them anew
         client.set_tag(parent_run_id, schema.RESOURCES_TAG_PREFIX + family,
                        f"{res.cpus:g} CPU + {res.gpus:g} GPU per trial, max {res.max_concurrent} "
@@ -540,7 +607,8 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
         run_families(pending, lambda family: run_family(
             config, family, spaces[family], refs=refs, meta=meta, data_root=data_root,
             study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
-            parent_run_id=parent_run_id, resources=resources[family]))
+            parent_run_id=parent_run_id, resources=resources[family],
+            warm_points=warm.get(family)))
     except Exception as exc:
         cause = exc.cause if isinstance(exc, DiskError) else disk_cause(exc)
         if cause is None:

@@ -1,5 +1,6 @@
-"""Assembly of one family's Ray Tune study: seeded Optuna TPE behind a concurrency limit,
-ASHA on ``val_auc_macro`` (max) with the search space's budget, per-trial resources,
+"""Assembly of one family's Ray Tune study: the strategy's seeded Optuna searcher behind a
+concurrency limit and its scheduler (ASHA on the objective with the search space's budget, or
+FIFO; :mod:`tuner.study.strategies`), the study-level stopper, per-trial resources,
 failure and checkpoint policy, a fail-fast check of the storage, restore of an interrupted
 study, and the driver-side callback that records why each trial stopped in MLflow.
 """
@@ -51,7 +52,13 @@ class TrialStopCallback(tune.Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
                  run_fields: dict[str, Any], *, outbox_dir: str, outage_limit_s: float,
-                 state_path: str | None = None):
+                 state_path: str | None = None, strategy=None, stopper=None):
+        from tuner.study.strategies import DEFAULT_STRATEGY, get_strategy
+
+        self.strategy = strategy or get_strategy(DEFAULT_STRATEGY)
+        self.stopper = stopper  # the family's StudyStopper (the same object Tune asks)
+        self._started: set[str] = set()
+        self._ended: set[str] = set()
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -120,6 +127,7 @@ class TrialStopCallback(tune.Callback):
         from tuner.tracking.store import mlflow_client
         from tuner.tracking.writer import open_trial_run
 
+        self._started.add(trial.trial_id)
         fields = self.run_fields
         op = {"op": "open_trial", "fields": {
             "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
@@ -146,17 +154,31 @@ class TrialStopCallback(tune.Callback):
             "replayed": bool(result.get("replayed"))}})
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        """Name what ended the trial: its whole budget, the study (a plateau, a budget: the
+        stopper's reason), or the strategy's scheduler. A trial the study stopped before it
+        started has no run and is left alone."""
         epochs = int(reported_epoch(trial.last_result or {}) or 0)
+        study_stop = self.stopper.reason if self.stopper is not None else None
+        if trial.trial_id not in self._started and not trial.last_result:
+            return
+        self._ended.add(trial.trial_id)
         if epochs >= self.max_epochs:
             self._end(trial, schema.STOP_COMPLETED)
+        elif study_stop:
+            self._end(trial, study_stop, f"{self.stopper.message}; the trial had trained "
+                      f"{epochs} of {self.max_epochs} epochs")
         else:
-            self._end(trial, schema.STOP_ASHA,
-                      f"stopped by the scheduler after {epochs} of {self.max_epochs} epochs")
+            self._end(trial, *self.strategy.early_stop(epochs, self.max_epochs))
+        if self.stopper is not None:
+            self.stopper.trial_ended(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended.add(trial.trial_id)
         reason = error_reason(trial)
         self._disk = self._disk or disk_cause(reason)
         self._end(trial, schema.STOP_FAILED, reason)
+        if self.stopper is not None:
+            self.stopper.trial_ended(trial.trial_id)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """Tune retries the trial from its last checkpoint (its worker or node died, or it
@@ -168,7 +190,13 @@ class TrialStopCallback(tune.Callback):
                 schema.RETRIES_TAG: str(trial.num_failures), schema.RETRIED_AFTER_TAG: reason}}})
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        """Send what is waiting (not while the server is away: the journal keeps it)."""
+        """End the runs of the trials the study stopped (Tune stops them without a trial
+        callback), then send what is waiting (not while the server is away: the journal
+        keeps it)."""
+        if self.stopper is not None and self.stopper.reason:
+            for trial in trials:
+                if trial.trial_id not in self._ended and trial.status != "ERROR":
+                    self.on_trial_complete(0, trials, trial)
         if self._outbox is not None:
             away = self._watch is not None and self._watch.away_for() > 0
             self._outbox.close(wait_s=0.0 if away else 60.0, raise_errors=False)
@@ -237,8 +265,11 @@ def tpe_startup_trials(num_samples: int | None) -> int:
 
 def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
                   num_samples: int | None = None, tell_epoch: int | None = None,
-                  metric: str = METRIC):
-    """Seeded Optuna search (``tpe`` or ``random``) limited to ``max_concurrent`` trials.
+                  metric: str = METRIC, grid: dict[str, list] | None = None,
+                  points_to_evaluate: list[dict[str, Any]] | None = None):
+    """Seeded Optuna search (``tpe``, ``gp``, ``random``, or ``grid`` over ``grid``: Optuna's
+    parameter name -> values) limited to ``max_concurrent`` trials. ``points_to_evaluate``
+    (Optuna-named configurations, :mod:`tuner.study.warm_start`) are the first trials.
     ``tell_epoch``: tell Optuna each trial's score at that epoch (the first rung) rather than
     its last (:class:`tuner.study.asha.EqualFidelityOptunaSearch`); None = the last, Ray's default."""
     import optuna
@@ -246,15 +277,23 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
     if sampler == "tpe":
         optuna_sampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=tpe_startup_trials(num_samples))
+    elif sampler == "gp":
+        optuna_sampler = optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=tpe_startup_trials(num_samples))
     elif sampler == "random":
         optuna_sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif sampler == "grid":
+        if not grid:
+            raise ValueError("the grid sampler needs the grid (SearchSpace.grid())")
+        optuna_sampler = optuna.samplers.GridSampler(grid, seed=seed)
     else:
-        raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, random")
+        raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, gp, random, grid")
+    warm = {"points_to_evaluate": points_to_evaluate} if points_to_evaluate else {}
     if tell_epoch is None:
-        search = RestorableOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE)
+        search = RestorableOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE, **warm)
     else:
         search = EqualFidelityOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE,
-                                           at_epoch=tell_epoch)
+                                           at_epoch=tell_epoch, **warm)
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
 
 
@@ -315,17 +354,22 @@ def build_tuner(
     tell_epoch: int | None = None,
     verbose: int = 1,
     metric: str = METRIC,
+    grid: dict[str, list] | None = None,
+    stopper: tune.Stopper | None = None,
+    points_to_evaluate: list[dict[str, Any]] | None = None,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
-    resources)."""
+    resources). ``sampler`` and ``early_stopping`` are a strategy's parts
+    (:mod:`tuner.study.strategies`); ``stopper`` ends the family early
+    (:class:`tuner.study.stopping.StudyStopper`)."""
     return tune.Tuner(
         _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=metric, mode=MODE,
             search_alg=make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
-                                     metric),
+                                     metric, grid, points_to_evaluate),
             scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
                                      asha_rule),
             num_samples=num_samples,
@@ -338,6 +382,7 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks or [], verbose=verbose,
+            stop=stopper,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # The best epoch goes to MLflow; Tune keeps two for resuming. With one, Ray deletes
             # a trial's previous checkpoint before the experiment state naming the new one is

@@ -87,6 +87,10 @@ class LogUniform(_Range):
     def draw(self, rng: np.random.Generator) -> float:
         return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
 
+    def grid(self, points: int) -> list[float]:
+        """``points`` values evenly spaced in log from low to high (the grid strategy)."""
+        return [float(v) for v in np.geomspace(self.low, self.high, points)]
+
 
 class Uniform(_Range):
     type: Literal["uniform"]
@@ -97,6 +101,9 @@ class Uniform(_Range):
 
     def draw(self, rng: np.random.Generator) -> float:
         return float(rng.uniform(self.low, self.high))
+
+    def grid(self, points: int) -> list[float]:
+        return [float(v) for v in np.linspace(self.low, self.high, points)]
 
 
 class IntRange(_Range):
@@ -112,6 +119,12 @@ class IntRange(_Range):
     def draw(self, rng: np.random.Generator) -> int:
         return int(self.low + self.step * rng.integers(0, (self.high - self.low) // self.step + 1))
 
+    def grid(self, points: int) -> list[int]:
+        """At most ``points`` allowed values, evenly spread, low and high included."""
+        allowed = np.arange(self.low, self.high + 1, self.step)
+        picks = np.unique(np.round(np.linspace(0, len(allowed) - 1, points)).astype(int))
+        return [int(allowed[i]) for i in picks]
+
 
 class Choice(_Strict):
     type: Literal["choice"]
@@ -123,6 +136,10 @@ class Choice(_Strict):
 
     def draw(self, rng: np.random.Generator):
         return self.values[int(rng.integers(0, len(self.values)))]
+
+    def grid(self, points: int) -> list:
+        """Every value, whatever ``points``."""
+        return list(self.values)
 
 
 Distribution = Annotated[Union[LogUniform, Uniform, IntRange, Choice], Field(discriminator="type")]
@@ -196,6 +213,14 @@ class SearchSpace(_Strict):
         """``{"model": {...}, "train": {...}}`` of fixed values and ``ray.tune`` distributions."""
         return {part: {**sec.fixed, **{k: d.tune() for k, d in sec.search.items()}}
                 for part, sec in (("model", self.model), ("train", self.train))}
+
+    def grid(self, points: int = 3) -> dict[str, list]:
+        """The grid strategy's values of each searched hyperparameter, by Optuna's name of it
+        (``model/depth``): ``points`` per numeric range (log-spaced for loguniform), every
+        value of a choice."""
+        return {f"{part}/{k}": d.grid(points)
+                for part, sec in (("model", self.model), ("train", self.train))
+                for k, d in sec.search.items()}
 
     def sample(self, seed: int) -> dict[str, dict[str, Any]]:
         """One concrete configuration, drawn with numpy from ``seed`` (same nesting)."""

@@ -5,7 +5,7 @@ Conventions (what promotion and reports rely on):
   resolved study config; artifacts ``leaderboard.csv``, ``leaderboard.png``,
   ``search_space/<family>.json``, ``param_importances/<family>.json``, ``study_config.json``.
 - trial run: tags ``mlflow.parentRunId``, ``lenstune.kind=trial``, ``trial_id``, ``family``,
-  ``lenstune.study``, ``stop_reason`` in {completed, asha_stopped, failed} (+ ``stop_message``);
+  ``lenstune.study``, ``stop_reason`` in schema.STOP_REASONS (completed, asha_stopped, failed, or a study-level stop) (+ ``stop_message``);
   params are the flattened sampled config (``model.depth``, ``train.lr``, ...) plus ``family``,
   ``dataset_digest``, ``dataset_preset``; per-epoch metrics ``train_loss, val_loss, val_acc,
   val_auc_macro, val_auc_<class>, epoch_seconds, images_per_second, best_val_auc_macro``;
@@ -227,7 +227,7 @@ def settle_trial_end(client: MlflowClient, *, experiment_id: str, parent_run_id:
         return
     run = client.get_run(run_id)
     ended = run.data.tags.get(schema.STOP_REASON_TAG)
-    if replayed and ended in (schema.STOP_COMPLETED, schema.STOP_ASHA):
+    if replayed and ended in schema.FINISHED_REASONS:
         return
     if (ended == schema.STOP_FAILED and run.data.tags.get(schema.STOP_MESSAGE_TAG)
             and run.info.status == "FAILED"):
@@ -294,7 +294,7 @@ def finished_trial_ids(client: MlflowClient, experiment_id: str, parent_run_id: 
     return {run.data.tags.get(schema.TRIAL_ID_TAG, "")
             for run in list_trial_runs(client, experiment_id, parent_run_id)
             if run.data.tags.get(schema.FAMILY_TAG) == family
-            and run.data.tags.get(schema.STOP_REASON_TAG) in (schema.STOP_COMPLETED, schema.STOP_ASHA)}
+            and run.data.tags.get(schema.STOP_REASON_TAG) in schema.FINISHED_REASONS}
 
 
 def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
@@ -312,8 +312,7 @@ def delete_orphan_trial_runs(client: MlflowClient, experiment_id: str, parent_ru
                if run.data.tags.get(schema.KIND_TAG) == schema.KIND_TRIAL
                and run.data.tags.get(schema.FAMILY_TAG) == family
                and not known(run.data.tags.get(schema.TRIAL_ID_TAG, ""))
-               and run.data.tags.get(schema.STOP_REASON_TAG) not in (schema.STOP_COMPLETED,
-                                                                      schema.STOP_ASHA)]
+               and run.data.tags.get(schema.STOP_REASON_TAG) not in schema.FINISHED_REASONS]
     for run_id in orphans:
         client.set_tag(run_id, schema.ORPHANED_TAG, "trial unknown to the resumed study")
         client.set_terminated(run_id, status="KILLED")

@@ -188,7 +188,7 @@ def _replay_finished_run(ctx: TrialContext, trial_id: str) -> bool:
     if run_id is None:
         return False
     run = client.get_run(run_id)
-    if run.data.tags.get(schema.STOP_REASON_TAG) not in (schema.STOP_COMPLETED, schema.STOP_ASHA):
+    if run.data.tags.get(schema.STOP_REASON_TAG) not in schema.FINISHED_REASONS:
         return False
     history = {}
     keys = {schema.OBJECTIVE, schema.BEST_OBJECTIVE, schema.VAL_LOSS, schema.VAL_ACC,

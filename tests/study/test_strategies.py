@@ -1,0 +1,130 @@
+"""Search strategies (tuner/study/strategies.py) and study-level stopping (tuner/study/stopping.py):
+the parts alone, then tiny studies through ``python tuner/run.py`` as a user runs them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.study.studies import PYTHON, REPO, run_args, run_study_process, trial_runs
+from tuner.study.search_space import load_search_space
+from tuner.study.stopping import StudyStopper
+from tuner.study.strategies import STRATEGIES, get_strategy
+from tuner.tracking import schema
+
+
+def test_an_unknown_strategy_is_refused_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match="'pbt2' not known; allowed: asha-tpe, asha-gp, random, grid"):
+        get_strategy("pbt2")
+    import subprocess
+
+    proc = subprocess.run([PYTHON, "tuner/run.py", "--family", "vit", "--strategy", "bayes"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--strategy: invalid choice: 'bayes'" in proc.stderr and "asha-gp" in proc.stderr
+
+
+def test_the_grid_covers_every_searched_parameter_under_optunas_names():
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_search_space("vit", "micro")
+    grid = space.grid(3)
+    assert set(grid) == set(OptunaSearch.convert_search_space(space.param_space()))
+    assert grid["model/depth"] == [2, 3]  # int range 2..3: both values, not three
+    assert grid["model/patch_size"] == [4, 8]
+    lr = grid["train/lr"]  # loguniform 3e-4..3e-3: log-spaced
+    assert len(lr) == 3 and math.isclose(lr[1], math.sqrt(3e-4 * 3e-3))
+    assert grid["train/label_smoothing"] == [0.0, 0.05, 0.1]
+
+
+def test_only_the_asha_strategies_stop_trials_early():
+    assert [s.name for s in STRATEGIES.values() if s.early_stopping] == ["asha-tpe", "asha-gp"]
+    assert get_strategy("asha-gp").early_stop(1, 3) == (
+        schema.STOP_ASHA, "stopped by ASHA after 1 of 3 epochs")
+    with pytest.raises(ValueError, match="stops no trial early"):
+        get_strategy("random").early_stop(1, 3)
+
+
+def test_the_plateau_counts_trials_that_ended_without_beating_the_best():
+    stopper = StudyStopper("val_auc_macro", plateau=2)
+    for trial, score in (("a", 0.6), ("b", 0.7), ("c", 0.65), ("d", float("nan"))):
+        stopper("x" + trial, {"val_auc_macro": score, "time_this_iter_s": 1.0})
+        assert not stopper.stop_all()
+        stopper.trial_ended("x" + trial)
+    # b improved on a; c did not, d (no finite score: a failure) did not: two in a row
+    assert stopper.stop_all() and stopper.reason == schema.STOP_PLATEAU
+    assert "best val_auc_macro (0.7000) has not improved in the last 2 trials" in stopper.message
+    stopper.trial_ended("xe")  # trials stopped with the study change nothing
+    assert stopper.since_best == 2
+
+
+def test_the_device_budget_sums_epoch_seconds_times_the_trials_share():
+    stopper = StudyStopper("val_auc_macro", budget_device_hours=0.5, device_share=0.25)
+    stopper("a", {"val_auc_macro": 0.5, "time_this_iter_s": 3600.0})  # 0.25 GPU-hours
+    assert not stopper.stop_all()
+    stopper("b", {"val_auc_macro": 0.5, "time_this_iter_s": 3600.0})
+    assert stopper.stop_all() and stopper.reason == schema.STOP_BUDGET
+    assert "0.5000 GPU-hours of the budget of 0.5" in stopper.message
+    assert stopper.summary()["gpu_hours"] == "0.500000"
+    assert not StudyStopper("val_auc_macro").active
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["asha-gp", "random", "grid"])
+def test_each_strategy_runs_a_tiny_study_and_names_its_stops(strategy, micro_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=4,
+                                      extra=("--strategy", strategy, "--no-promote")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    studies, trials = trial_runs(uri)
+    study = studies[0]
+    assert study.data.params["strategy"] == strategy
+    assert study.data.tags[schema.STRATEGY_TAG] == get_strategy(strategy).summary
+    assert len(trials) == 4 and all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+    max_epochs = load_search_space("scratch", "micro").budget.max_epochs
+    client = MlflowClient(uri)
+    for run in trials:
+        epochs = len(client.get_metric_history(run.info.run_id, "val_auc_macro"))
+        reason = run.data.tags[schema.STOP_REASON_TAG]
+        if epochs == max_epochs:
+            assert reason == schema.STOP_COMPLETED
+        else:  # only ASHA ends a trial early here
+            assert strategy == "asha-gp" and reason == schema.STOP_ASHA, (reason, epochs)
+            assert run.data.tags[schema.STOP_MESSAGE_TAG].startswith("stopped by ASHA after")
+    if strategy == "grid":
+        grid = load_search_space("scratch", "micro").grid(3)
+        configs = {tuple(r.data.params[k.replace("/", ".")] for k in sorted(grid)) for r in trials}
+        assert len(configs) == 4  # four different grid points
+        for run in trials:
+            for key, values in grid.items():
+                assert run.data.params[key.replace("/", ".")] in {str(v) for v in values}, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, reason", [
+    (("--plateau", "1", "--max-concurrent", "1"), schema.STOP_PLATEAU),
+    (("--budget-gpu-hours", "0.00005"), schema.STOP_BUDGET),
+])
+def test_the_plateau_and_the_budget_end_a_study_early_with_the_reason(
+        flags, reason, micro_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=8,
+                                      extra=("--strategy", "random", "--no-promote", *flags)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"scratch: the study stopped the search early: {reason}" in proc.stderr + proc.stdout
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    studies, trials = trial_runs(uri)
+    study = studies[0]
+    assert study.data.tags[schema.STUDY_STOP_PREFIX + "scratch"].startswith(reason + ": ")
+    assert study.data.metrics["scratch.cpu_hours"] > 0
+    assert 1 <= len(trials) < 8
+    reasons = {r.data.tags[schema.STOP_REASON_TAG] for r in trials}
+    assert reasons <= {schema.STOP_COMPLETED, reason}, reasons
+    if reason == schema.STOP_BUDGET:
+        # 0.18 CPU-seconds: spent in the first epoch, so the running trials were cut short
+        stopped = [r for r in trials if r.data.tags[schema.STOP_REASON_TAG] == reason]
+        assert stopped and all(r.info.status == "KILLED" for r in stopped)
+        assert "--budget-gpu-hours" in stopped[0].data.tags[schema.STOP_MESSAGE_TAG]

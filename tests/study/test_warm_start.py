@@ -1,0 +1,80 @@
+"""Warm start (tuner/study/warm_start.py): the fit check alone, then an earlier study's best
+configurations as a new study's first trials, through ``python tuner/run.py``."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.study.studies import run_args, run_study_process, trial_runs
+from tuner.study.config import ConfigError, flatten
+from tuner.study.search_space import load_search_space
+from tuner.study.warm_start import configuration_of, warm_start_points
+from tuner.tracking import schema
+
+
+def _params(space, seed: int) -> dict[str, str]:
+    """MLflow params of a trial drawn from ``space`` (the trial runs' format)."""
+    return {k: str(v) for k, v in flatten(space.sample(seed)).items()}
+
+
+def test_the_best_distinct_configurations_come_first():
+    space = load_search_space("vit", "micro")
+    trials = [(_params(space, s), score) for s, score in ((1, 0.6), (2, 0.9), (3, float("nan")),
+                                                          (4, 0.7))]
+    trials.append((_params(space, 2), 0.8))  # the same configuration again
+    points = warm_start_points(space, trials, source="s", top=3)
+    assert [p["train/lr"] for p in points] == [space.sample(s)["train"]["lr"] for s in (2, 4, 1)]
+    assert set(points[0]) == {f"{part}/{k}" for part, sec in (("model", space.model),
+                                                             ("train", space.train))
+                              for k in sec.search}
+    assert isinstance(points[0]["model/depth"], int)
+
+
+def test_a_space_that_changed_is_refused_naming_the_differences():
+    space = load_search_space("vit", "micro")
+    params = _params(space, 1)
+    params["train.lr"] = "0.5"  # outside 3e-4..3e-3
+    params["model.embed_dim"] = "64"  # fixed at 48 now
+    _, problems = configuration_of(space, params)
+    assert problems == ["model.embed_dim was 64, is fixed at 48 now",
+                        "train.lr was 0.5, allowed now: 0.0003..0.003"]
+    with pytest.raises(ConfigError, match=r"--warm-start old: the search space of family 'vit' "
+                       r"differs .*2 difference\(s\): model.embed_dim was 64"):
+        warm_start_points(space, [(params, 0.9)], source="old", top=2)
+    with pytest.raises(ConfigError, match="no finished trial of family 'vit'"):
+        warm_start_points(space, [(params, None)], source="old", top=2)
+
+
+@pytest.mark.slow
+def test_a_warm_started_study_begins_with_the_earlier_best(micro_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    first = run_study_process(run_args(micro_dataset, runs, "scratch", samples=3,
+                                       extra=("--strategy", "random", "--no-promote")))
+    assert first.returncode == 0, first.stderr[-3000:]
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    studies, earlier = trial_runs(uri)
+    source = studies[0].data.tags[schema.STUDY_TAG]
+    space = load_search_space("scratch", "micro")
+    searched = [f"{part}.{k}" for part, sec in (("model", space.model), ("train", space.train))
+                for k in sec.search]
+    ranked = sorted(earlier, key=lambda r: -r.data.metrics[schema.BEST_OBJECTIVE])
+    best_two = {tuple(r.data.params[k] for k in searched) for r in ranked[:2]}
+
+    # a family the earlier study never tuned: refused before anything is written
+    refused = run_study_process(run_args(micro_dataset, runs, "vit", samples=2,
+                                         extra=("--warm-start", source)))
+    assert refused.returncode == 2
+    assert f"--warm-start {source}: no finished trial of family 'vit'" in refused.stderr
+    assert len(trial_runs(uri)[0]) == 1
+
+    second = run_study_process(run_args(micro_dataset, runs, "scratch", samples=3, extra=(
+        "--warm-start", source, "--warm-start-top", "2", "--max-concurrent", "1",
+        "--no-promote")))
+    assert second.returncode == 0, second.stderr[-3000:]
+    studies, trials = trial_runs(uri)
+    new = next(s for s in studies if s.data.tags[schema.STUDY_TAG] != source)
+    assert new.data.tags[schema.WARM_START_PREFIX + "scratch"] == f"2 configuration(s) of {source} first"
+    mine = sorted((r for r in trials if r.data.tags["mlflow.parentRunId"] == new.info.run_id),
+                  key=lambda r: r.info.start_time)
+    assert len(mine) == 3
+    assert {tuple(r.data.params[k] for k in searched) for r in mine[:2]} == best_two
