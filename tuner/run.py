@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "asha-gp, random, grid")
     p.add_argument("--grid-points", type=int, metavar="N",
                    help="--strategy grid: values per numeric range (default 3)")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="Optuna storage of the searchers' studies (sqlite:///..., postgresql://...); "
+                   "default sqlite:///<runs-dir>/optuna.db; `lenstune dashboard` shows it")
     p.add_argument("--warm-start", metavar="STUDY|EXPERIMENT",
                    help="begin each family with the best configurations of an earlier study (or "
                    "of every study of an MLflow experiment) whose search space fits this one's")

@@ -28,6 +28,7 @@ BAD_INPUT = {
                      "unc", "--alpha", "2"], "--alpha"),
     "demo": (["--samples", "0", "--runs-dir", "runs"], "--samples 0"),
     "robustness": (["--model", "models:/m@champion", "--shifts", "noise_x3"], "'noise_x3'"),
+    "dashboard": (["--runs-dir", "runs"], "no Optuna storage in --runs-dir runs"),
 }
 
 

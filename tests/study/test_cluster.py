@@ -65,6 +65,17 @@ def test_sigkilled_driver_resumes_without_duplicates(micro_dataset, tmp_path):
     check_trial_runs(uri, trials, studies[0].info.run_id, 3)
     folders = {p.name for family in families for p in (study_dir / family).iterdir() if p.is_dir()}
     check_restored_not_restarted(folders, trained, trials)
+    # the searchers' Optuna studies survived in their storage: each family's trials told, none
+    # left running, matched to the MLflow runs by their Ray trial ids
+    import optuna
+
+    storage = f"sqlite:///{runs / 'optuna.db'}"
+    for family in families:
+        study = optuna.load_study(study_name=f"killed/{family}", storage=storage)
+        told = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study.trials}
+        mlflow_ids = {r.data.tags["trial_id"] for r in trials if r.data.tags["family"] == family}
+        assert {k: v for k, v in told.items() if v == "COMPLETE"}.keys() == mlflow_ids, told
+        assert "RUNNING" not in told.values(), told
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:

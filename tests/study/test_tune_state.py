@@ -222,7 +222,7 @@ def test_a_state_file_torn_by_a_full_disk_is_restored_from_its_last_good_copy(tm
     state = tmp_path / "experiment_state-2026-12-06_23-00-00.json"
     state.write_text(json.dumps({"trial_data": [["{}", "{}"]] * 3, "runner_data": {}}))
     gen = tmp_path / "search_gen_state-2026-12-06_23-00-00.json"
-    gen.write_text(json.dumps({"counter": 3}))
+    gen.write_bytes(pickle.dumps({"counter": 3}))  # Ray pickles it, whatever its name says
     searcher = tmp_path / "searcher-state-2026-12-06_23-00-00.pkl"
     searcher.write_bytes(pickle.dumps({"trials": [1, 2, 3]}))
     whole = {p: p.read_bytes() for p in (state, gen, searcher)}

@@ -1,11 +1,20 @@
 """Warm start (tuner/study/warm_start.py): the fit check alone, then an earlier study's best
-configurations as a new study's first trials, through ``python tuner/run.py``."""
+configurations as a new study's first trials, through ``python tuner/run.py``; and the
+searchers' Optuna studies those two studies left, through ``lenstune dashboard``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 
-from tests.study.studies import run_args, run_study_process, trial_runs
+from tests.servers import free_port
+from tests.study.studies import REPO, run_args, run_study_process, trial_runs
 from tuner.study.config import ConfigError, flatten
 from tuner.study.search_space import load_search_space
 from tuner.study.warm_start import configuration_of, warm_start_points
@@ -78,3 +87,51 @@ def test_a_warm_started_study_begins_with_the_earlier_best(micro_dataset, tmp_pa
                   key=lambda r: r.info.start_time)
     assert len(mine) == 3
     assert {tuple(r.data.params[k] for k in searched) for r in mine[:2]} == best_two
+
+    # both studies' searchers kept their Optuna studies in the runs folder's storage
+    listed = _lenstune("dashboard", "--runs-dir", str(runs), "--list")
+    assert listed.returncode == 0, listed.stderr
+    names = {f"{s.data.tags[schema.STUDY_TAG]}/scratch" for s in studies}
+    for name in names:
+        assert f"{name} " in listed.stdout and "3 trials" in listed.stdout, listed.stdout
+    import optuna
+
+    study = optuna.load_study(study_name=f"{new.data.tags[schema.STUDY_TAG]}/scratch",
+                              storage=f"sqlite:///{runs / 'optuna.db'}")
+    assert {t.user_attrs["ray_trial_id"] for t in study.trials} == {
+        r.data.tags["trial_id"] for r in mine}
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    _dashboard_serves(runs, names)
+
+
+def _lenstune(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _dashboard_serves(runs: Path, names: set[str]) -> None:
+    """``lenstune dashboard`` answers on 127.0.0.1 with the studies in its API."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "dashboard", "--runs-dir", str(runs),
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, body = time.time() + 60, None
+        while time.time() < deadline and body is None:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "the dashboard did not answer in 60 s"
+        assert {s["study_name"] for s in body["study_summaries"]} == names
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_the_dashboard_refuses_a_runs_folder_without_studies(tmp_path):
+    proc = _lenstune("dashboard", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert f"no Optuna storage in --runs-dir {tmp_path} (no optuna.db)" in proc.stderr

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("tuner.cli.report", "leaderboard and ROC report of an experiment from MLflow"),
     "uncertainty": ("tuner.cli.uncertainty", "uncertainty/calibration report for a registered model"),
     "robustness": ("tuner.cli.robustness", "how a registered model holds under changed noise, seeing, depth"),
+    "dashboard": ("tuner.cli.dashboard", "optuna-dashboard on the searchers' studies (live and after)"),
     "demo": ("tuner.cli.demo", "a micro study end to end on this machine (what `make demo` runs)"),
 }
 

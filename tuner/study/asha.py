@@ -80,15 +80,37 @@ class RankASHAScheduler(ASHAScheduler):
 class RestorableOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that leaves out results of a trial Optuna never suggested instead of
     failing the study (Ray's raises KeyError): a trial restored from an experiment state saved
-    after this searcher's state, when a driver was killed between the two uploads."""
+    after this searcher's state, when a driver was killed between the two uploads; and results
+    of a trial its storage has already ended (:meth:`_told`)."""
+
+    def suggest(self, trial_id: str):
+        """Ray's suggestion, with the Ray trial id kept on the Optuna trial (user attribute
+        ``ray_trial_id``: the ``trial_id`` tag of its MLflow run), so the two can be matched
+        in optuna-dashboard."""
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and isinstance(config, dict):
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def _told(self, trial_id: str) -> bool:
+        """Whether the Optuna trial of ``trial_id`` has already ended in its storage: with a
+        persistent storage the database can be ahead of this searcher's pickled state (a driver
+        killed after telling a trial, before Tune saved the searcher), and a finished trial
+        takes no more reports."""
+        try:
+            ot_trial = self._ot_trials[trial_id]
+            return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+        except Exception:  # noqa: BLE001 - in memory, or unreadable: as Ray would
+            return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._ot_trials:
+        if trial_id in self._ot_trials and not self._told(trial_id):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if trial_id in self._ot_trials:
+        if trial_id in self._ot_trials and not self._told(trial_id):
             super().on_trial_complete(trial_id, result, error)
 
 

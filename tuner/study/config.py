@@ -91,6 +91,9 @@ class StudyConfig(BaseModel):
         "asha-tpe", description="how each family is searched: searcher and scheduler "
         "(tuner/study/strategies.py; docs/tuning.md)")
     grid_points: int = Field(3, ge=2, description="strategy grid: values per numeric range")
+    optuna_storage: str | None = Field(
+        None, description="Optuna RDB storage of the searchers' studies (sqlite:///..., "
+        "postgresql://...); None = sqlite:///<runs_dir>/optuna.db. `lenstune dashboard` opens it")
     warm_start: str | None = Field(
         None, description="seed each family's searcher with the best configurations of this "
         "earlier study (or of every study in this MLflow experiment) on the same tracking server "
@@ -177,6 +180,11 @@ class StudyConfig(BaseModel):
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
         return f"sqlite:///{self.resolved_runs_dir() / 'mlflow.db'}"
+
+    def resolved_optuna_storage(self) -> str:
+        """The searchers' Optuna storage URL: the configured one, else a sqlite file under the
+        runs folder (the searcher runs in the driver, so the driver's disk is enough)."""
+        return self.optuna_storage or f"sqlite:///{self.resolved_runs_dir() / 'optuna.db'}"
 
     def resolved_storage(self) -> str:
         """Ray Tune storage root: the configured one (flag or config file), else

@@ -317,7 +317,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
 
     from tuner.study.asha import rung_epochs
     from tuner.study.search import (TRIAL_FOLDER_PREFIX, TrialStopCallback, build_tuner, can_restore,
-                              register_family_trainable, restore_tuner)
+                                    fail_unfinished_optuna_trials, optuna_study_name,
+                                    register_family_trainable, restore_tuner)
     from tuner.training.fresh import fresh_spec
     from tuner.training.trainable import TrialContext, train_trial
 
@@ -389,7 +390,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             sampler=strategy.sampler, early_stopping=strategy.early_stopping, grid=grid,
             tell_epoch=(space.budget.grace_period if config.tpe_told == "first-rung"
                         and strategy.early_stopping else None),
-            metric=ctx.objective, stopper=stopper, points_to_evaluate=warm_points)
+            metric=ctx.objective, stopper=stopper, points_to_evaluate=warm_points,
+            optuna_storage=config.resolved_optuna_storage())
     results = tuner.fit()
     from tuner.tracking.store import mlflow_client
 
@@ -399,12 +401,39 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         _delete_orphans(client, experiment_id, parent_run_id, family, results, path,
                         TRIAL_FOLDER_PREFIX)
     _record_study_stop(client, parent_run_id, family, stopper)
+    fail_unfinished_optuna_trials(config.resolved_optuna_storage(),
+                                  optuna_study_name(storage, family))
     _log_trial_plots(client, experiment_id, parent_run_id, family, list(meta.class_names))
     try:
         _log_importances(client, parent_run_id, family, space, results, ctx.objective)
     except Exception as exc:  # importances are a report, never a reason to fail the study
         client.set_tag(parent_run_id, schema.IMPORTANCES_ERROR_PREFIX + family, str(exc)[:500])
     client.set_tag(parent_run_id, schema.DONE_TAG_PREFIX + family, "true")
+
+
+def _without_password(url: str) -> str:
+    """A database URL as it may be shown: its password replaced by ***."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_optuna_storage(config: StudyConfig) -> None:
+    """Open the searchers' Optuna storage once, in this thread, before the families' threads
+    do (its tables are made here); ConfigError naming the URL when it cannot be opened."""
+    from tuner.study.search import optuna_storage
+
+    url = config.resolved_optuna_storage()
+    try:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        optuna_storage(url)
+    except Exception as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"the Optuna storage {_without_password(url)} cannot be opened: "
+                          f"{first[:300]}; allowed: sqlite:///<file> or a database URL "
+                          "(postgresql://user:password@host/db) that this machine can reach "
+                          "(--optuna-storage)") from None
 
 
 def warm_start_all(config: StudyConfig, spaces: dict, tracking_uri: str) -> dict[str, list[dict]]:
@@ -560,6 +589,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
     artifacts = config.local_artifact_root()
     if artifacts is not None:
         config.resolved_runs_dir().mkdir(parents=True, exist_ok=True)
+    open_optuna_storage(config)
     client = mlflow_client(tracking_uri)
     existing = client.get_experiment_by_name(config.experiment)
     study_name = study_name_for(config, client, existing.experiment_id if existing else None)
@@ -569,6 +599,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
     params = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k != "resume"}
     params["families"] = ",".join(config.families)
     params["storage_resolved"] = config.resolved_storage()
+    params["optuna_storage_resolved"] = _without_password(config.resolved_optuna_storage())
     for family, res in resources.items():
         params.update(res.as_params(family))
     parent_run_id = tracking.start_study_run(client, experiment_id, study_name, params, dataset,

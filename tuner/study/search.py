@@ -263,13 +263,25 @@ def tpe_startup_trials(num_samples: int | None) -> int:
     return max(2, min(10, num_samples // 3))
 
 
+def optuna_storage(url: str):
+    """An Optuna RDB storage at ``url`` (tables made if new). SQLite waits up to 60 s for a
+    lock: the families of a study (threads) and studies side by side share one file."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
 def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
                   num_samples: int | None = None, tell_epoch: int | None = None,
                   metric: str = METRIC, grid: dict[str, list] | None = None,
-                  points_to_evaluate: list[dict[str, Any]] | None = None):
+                  points_to_evaluate: list[dict[str, Any]] | None = None,
+                  storage: str | None = None, study_name: str | None = None):
     """Seeded Optuna search (``tpe``, ``gp``, ``random``, or ``grid`` over ``grid``: Optuna's
     parameter name -> values) limited to ``max_concurrent`` trials. ``points_to_evaluate``
     (Optuna-named configurations, :mod:`tuner.study.warm_start`) are the first trials.
+    ``storage``: an Optuna RDB URL where the searcher keeps its study, named ``study_name``
+    (:func:`optuna_storage`); None = in memory.
     ``tell_epoch``: tell Optuna each trial's score at that epoch (the first rung) rather than
     its last (:class:`tuner.study.asha.EqualFidelityOptunaSearch`); None = the last, Ray's default."""
     import optuna
@@ -289,6 +301,8 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
     else:
         raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, gp, random, grid")
     warm = {"points_to_evaluate": points_to_evaluate} if points_to_evaluate else {}
+    if storage:
+        warm.update(storage=optuna_storage(storage), study_name=study_name)
     if tell_epoch is None:
         search = RestorableOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE, **warm)
     else:
@@ -357,6 +371,7 @@ def build_tuner(
     grid: dict[str, list] | None = None,
     stopper: tune.Stopper | None = None,
     points_to_evaluate: list[dict[str, Any]] | None = None,
+    optuna_storage: str | None = None,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
@@ -369,7 +384,8 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=metric, mode=MODE,
             search_alg=make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
-                                     metric, grid, points_to_evaluate),
+                                     metric, grid, points_to_evaluate, optuna_storage,
+                                     optuna_study_name(storage_path, name)),
             scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
                                      asha_rule),
             num_samples=num_samples,
@@ -393,6 +409,33 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+def optuna_study_name(storage_path: str, family: str) -> str:
+    """The Optuna study of one family of a study: ``<study name>/<family>`` (the study's Tune
+    storage folder is named after the study)."""
+    return f"{storage_path.rstrip('/').rsplit('/', 1)[-1]}/{family}"
+
+
+def fail_unfinished_optuna_trials(url: str, study_name: str) -> int:
+    """End as FAIL every trial of an Optuna study still RUNNING once its family's search is
+    over (suggested by a searcher whose driver was killed before Tune saved it: no Ray trial
+    will ever report it); returns how many. Nothing when the study does not exist."""
+    import optuna
+
+    storage = optuna_storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    ended = 0
+    for trial in storage.get_all_trials(study_id, deepcopy=False,
+                                        states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_system_attr(trial._trial_id, "lenstune_ended",
+                                      "never reported: its driver was killed after suggesting it")
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        ended += 1
+    return ended
 
 
 def restore_tuner(path: str, trainable: str | Callable, cpus_per_trial: float,

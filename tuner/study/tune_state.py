@@ -115,7 +115,7 @@ def reconcile_search_state(path: str, finished_trials: set[str] = frozenset()) -
 # The files Tune restores a study from, and how each is checked whole. Tune writes them in a
 # staging folder and copies them to the storage one by one, not atomically: a disk that fills
 # up during a copy leaves a torn file, which no restore can read.
-STATE_PATTERNS = {"experiment_state-*.json": "json", SEARCH_GEN_PATTERN: "json",
+STATE_PATTERNS = {"experiment_state-*.json": "json", SEARCH_GEN_PATTERN: "pickle",
                   "searcher-state-*.pkl": "pickle"}
 GOOD_SUFFIX = ".lenstune-good"  # the last copy of a state file that read whole
 
