@@ -42,6 +42,14 @@ def _auto_or(kind):
     return parse
 
 
+def _comma_list(text: str) -> list[str]:
+    """argparse type: ``a,b,c`` -> ``["a", "b", "c"]``."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing; give a comma-separated list")
+    return items
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tuner.cli.command import CommandParser
 
@@ -94,9 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-floor", type=float, metavar="AUC",
                    help="promotion refuses a best trial whose worst macro AUC on the test shift "
                    "suite is below AUC (docs/robustness.md)")
-    p.add_argument("--strategy", choices=["asha-tpe", "asha-gp", "random", "grid"],
+    p.add_argument("--strategy", choices=["asha-tpe", "asha-gp", "random", "grid", "nsga2", "mo-tpe"],
                    help="searcher and early stopping (docs/tuning.md): asha-tpe (default), "
-                   "asha-gp, random, grid")
+                   "asha-gp, random, grid; nsga2 and mo-tpe with --objectives")
+    p.add_argument("--objectives", type=_comma_list, metavar="METRIC:DIR,...",
+                   help="multi-objective: the objective first, then costs, e.g. "
+                   "val_auc_macro:max,latency_ms:min (latency_ms, latency_ms_b256, params, gflops)")
+    p.add_argument("--max-latency-ms", type=float, metavar="MS",
+                   help="promotion takes only trials at most this fast (batch 1, on their device)")
+    p.add_argument("--max-params", type=int, metavar="N",
+                   help="promotion takes only trials with at most N parameters")
     p.add_argument("--grid-points", type=int, metavar="N",
                    help="--strategy grid: values per numeric range (default 3)")
     p.add_argument("--optuna-storage", metavar="URL",
@@ -218,12 +233,14 @@ def register_after_study(config, result, echo=log.info) -> None:
     common = dict(tracking_uri=result.tracking_uri, data_root=result.data_root,
                   study_run_id=result.parent_run_id, echo=echo)
     if config.promote:
-        from tuner.registry.promotion import promote_champion
+        from tuner.registry.promotion import promote_champion, promotion_limits
 
         echo("promotion of the best completed trial:")
         try:
             promoted = promote_champion(config.experiment, **common,
-                                        shift_floor=config.shift_floor)
+                                        shift_floor=config.shift_floor,
+                                        limits=promotion_limits(config.max_latency_ms,
+                                                                config.max_params))
         except (PromotionError, DatasetError) as exc:
             echo(f"promotion: nothing promoted: {exc}")
         else:

@@ -1,29 +1,17 @@
 """`lenstune families`: every family with its origin, parameters and forward GFLOPs.
 
-FLOPs are counted by torch.utils.flop_counter.FlopCounterMode for one image of the default
-size (matrix multiplications and convolutions; 1 multiply-add = 2 FLOPs).
+FLOPs are counted by tuner.models.cost.forward_gflops for one image of the default size
+(matrix multiplications and convolutions; 1 multiply-add = 2 FLOPs).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
+from tuner.models.cost import count_params, forward_gflops
 from tuner.models.registry import build_model, check_img_size, family_info, list_families
 from tuner.cli.command import CommandParser, UsageError, output, run_command
 from tuner.progress import progress
-
-
-def forward_gflops(model: torch.nn.Module, img_size: int, in_chans: int = 1) -> float:
-    """Forward GFLOPs of ``model`` on one (1, in_chans, img_size, img_size) image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    # Not under no_grad: FlopCounterMode's module tracker needs autograd on tuple inputs (PiT).
-    with counter:
-        model.eval()(torch.zeros(1, in_chans, img_size, img_size))
-    return counter.get_total_flops() / 1e9
 
 
 def family_row(family: str, sizes: tuple[int, ...]) -> dict:
@@ -32,7 +20,7 @@ def family_row(family: str, sizes: tuple[int, ...]) -> dict:
     row = {"family": family, "origin": info.origin, "summary": info.summary}
     for size in sizes:
         model = build_model(family, img_size=size)
-        row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+        row["params_m"] = count_params(model) / 1e6
         row[f"gflops_{size}"] = forward_gflops(model, size)
     return row
 

@@ -35,6 +35,12 @@ def build_parser() -> CommandParser:
                         "and refuse a candidate whose worst-shift macro AUC is below AUC "
                         "(docs/robustness.md); a study tuned on robust_auc is evaluated there "
                         "anyway")
+    parser.add_argument("--max-latency-ms", type=float, default=None, metavar="MS",
+                        help="only trials whose measured latency_ms (batch 1, on their device) is "
+                        "at most MS (the study must have measured it: --objectives or "
+                        "--max-latency-ms when tuning)")
+    parser.add_argument("--max-params", type=int, default=None, metavar="N",
+                        help="only trials with at most N parameters (measured likewise)")
     parser.add_argument("--model-name", default=None,
                         help="registered model name (default: lenstune-<preset or dataset name>)")
     return parser
@@ -42,7 +48,7 @@ def build_parser() -> CommandParser:
 
 def promote(args: argparse.Namespace) -> None:
     from tuner.data import DatasetError
-    from tuner.registry.promotion import PromotionError, promote_champion
+    from tuner.registry.promotion import PromotionError, promote_champion, promotion_limits
     from tuner.tracking.reader import StudyNotFoundError
 
     uri = args.tracking_uri or default_tracking_uri()
@@ -50,7 +56,8 @@ def promote(args: argparse.Namespace) -> None:
         check_tracking_store(uri)
         result = promote_champion(args.experiment, tracking_uri=uri, data_root=args.data,
                                   study_run_id=args.study, model_name=args.model_name,
-                                  echo=log.info, shift_floor=args.shift_floor)
+                                  echo=log.info, shift_floor=args.shift_floor,
+                                  limits=promotion_limits(args.max_latency_ms, args.max_params))
     except (DatasetError, FileNotFoundError, StudyNotFoundError) as exc:  # no such store,
         raise UsageError(str(exc)) from exc  # dataset, experiment or study
     except PromotionError as exc:  # nothing in the experiment can be promoted

@@ -36,6 +36,7 @@ from tuner.tracking.reader import (
     PromotionError,
     TrialSummary,
     best_completed,
+    completed,
     find_study,
     list_trials,
     resolve_data_root,
@@ -212,6 +213,32 @@ def _eval_tags(evaluation: Evaluation) -> dict[str, str]:
     return tags
 
 
+def promotion_limits(max_latency_ms: float | None, max_params: int | None) -> dict[str, float]:
+    """``--max-latency-ms`` and ``--max-params`` as :func:`within_limits`' limits."""
+    from tuner.models.cost import LATENCY_MS, PARAMS
+
+    return {k: float(v) for k, v in ((LATENCY_MS, max_latency_ms), (PARAMS, max_params))
+            if v is not None}
+
+
+def within_limits(trials: list[TrialSummary], limits: dict[str, float],
+                  echo: Callable[[str], None] = print) -> list[TrialSummary]:
+    """The completed trials whose measured costs are within every limit; says how many and
+    what the limits left out. PromotionError when none is, naming the closest."""
+    done = completed(trials)
+    kept = [t for t in done if all(t.costs.get(k, float("inf")) <= v for k, v in limits.items())]
+    said = " and ".join(f"{k} <= {v:g}" for k, v in limits.items())
+    if not kept:
+        closest = {k: min((t.costs.get(k, float("inf")) for t in done), default=float("inf"))
+                   for k in limits}
+        raise PromotionError(f"no completed trial has {said} (the smallest measured: "
+                             + ", ".join(f"{k} {v:g}" for k, v in closest.items())
+                             + "); nothing to promote")
+    echo(f"promotion: {len(kept)} of {len(done)} completed trials have {said}; the best of them "
+         "competes (in a multi-objective study a point of the Pareto front)")
+    return kept
+
+
 def promote_champion(
     experiment: str,
     *,
@@ -221,6 +248,7 @@ def promote_champion(
     model_name: str | None = None,
     echo: Callable[[str], None] = print,
     shift_floor: float | None = None,
+    limits: dict[str, float] | None = None,
 ) -> PromotionResult:
     """Register the best completed trial of a study and decide the ``champion`` alias.
 
@@ -234,6 +262,9 @@ def promote_champion(
         shift_floor: refuse a candidate whose worst macro AUC on the test shift suite is
             below this (:mod:`tuner.registry.shifts`, which also says how a study on
             ``robust_auc`` is decided).
+        limits: cost -> the most a candidate may have (``{"latency_ms": 5, "params": 1e5}``,
+            :data:`tuner.models.cost.COST_METRICS`): only trials within every limit compete
+            (:func:`within_limits`).
     Raises:
         PromotionError: no study or completed trial, data that does not fit the models, or a
             candidate below the shift floor.
@@ -244,6 +275,8 @@ def promote_champion(
     study = find_study(client, experiment, study_run_id)
     sid = study.info.run_id
     trials = list_trials(client, study.info.experiment_id, sid)
+    if limits:
+        trials = within_limits(trials, limits, echo)
     per_family = best_completed(trials)
     if not per_family:
         reasons = sorted({t.stop_reason for t in trials}) or ["no trials"]

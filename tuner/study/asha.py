@@ -93,6 +93,13 @@ class RestorableOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("ray_trial_id", trial_id)
         return config
 
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        """Tune's own metric and mode (the study's one objective) do not replace the list of a
+        multi-objective search."""
+        if isinstance(self._metric, list):
+            metric, mode = None, None
+        return super().set_search_properties(metric, mode, config, **spec)
+
     def _told(self, trial_id: str) -> bool:
         """Whether the Optuna trial of ``trial_id`` has already ended in its storage: with a
         persistent storage the database can be ahead of this searcher's pickled state (a driver

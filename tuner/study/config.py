@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuner.tracking import schema
 
@@ -87,7 +87,17 @@ class StudyConfig(BaseModel):
         None, ge=0, le=1, description="tuner/run.py's promotion refuses a best trial whose worst "
         "macro AUC on the test shift suite is below this")
     time_budget_s: float | None = Field(None, gt=0, description="seconds per family")
-    strategy: Literal["asha-tpe", "asha-gp", "random", "grid"] = Field(
+    objectives: list[str] | None = Field(
+        None, description="a multi-objective study: the study's objective first, then costs "
+        "(tuner/study/objectives.py), e.g. [val_auc_macro:max, latency_ms:min]; needs "
+        "strategy nsga2 or mo-tpe")
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="tuner/run.py's promotion: only trials whose latency_ms (batch "
+        "1, on the trial's device) is at most this")
+    max_params: int | None = Field(
+        None, ge=1, description="tuner/run.py's promotion: only trials with at most this many "
+        "parameters")
+    strategy: Literal["asha-tpe", "asha-gp", "random", "grid", "nsga2", "mo-tpe"] = Field(
         "asha-tpe", description="how each family is searched: searcher and scheduler "
         "(tuner/study/strategies.py; docs/tuning.md)")
     grid_points: int = Field(3, ge=2, description="strategy grid: values per numeric range")
@@ -134,6 +144,40 @@ class StudyConfig(BaseModel):
 
     compile: bool = Field(False, description="torch.compile each trial's model (GPU trials "
                           "gain throughput after a compile of tens of seconds)")
+
+    @model_validator(mode="after")
+    def _objectives_fit_the_strategy(self):
+        from tuner.study.objectives import parse_objectives
+        from tuner.study.strategies import get_strategy
+        from tuner.tracking.schema import OBJECTIVES
+
+        multi = get_strategy(self.strategy).multi_objective
+        objectives = parse_objectives(self.objectives or [], OBJECTIVES[self.objective])
+        if multi and len(objectives) < 2:
+            raise ValueError(f"strategy {self.strategy} searches several objectives; give them "
+                             "with --objectives, e.g. val_auc_macro:max,latency_ms:min")
+        if not multi and len(objectives) > 1:
+            raise ValueError(f"objectives {self.objectives} need a multi-objective strategy; "
+                             f"allowed: --strategy nsga2 or mo-tpe (not {self.strategy})")
+        return self
+
+    def parsed_objectives(self):
+        """The study's objectives (:class:`tuner.study.objectives.Objective`): --objectives, or
+        the one objective."""
+        from tuner.study.objectives import Objective, parse_objectives
+        from tuner.tracking.schema import OBJECTIVES
+
+        primary = OBJECTIVES[self.objective]
+        return parse_objectives(self.objectives, primary) if self.objectives else [
+            Objective(primary, "max")]
+
+    def cost_metrics(self) -> list[str]:
+        """The costs every trial measures: those of the objectives and the promotion limits."""
+        from tuner.models.cost import LATENCY_MS, PARAMS
+
+        costs = [o.metric for o in self.parsed_objectives()[1:]]
+        costs += [LATENCY_MS] * (self.max_latency_ms is not None) + [PARAMS] * (self.max_params is not None)
+        return sorted(set(costs))
 
     @field_validator("conditions")
     @classmethod

@@ -335,7 +335,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         outbox_dir=str(config.outbox_dir(study_name)),
         objective=schema.OBJECTIVES[config.objective], robust_reduce=config.robust_reduce,
         val_shifts=config.val_shifts if config.objective == "robust_auc" else [],
-        fresh=fresh_spec(meta, meta.counts["train"]) if config.train_data == "fresh" else None)
+        fresh=fresh_spec(meta, meta.counts["train"]) if config.train_data == "fresh" else None,
+        cost_metrics=config.cost_metrics())
     trainable = register_family_trainable(
         tune.with_parameters(train_trial, data=refs, context=ctx.model_dump()), family,
         resources.cpus, resources.gpus)
@@ -391,7 +392,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             tell_epoch=(space.budget.grace_period if config.tpe_told == "first-rung"
                         and strategy.early_stopping else None),
             metric=ctx.objective, stopper=stopper, points_to_evaluate=warm_points,
-            optuna_storage=config.resolved_optuna_storage())
+            optuna_storage=config.resolved_optuna_storage(), objectives=config.parsed_objectives())
     results = tuner.fit()
     from tuner.tracking.store import mlflow_client
 
@@ -403,6 +404,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     _record_study_stop(client, parent_run_id, family, stopper)
     fail_unfinished_optuna_trials(config.resolved_optuna_storage(),
                                   optuna_study_name(storage, family))
+    if len(config.parsed_objectives()) > 1:
+        _log_pareto_front(client, config, experiment_id, parent_run_id, family)
     _log_trial_plots(client, experiment_id, parent_run_id, family, list(meta.class_names))
     try:
         _log_importances(client, parent_run_id, family, space, results, ctx.objective)
@@ -452,6 +455,30 @@ def warm_start_all(config: StudyConfig, spaces: dict, tracking_uri: str) -> dict
         spaces[family], read_earlier_trials(client, config.warm_start, family, objective),
         source=config.warm_start, top=min(config.warm_start_top, config.samples))
         for family in config.families}
+
+
+def _log_pareto_front(client, config: StudyConfig, experiment_id: str, parent_run_id: str,
+                      family: str) -> None:
+    """The family's completed trials against the study's objectives, and which of them form
+    the Pareto front: ``pareto/<family>.csv`` and ``.png`` on the study run (the first
+    objective is each trial's best value over its epochs, the one promotion uses)."""
+    from tuner.study.objectives import write_front
+
+    objectives = config.parsed_objectives()
+    rows = []
+    for run in tracking.list_trial_runs(client, experiment_id, parent_run_id):
+        metrics, tags = run.data.metrics, run.data.tags
+        values = [metrics.get(schema.best_of(objectives[0].metric))] + [
+            metrics.get(o.metric) for o in objectives[1:]]
+        if (tags.get(schema.FAMILY_TAG) == family and None not in values
+                and tags.get(schema.STOP_REASON_TAG) == schema.STOP_COMPLETED):
+            rows.append({"trial_id": tags.get(schema.TRIAL_ID_TAG, ""), "run_id": run.info.run_id,
+                         **{o.metric: v for o, v in zip(objectives, values)}})
+    if not rows:
+        return
+    out = config.resolved_runs_dir() / "pareto" / parent_run_id
+    for path in write_front(rows, objectives, out, family):
+        client.log_artifact(parent_run_id, str(path), "pareto")
 
 
 def _restored_stopper(tuner):

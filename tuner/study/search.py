@@ -276,12 +276,15 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
                   num_samples: int | None = None, tell_epoch: int | None = None,
                   metric: str = METRIC, grid: dict[str, list] | None = None,
                   points_to_evaluate: list[dict[str, Any]] | None = None,
-                  storage: str | None = None, study_name: str | None = None):
+                  storage: str | None = None, study_name: str | None = None,
+                  objectives: list | None = None):
     """Seeded Optuna search (``tpe``, ``gp``, ``random``, or ``grid`` over ``grid``: Optuna's
     parameter name -> values) limited to ``max_concurrent`` trials. ``points_to_evaluate``
     (Optuna-named configurations, :mod:`tuner.study.warm_start`) are the first trials.
     ``storage``: an Optuna RDB URL where the searcher keeps its study, named ``study_name``
-    (:func:`optuna_storage`); None = in memory.
+    (:func:`optuna_storage`); None = in memory. ``objectives`` (two or more
+    :class:`tuner.study.objectives.Objective`): a multi-objective search over their metrics
+    instead of ``metric``.
     ``tell_epoch``: tell Optuna each trial's score at that epoch (the first rung) rather than
     its last (:class:`tuner.study.asha.EqualFidelityOptunaSearch`); None = the last, Ray's default."""
     import optuna
@@ -292,6 +295,8 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
     elif sampler == "gp":
         optuna_sampler = optuna.samplers.GPSampler(
             seed=seed, n_startup_trials=tpe_startup_trials(num_samples))
+    elif sampler == "nsga2":
+        optuna_sampler = optuna.samplers.NSGAIISampler(seed=seed)
     elif sampler == "random":
         optuna_sampler = optuna.samplers.RandomSampler(seed=seed)
     elif sampler == "grid":
@@ -299,12 +304,15 @@ def make_searcher(seed: int, max_concurrent: int, sampler: str = "tpe",
             raise ValueError("the grid sampler needs the grid (SearchSpace.grid())")
         optuna_sampler = optuna.samplers.GridSampler(grid, seed=seed)
     else:
-        raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, gp, random, grid")
+        raise ValueError(f"sampler {sampler!r} not allowed; allowed: tpe, gp, nsga2, random, grid")
     warm = {"points_to_evaluate": points_to_evaluate} if points_to_evaluate else {}
     if storage:
         warm.update(storage=optuna_storage(storage), study_name=study_name)
+    mode: str | list[str] = MODE
+    if objectives and len(objectives) > 1:
+        metric, mode = [o.metric for o in objectives], [o.mode for o in objectives]
     if tell_epoch is None:
-        search = RestorableOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE, **warm)
+        search = RestorableOptunaSearch(sampler=optuna_sampler, metric=metric, mode=mode, **warm)
     else:
         search = EqualFidelityOptunaSearch(sampler=optuna_sampler, metric=metric, mode=MODE,
                                            at_epoch=tell_epoch, **warm)
@@ -372,6 +380,7 @@ def build_tuner(
     stopper: tune.Stopper | None = None,
     points_to_evaluate: list[dict[str, Any]] | None = None,
     optuna_storage: str | None = None,
+    objectives: list | None = None,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
@@ -385,7 +394,7 @@ def build_tuner(
             metric=metric, mode=MODE,
             search_alg=make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
                                      metric, grid, points_to_evaluate, optuna_storage,
-                                     optuna_study_name(storage_path, name)),
+                                     optuna_study_name(storage_path, name), objectives),
             scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
                                      asha_rule),
             num_samples=num_samples,

@@ -16,6 +16,8 @@ asha-gp    gp        asha       Optuna's Gaussian-process sampler instead of TPE
 random     random    fifo       the baseline every search is measured against
 grid       grid      fifo       a fixed grid (``grid_points`` per numeric range), in a
                                 seeded random order; the study's samples are at most the grid
+nsga2      nsga2     fifo       multi-objective (``--objectives``): Optuna's NSGA-II
+mo-tpe     tpe       fifo       multi-objective (``--objectives``): Optuna's multi-objective TPE
 =========  ========  =========  ===========================================================
 
 Under ASHA the searcher is told a trial's score at the first rung (``--tpe-told``, see
@@ -39,6 +41,7 @@ class Strategy:
     sampler: str  # tuner.study.search.make_searcher's sampler
     scheduler: str  # "asha" | "fifo"
     summary: str
+    multi_objective: bool = False  # searches --objectives (two or more); the others, one
 
     @property
     def early_stopping(self) -> bool:
@@ -59,6 +62,10 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("random", "random", "fifo", "random search, every trial to its whole budget"),
     Strategy("grid", "grid", "fifo", "a grid over the search space, every trial to its whole "
              "budget"),
+    Strategy("nsga2", "nsga2", "fifo", "Optuna NSGA-II over --objectives, every trial to its "
+             "whole budget", multi_objective=True),
+    Strategy("mo-tpe", "tpe", "fifo", "Optuna multi-objective TPE over --objectives, every trial "
+             "to its whole budget", multi_objective=True),
 )}
 DEFAULT_STRATEGY = "asha-tpe"
 

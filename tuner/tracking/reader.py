@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from tuner.models.cost import COST_METRICS
 from tuner.tracking import schema
 
 # Fallbacks when a study run logged no dataset input: its ``data`` param (StudyConfig.data) or tag.
@@ -43,6 +44,7 @@ class TrialSummary(BaseModel):
     parent_run_id: str = ""  # the study run ("" when the run records none)
     objective: str = schema.OBJECTIVE
     score: float = float("nan")
+    costs: dict[str, float] = {}  # what the trial measured of tuner.models.cost.COST_METRICS
 
 
 def _all_runs(client, experiment_id: str, filter_string: str) -> list:
@@ -102,6 +104,7 @@ def summarize_trial(client, run) -> TrialSummary:
         parent_run_id=run.data.tags.get("mlflow.parentRunId", ""),
         objective=objective,
         score=max(scores) if scores else float("nan"),
+        costs={k: v for k, v in run.data.metrics.items() if k in COST_METRICS},
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from tuner.study.config import flatten
 from tuner.data.preprocess import METHOD as PREPARATION
 from tuner.models import io
+from tuner.models.cost import measure_costs
 from tuner.training import checkpoint as ckpt
 from tuner.training import loop, validation
 from tuner.training.fresh import FreshEpochs
@@ -74,6 +76,9 @@ class TrialContext(BaseModel):
     val_shifts: list[str] = []  # the validation shift suite of a robust study (its data keys:
     robust_reduce: str = "mean"  # tuner.training.validation.shift_data_keys)
     fresh: dict[str, Any] | None = None  # train_data fresh: how to simulate an epoch's training set
+    # costs measured once on the trial's device and reported with every epoch (an objective of
+    # a multi-objective study, or a promotion limit): tuner.models.cost.COST_METRICS
+    cost_metrics: list[str] = []
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -196,8 +201,11 @@ def _replay_finished_run(ctx: TrialContext, trial_id: str) -> bool:
     for key in sorted(keys):
         for metric in client.get_metric_history(run_id, key):
             history.setdefault(metric.step, {})[key] = metric.value
+    from tuner.models.cost import COST_METRICS
+
+    costs = {k: v for k, v in run.data.metrics.items() if k in COST_METRICS}
     for epoch in sorted(history):
-        tune.report({**history[epoch], schema.EPOCH: float(epoch), "mlflow_run_id": run_id,
+        tune.report({**history[epoch], **costs, schema.EPOCH: float(epoch), "mlflow_run_id": run_id,
                      "replayed": 1.0})
     return True
 
@@ -245,6 +253,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
     convolutional = any(isinstance(m, torch.nn.Conv2d) for m in network.modules())
     model = loop.prepare_model(network, device, compile=ctx.compile, convolutional=convolutional)
     network = loop.unwrap(model)  # the module whose weights are saved (no compile wrapper)
+    # latency and size do not depend on the weights: measured once, before training
+    costs = measure_costs(network, ctx.img_size, ctx.cost_metrics) if ctx.cost_metrics else {}
     optimizer = loop.make_optimizer(model, hp)
     n_steps = loop.steps_per_epoch(len(y_train), int(hp.batch_size))
     scheduler = loop.make_scheduler(optimizer, hp, steps_per_epoch=n_steps, max_epochs=ctx.max_epochs)
@@ -296,6 +306,9 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[tracking.RunTag(k, v) for k, v in _placement().items()])
     _clear_failed_attempt(client, run_id)
+    if costs:
+        client.log_batch(run_id, metrics=[tracking.Metric(k, v, int(time.time() * 1000), 0)
+                                          for k, v in costs.items()])
     if fallback:
         client.set_tag(run_id, schema.CHECKPOINT_FALLBACK_TAG, fallback[:1000])
     # Epochs a previous attempt logged before dying without a checkpoint are re-trained
@@ -340,7 +353,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             if epoch < decided_before:
                 continue
             if epoch not in checkpoint_epochs:
-                tune.report({**values, "mlflow_run_id": run_id})
+                tune.report({**values, **costs, "mlflow_run_id": run_id})
                 reported = True
                 continue
             if best.epoch > best.logged:
@@ -354,7 +367,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                          "mlflow_run_id": run_id, "scheduler_step": scheduler.last_epoch}
                 ckpt.save_checkpoint(Path(tmp), model=network, config=resolved,
                                      optimizer=optimizer, state=state)
-                tune.report({**values, "mlflow_run_id": run_id},
+                tune.report({**values, **costs, "mlflow_run_id": run_id},
                             checkpoint=tune.Checkpoint.from_directory(tmp))
                 reported = True
     except loop.NonFiniteLossError as exc:  # the configuration's fault: a retry fails again
