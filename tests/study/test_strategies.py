@@ -3,6 +3,7 @@ the parts alone, then tiny studies through ``python tuner/run.py`` as a user run
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from tuner.tracking import schema
 
 
 def test_an_unknown_strategy_is_refused_naming_the_allowed_ones():
-    with pytest.raises(ValueError, match="'pbt2' not known; allowed: asha-tpe, asha-gp, random, grid"):
+    with pytest.raises(ValueError, match="'pbt2' not known; allowed: asha-tpe, asha-gp, random, grid, pbt, nsga2, mo-tpe"):
         get_strategy("pbt2")
     import subprocess
 
@@ -41,6 +42,7 @@ def test_the_grid_covers_every_searched_parameter_under_optunas_names():
 
 def test_only_the_asha_strategies_stop_trials_early():
     assert [s.name for s in STRATEGIES.values() if s.early_stopping] == ["asha-tpe", "asha-gp"]
+    assert [s.name for s in STRATEGIES.values() if s.multi_objective] == ["nsga2", "mo-tpe"]
     assert get_strategy("asha-gp").early_stop(1, 3) == (
         schema.STOP_ASHA, "stopped by ASHA after 1 of 3 epochs")
     with pytest.raises(ValueError, match="stops no trial early"):
@@ -128,3 +130,39 @@ def test_the_plateau_and_the_budget_end_a_study_early_with_the_reason(
         stopped = [r for r in trials if r.data.tags[schema.STOP_REASON_TAG] == reason]
         assert stopped and all(r.info.status == "KILLED" for r in stopped)
         assert "--budget-gpu-hours" in stopped[0].data.tags[schema.STOP_MESSAGE_TAG]
+
+
+@pytest.mark.slow
+def test_pbt_exploit_continues_a_better_checkpoint_and_perturbs_only_the_mutable(
+        micro_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=4, extra=(
+        "--strategy", "pbt", "--max-epochs", "4", "--max-concurrent", "4",
+        "--cpus-per-trial", "0.5", "--no-promote")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    _, trials = trial_runs(uri)
+    assert len(trials) == 4 and all(r.data.tags[schema.STOP_REASON_TAG] == schema.STOP_COMPLETED
+                                    for r in trials)
+    space = load_search_space("scratch", "micro")
+    mutable = set(space.pbt.mutable)
+    by_trial = {r.data.tags["trial_id"]: r for r in trials}
+    client = MlflowClient(uri)
+    exploits = 0
+    for run in trials:
+        for artifact in client.list_artifacts(run.info.run_id, "pbt"):
+            exploits += 1
+            local = client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))
+            record = json.loads(open(local).read())
+            donor = by_trial[record["copied_from_trial"]]
+            assert donor.info.run_id != run.info.run_id
+            # the donor's architecture and every train value but the mutable ones, copied
+            assert {f"model.{k}": str(v) for k, v in record["config"]["model"].items()} == {
+                k: v for k, v in donor.data.params.items() if k.startswith("model.")}
+            assert set(record["changed"]) <= mutable and record["changed"], record["changed"]
+            for key, value in record["config"]["train"].items():
+                if key not in mutable:
+                    assert str(value) == donor.data.params[f"train.{key}"], key
+            assert run.data.tags[schema.PBT_LAST_EXPLOIT_TAG].startswith(
+                f"epoch {record['epoch']}: copied trial {record['copied_from_trial']}")
+    assert exploits >= 1, "PBT exploited no trial"

@@ -97,7 +97,7 @@ class StudyConfig(BaseModel):
     max_params: int | None = Field(
         None, ge=1, description="tuner/run.py's promotion: only trials with at most this many "
         "parameters")
-    strategy: Literal["asha-tpe", "asha-gp", "random", "grid", "nsga2", "mo-tpe"] = Field(
+    strategy: Literal["asha-tpe", "asha-gp", "random", "grid", "pbt", "nsga2", "mo-tpe"] = Field(
         "asha-tpe", description="how each family is searched: searcher and scheduler "
         "(tuner/study/strategies.py; docs/tuning.md)")
     grid_points: int = Field(3, ge=2, description="strategy grid: values per numeric range")

@@ -315,7 +315,6 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     """Tune one family (fresh, or restored on ``--resume``) to the end of its budget."""
     from ray import tune
 
-    from tuner.study.asha import rung_epochs
     from tuner.study.search import (TRIAL_FOLDER_PREFIX, TrialStopCallback, build_tuner, can_restore,
                                     fail_unfinished_optuna_trials, optuna_study_name,
                                     register_family_trainable, restore_tuner)
@@ -326,7 +325,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     ctx = TrialContext(
         family=family, img_size=config.input_size or space.img_size or meta.image_size, class_names=list(meta.class_names),
         max_epochs=max_epochs, seed=config.seed, cpus_per_trial=resources.cpus,
-        rungs=rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor),
+        rungs=checkpoint_epochs(config, space, max_epochs),
         compile=config.compile,
         study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, dataset_name=data_root.name, dataset_digest=meta.digest,
@@ -392,7 +391,9 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             tell_epoch=(space.budget.grace_period if config.tpe_told == "first-rung"
                         and strategy.early_stopping else None),
             metric=ctx.objective, stopper=stopper, points_to_evaluate=warm_points,
-            optuna_storage=config.resolved_optuna_storage(), objectives=config.parsed_objectives())
+            optuna_storage=config.resolved_optuna_storage(), objectives=config.parsed_objectives(),
+            pbt=((space.mutations(), space.pbt.perturbation_interval)
+                 if strategy.scheduler == "pbt" else None))
     results = tuner.fit()
     from tuner.tracking.store import mlflow_client
 
@@ -446,9 +447,9 @@ def warm_start_all(config: StudyConfig, spaces: dict, tracking_uri: str) -> dict
     from tuner.study.warm_start import read_earlier_trials, warm_start_points
     from tuner.tracking.store import mlflow_client
 
-    if get_strategy(config.strategy).sampler == "grid":
-        raise ConfigError("--warm-start seeds a searcher that models results; --strategy grid "
-                          "runs its grid; allowed: --strategy asha-tpe, asha-gp or random")
+    if get_strategy(config.strategy).sampler in ("grid", "variants"):
+        raise ConfigError(f"--warm-start seeds an Optuna searcher; --strategy {config.strategy} has "
+                          "none; allowed: --strategy asha-tpe, asha-gp, random, nsga2 or mo-tpe")
     client = mlflow_client(tracking_uri)
     objective = schema.OBJECTIVES[config.objective]
     return {family: warm_start_points(
@@ -479,6 +480,31 @@ def _log_pareto_front(client, config: StudyConfig, experiment_id: str, parent_ru
     out = config.resolved_runs_dir() / "pareto" / parent_run_id
     for path in write_front(rows, objectives, out, family):
         client.log_artifact(parent_run_id, str(path), "pareto")
+
+
+def checkpoint_epochs(config: StudyConfig, space, max_epochs: int) -> list[int]:
+    """The epochs below ``max_epochs`` at which a trial saves a Tune checkpoint (and at the
+    end): ASHA's rungs, where the scheduler may stop it; under PBT every perturbation
+    interval, where an exploiting trial copies it."""
+    from tuner.study.asha import rung_epochs
+
+    if get_strategy(config.strategy).scheduler == "pbt":
+        interval = space.pbt.perturbation_interval
+        return list(range(interval, max_epochs, interval))
+    return rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor)
+
+
+def check_strategy(config: StudyConfig, spaces: dict) -> None:
+    """ConfigError (before Ray starts) where the strategy needs what a family's search space
+    does not declare: PBT its ``pbt.mutable`` hyperparameters."""
+    if get_strategy(config.strategy).scheduler != "pbt":
+        return
+    missing = [f for f, space in spaces.items() if space.pbt is None]
+    if missing:
+        raise ConfigError(f"--strategy pbt needs the mutable hyperparameters of each family: "
+                          f"{', '.join(missing)} declare none (search_spaces/<family>.yaml, "
+                          f"profiles.{config.profile}.pbt.mutable); allowed: families that do, or "
+                          "another strategy")
 
 
 def _restored_stopper(tuner):
@@ -591,6 +617,7 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
     tracking_uri = config.resolved_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
     tracking.bound_request_retries(config.tracking_outage_limit_s)
+    check_strategy(config, spaces)
     warm = warm_start_all(config, spaces, tracking_uri) if config.warm_start else {}
     from tuner.study.search import check_storage
 

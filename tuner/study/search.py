@@ -381,22 +381,36 @@ def build_tuner(
     points_to_evaluate: list[dict[str, Any]] | None = None,
     optuna_storage: str | None = None,
     objectives: list | None = None,
+    pbt: tuple[dict[str, Any], int] | None = None,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
     resources). ``sampler`` and ``early_stopping`` are a strategy's parts
     (:mod:`tuner.study.strategies`); ``stopper`` ends the family early
-    (:class:`tuner.study.stopping.StudyStopper`)."""
+    (:class:`tuner.study.stopping.StudyStopper`). ``pbt``: (hyperparam_mutations,
+    perturbation_interval) for population-based training, which samples with Tune's variant
+    generator (PBT takes no searcher) instead of ``sampler``."""
+    if pbt is not None:
+        from ray.tune.schedulers import PopulationBasedTraining
+        from ray.tune.search import BasicVariantGenerator
+
+        mutations, interval = pbt
+        search_alg = BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
+        scheduler = PopulationBasedTraining(
+            time_attr=EPOCH_ATTR, perturbation_interval=interval,
+            hyperparam_mutations=mutations, quantile_fraction=0.25, resample_probability=0.25)
+    else:
+        search_alg = make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
+                                   metric, grid, points_to_evaluate, optuna_storage,
+                                   optuna_study_name(storage_path, name), objectives)
+        scheduler = make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
+                                   asha_rule)
     return tune.Tuner(
         _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=metric, mode=MODE,
-            search_alg=make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
-                                     metric, grid, points_to_evaluate, optuna_storage,
-                                     optuna_study_name(storage_path, name), objectives),
-            scheduler=make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
-                                     asha_rule),
+            search_alg=search_alg, scheduler=scheduler,
             num_samples=num_samples,
             time_budget_s=time_budget_s,
             # Function trainables rebuild all state per trial, so reusing the worker process
@@ -415,7 +429,8 @@ def build_tuner(
             # gap leaves the trial unrestorable ("does not exist on storage anymore"). With two
             # the state's checkpoint survives until the state has moved on, unless epochs are
             # shorter than Tune's state-snapshot period (>= 10 s).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT: every checkpoint is kept, an exploiting trial may copy an older one.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
         ),
     )
 

@@ -13,6 +13,7 @@ File layout (every key checked; unknown keys are errors)::
           fixed: {aug_rotation: true}
           search: {lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}}
         budget: {max_epochs: 40, grace_period: 4, reduction_factor: 3}
+        pbt: {mutable: [lr], perturbation_interval: 4}   # --strategy pbt: what it may perturb
       micro: {...}              # tiny models and budgets for CPU tests and the demo
 
 Distributions: ``loguniform``/``uniform`` (low < high), ``int`` (inclusive low..high, optional
@@ -183,6 +184,15 @@ class Budget(_Strict):
         return self
 
 
+class PBTSpec(_Strict):
+    """What population-based training (``--strategy pbt``) may change of a running trial: the
+    ``mutable`` train hyperparameters (searched ones; the architecture never changes, since an
+    exploiting trial continues the copied checkpoint), every ``perturbation_interval`` epochs."""
+
+    mutable: list[str] = Field(min_length=1)
+    perturbation_interval: int = Field(1, ge=1)
+
+
 class Profile(_Strict):
     img_size: int | None = Field(None, ge=16)
     # GPU share of a trial when the study's gpus_per_trial is auto and the cluster has GPUs;
@@ -191,6 +201,7 @@ class Profile(_Strict):
     model: Section = Section()
     train: Section = Section()
     budget: Budget
+    pbt: PBTSpec | None = None
 
 
 class SearchSpaceFile(_Strict):
@@ -208,6 +219,14 @@ class SearchSpace(_Strict):
     budget: Budget
     model: Section
     train: Section
+    pbt: PBTSpec | None = None
+
+    def mutations(self) -> dict[str, dict[str, Any]]:
+        """PBT's ``hyperparam_mutations``: ``{"train": {key: ray.tune domain}}`` of the declared
+        mutable hyperparameters."""
+        if self.pbt is None:
+            return {}
+        return {"train": {k: self.train.search[k].tune() for k in self.pbt.mutable}}
 
     def param_space(self) -> dict[str, dict[str, Any]]:
         """``{"model": {...}, "train": {...}}`` of fixed values and ``ray.tune`` distributions."""
@@ -318,7 +337,12 @@ def load_search_space(family: str, profile: str = "gpu", path: Path | None = Non
     prof = parsed.profiles[profile]
     prefix = f"profiles.{profile}"
     _check_train(path, f"{prefix}.train", prof.train)
+    if prof.pbt is not None:
+        unknown = [k for k in prof.pbt.mutable if k not in prof.train.search]
+        if unknown:
+            raise _fail(path, f"{prefix}.pbt.mutable", f"{unknown} are not searched train "
+                        f"hyperparameters; allowed: {', '.join(prof.train.search)}")
     _check_model(path, f"{prefix}.model", family, prof.model, prof.img_size or 64, check_build)
     return SearchSpace(family=family, profile=profile, img_size=prof.img_size,
                        gpus_per_trial=prof.gpus_per_trial, budget=prof.budget,
-                       model=prof.model, train=prof.train)
+                       model=prof.model, train=prof.train, pbt=prof.pbt)

@@ -16,6 +16,10 @@ asha-gp    gp        asha       Optuna's Gaussian-process sampler instead of TPE
 random     random    fifo       the baseline every search is measured against
 grid       grid      fifo       a fixed grid (``grid_points`` per numeric range), in a
                                 seeded random order; the study's samples are at most the grid
+pbt        variants  pbt        population-based training: the search space's random
+                                draws, and every ``pbt.perturbation_interval`` epochs the worst
+                                quarter copies a best quarter's checkpoint and configuration
+                                and perturbs its ``pbt.mutable`` train hyperparameters
 nsga2      nsga2     fifo       multi-objective (``--objectives``): Optuna's NSGA-II
 mo-tpe     tpe       fifo       multi-objective (``--objectives``): Optuna's multi-objective TPE
 =========  ========  =========  ===========================================================
@@ -52,6 +56,8 @@ class Strategy:
         ``max_epochs`` (the study did not stop)."""
         if self.scheduler == "asha":
             return schema.STOP_ASHA, f"stopped by ASHA after {epochs} of {max_epochs} epochs"
+        if self.scheduler == "pbt":  # PBT never stops a trial; a trial it stopped is not ours
+            return schema.STOP_ASHA, f"stopped by PBT after {epochs} of {max_epochs} epochs"
         raise ValueError(f"strategy {self.name!r} stops no trial early; a trial that ended after "
                          f"{epochs} of {max_epochs} epochs was stopped by the study")
 
@@ -62,6 +68,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("random", "random", "fifo", "random search, every trial to its whole budget"),
     Strategy("grid", "grid", "fifo", "a grid over the search space, every trial to its whole "
              "budget"),
+    Strategy("pbt", "variants", "pbt", "population-based training: exploit copies a better "
+             "trial's checkpoint and perturbs the declared mutable hyperparameters"),
     Strategy("nsga2", "nsga2", "fifo", "Optuna NSGA-II over --objectives, every trial to its "
              "whole budget", multi_objective=True),
     Strategy("mo-tpe", "tpe", "fifo", "Optuna multi-objective TPE over --objectives, every trial "

@@ -210,6 +210,44 @@ def _replay_finished_run(ctx: TrialContext, trial_id: str) -> bool:
     return True
 
 
+def _exploit_record(state: dict, donor: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What a PBT exploit did: the epoch and trial whose checkpoint this trial continues, the
+    configuration it runs now, and the train hyperparameters PBT changed from the donor's."""
+    before = state["config"].get("train", {})
+    now = config.get("train", {})
+    changed = {k: [before.get(k), v] for k, v in now.items() if before.get(k) != v}
+    return {"epoch": int(state["epoch"]), "copied_from_trial": donor, "config": config,
+            "donor_model": state["config"].get("model", {}), "changed": changed}
+
+
+def _own_best(client, run_id: str, objective: str) -> tuple[float, float]:
+    """(best objective, best validation AUC) a run has logged so far; -1 when none."""
+    metrics = client.get_run(run_id).data.metrics
+    return (float(metrics.get(schema.best_of(objective), -1.0)),
+            float(metrics.get(schema.BEST_OBJECTIVE, -1.0)))
+
+
+def _log_exploit(client, run_id: str, exploit: dict[str, Any]) -> None:
+    """The exploit on the trial's run: ``pbt/exploit_epoch_<e>.json`` (MLflow params are
+    immutable, so the configuration the run trains from here on is recorded there) and tags
+    counting the exploits and naming the last."""
+    import json
+
+    from tuner.tracking import writer as tracking
+
+    epoch = exploit["epoch"]
+    client.log_text(run_id, json.dumps(exploit, indent=2, default=str),
+                    f"pbt/exploit_epoch_{epoch}.json")
+    tags = client.get_run(run_id).data.tags
+    count = int(tags.get(schema.PBT_EXPLOITS_TAG, "0")) + 1
+    changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in exploit["changed"].items())
+    client.log_batch(run_id, tags=[
+        tracking.RunTag(schema.PBT_EXPLOITS_TAG, str(count)),
+        tracking.RunTag(schema.PBT_LAST_EXPLOIT_TAG,
+                        f"epoch {epoch}: copied trial {exploit['copied_from_trial']}'s checkpoint "
+                        f"and configuration; {changed or 'nothing perturbed'}"[:5000])])
+
+
 def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[str, Any]) -> None:
     """Ray Tune function trainable. ``config`` = ``{"model": {...}, "train": {...}}`` sampled
     from the family's search space; ``data`` = object refs (or arrays) of ``train_images``
@@ -269,7 +307,7 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         def restore(folder: Path) -> dict:
             ckpt.restore_weights(network, folder, device)
             ckpt.load_optimizer(optimizer, folder)
-            return ckpt.read_state(folder)
+            return {**ckpt.read_state(folder), "config": ckpt.read_config(folder)}
 
         choice = ckpt.newest_intact_checkpoint(_trial_checkpoints_up_to(restored), use=restore)
         state, fallback = choice.value, choice.warning()
@@ -279,7 +317,16 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                 torch.manual_seed(ctx.seed)
                 network.load_state_dict(
                     io.build_network(io.ModelConfig.from_checkpoint_config(resolved)).state_dict())
+    exploit = None  # PBT: this trial continues another trial's checkpoint
     if state is not None:
+        donor = state.get("trial_id")
+        if donor is not None and donor != trial_id:
+            exploit = _exploit_record(state, donor, config)
+            # this trial's own run and best, not the donor's
+            state = {**state, "mlflow_run_id": None, "best": -1.0, "best_val_auc": -1.0,
+                     "best_epoch": int(state["epoch"])}
+        # the (possibly perturbed) config's weight decay, not the one saved with the optimizer
+        optimizer.param_groups[0]["weight_decay"] = float(hp.weight_decay)
         start_epoch = int(state["epoch"])
         # The best epoch up to the checkpoint is in MLflow already (written with it).
         best.score = float(state["best"])
@@ -291,6 +338,10 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
             group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
 
     client = mlflow_client(ctx.tracking_uri)
+    if exploit is not None:  # the run the driver opened, or the one this trial trained in
+        run_id = tracking.find_trial_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id)
+        if run_id is not None:
+            best.score, best_val_auc = _own_best(client, run_id, ctx.objective)
     if run_id is None:
         params = {**flatten(config), "family": ctx.family, "dataset_digest": ctx.dataset_digest,
                   "dataset_preset": ctx.dataset_preset, "img_size": ctx.img_size,
@@ -306,6 +357,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[tracking.RunTag(k, v) for k, v in _placement().items()])
     _clear_failed_attempt(client, run_id)
+    if exploit is not None:
+        _log_exploit(client, run_id, exploit)
     if costs:
         client.log_batch(run_id, metrics=[tracking.Metric(k, v, int(time.time() * 1000), 0)
                                           for k, v in costs.items()])
@@ -362,7 +415,8 @@ def train_trial(config: dict[str, Any], *, data: dict[str, Any], context: dict[s
                 best.logged = best.epoch
             outbox.flush()
             with tempfile.TemporaryDirectory() as tmp:
-                state = {"epoch": epoch, "best": best.score, "best_epoch": best.logged,
+                state = {"epoch": epoch, "trial_id": trial_id, "best": best.score,
+                         "best_epoch": best.logged,
                          "best_val_auc": best_val_auc,
                          "mlflow_run_id": run_id, "scheduler_step": scheduler.last_epoch}
                 ckpt.save_checkpoint(Path(tmp), model=network, config=resolved,
