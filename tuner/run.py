@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", metavar="URL",
                    help="Optuna storage of the searchers' studies (sqlite:///..., postgresql://...); "
                    "default sqlite:///<runs-dir>/optuna.db; `lenstune dashboard` shows it")
+    p.add_argument("--extend", type=int, metavar="N",
+                   help="add N trials per family to the study named by --study-name (finished or "
+                   "not), with the search space and strategy it ran with")
     p.add_argument("--warm-start", metavar="STUDY|EXPERIMENT",
                    help="begin each family with the best configurations of an earlier study (or "
                    "of every study of an MLflow experiment) whose search space fits this one's")

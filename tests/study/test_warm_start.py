@@ -135,3 +135,36 @@ def test_the_dashboard_refuses_a_runs_folder_without_studies(tmp_path):
     proc = _lenstune("dashboard", "--runs-dir", str(tmp_path))
     assert proc.returncode == 2
     assert f"no Optuna storage in --runs-dir {tmp_path} (no optuna.db)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_extend_adds_trials_to_a_finished_study_and_refuses_another_space(micro_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    base = ("--strategy", "random", "--no-promote", "--study-name", "ext")
+    first = run_study_process(run_args(micro_dataset, runs, "scratch", samples=2, extra=base))
+    assert first.returncode == 0, first.stderr[-3000:]
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    before = {r.data.tags["trial_id"] for r in trial_runs(uri)[1]}
+
+    other = run_study_process(run_args(micro_dataset, runs, "scratch", samples=2, extra=(
+        *base, "--extend", "1", "--profile", "gpu")))
+    assert other.returncode == 2
+    assert "--extend: the search space of family 'scratch' differs" in other.stderr
+
+    more = run_study_process(run_args(micro_dataset, runs, "scratch", samples=2,
+                                      extra=(*base, "--extend", "2")))
+    assert more.returncode == 0, more.stderr[-3000:]
+    studies, trials = trial_runs(uri)
+    assert len(studies) == 1 and studies[0].info.status == "FINISHED"
+    assert studies[0].data.tags[schema.EXTENDED_PREFIX + "scratch"] == "+2 trials (now 4)"
+    after = {r.data.tags["trial_id"] for r in trials}
+    assert before < after and len(after) == 4
+    assert all(r.data.tags[schema.STOP_REASON_TAG] == schema.STOP_COMPLETED for r in trials)
+    import optuna
+
+    searched = optuna.load_study(study_name="ext/scratch", storage=f"sqlite:///{runs / 'optuna.db'}")
+    assert len(searched.trials) == 4 and all(t.state.name == "COMPLETE" for t in searched.trials)
+
+    unknown = run_study_process(run_args(micro_dataset, runs, "scratch", samples=2, extra=(
+        "--no-promote", "--study-name", "nosuch", "--extend", "1")))
+    assert unknown.returncode == 2 and "--extend: no study 'nosuch'" in unknown.stderr

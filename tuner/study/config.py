@@ -104,6 +104,9 @@ class StudyConfig(BaseModel):
     optuna_storage: str | None = Field(
         None, description="Optuna RDB storage of the searchers' studies (sqlite:///..., "
         "postgresql://...); None = sqlite:///<runs_dir>/optuna.db. `lenstune dashboard` opens it")
+    extend: int | None = Field(
+        None, ge=1, description="add this many trials per family to the study named by "
+        "study_name (finished or not), with the search space it ran with")
     warm_start: str | None = Field(
         None, description="seed each family's searcher with the best configurations of this "
         "earlier study (or of every study in this MLflow experiment) on the same tracking server "
@@ -144,6 +147,13 @@ class StudyConfig(BaseModel):
 
     compile: bool = Field(False, description="torch.compile each trial's model (GPU trials "
                           "gain throughput after a compile of tens of seconds)")
+
+    @model_validator(mode="after")
+    def _extend_names_its_study(self):
+        if self.extend and not self.study_name:
+            raise ValueError(f"extend={self.extend} adds trials to an earlier study: name it with "
+                             "--study-name (the study's name, printed above its leaderboard)")
+        return self
 
     @model_validator(mode="after")
     def _objectives_fit_the_strategy(self):

@@ -342,14 +342,29 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     storage = join_storage(config.resolved_storage(), study_name)
     path = join_storage(storage, family)
     restored = config.resume and can_restore(path)
+    if config.extend and not restored:
+        raise ConfigError(f"--extend: study {study_name!r} has no saved search of family "
+                          f"{family!r} under {path}; allowed: a study this storage holds")
     if restored:
         from tuner.tracking.store import mlflow_client
 
         finished = tracking.finished_trial_ids(mlflow_client(tracking_uri), experiment_id,
                                                parent_run_id, family)
+        if config.extend:
+            from tuner.study.tune_state import extend_search_state
+
+            total = extend_search_state(path, config.extend)
+            mlflow_client(tracking_uri).set_tag(
+                parent_run_id, schema.EXTENDED_PREFIX + family,
+                f"+{config.extend} trials (now {total})")
+            log.info("%s: %d more trials, %d in all", family, config.extend, total)
         tuner = restore_tuner(path, trainable, resources.cpus, resources.gpus,
                               finished_trials=finished)
         stopper = _restored_stopper(tuner)
+        if config.extend and stopper is not None and stopper.reason:
+            # the study-level stop that ended it: the new trials count afresh (a spent device
+            # budget stays spent, and stops the family again at once)
+            stopper.reason, stopper.message, stopper.since_best = None, "", 0
     else:
         from tuner.study.progress import StudyProgress
         from tuner.study.stopping import StudyStopper
@@ -480,6 +495,31 @@ def _log_pareto_front(client, config: StudyConfig, experiment_id: str, parent_ru
     out = config.resolved_runs_dir() / "pareto" / parent_run_id
     for path in write_front(rows, objectives, out, family):
         client.log_artifact(parent_run_id, str(path), "pareto")
+
+
+def check_extension(config: StudyConfig, client, experiment, study_name: str, spaces: dict) -> None:
+    """ConfigError unless ``--extend`` names a study of this experiment with the same families
+    and, for each, the search space it ran with (its ``search_space/<family>.json``)."""
+    run = experiment and tracking.find_study_run(client, experiment.experiment_id, study_name)
+    if not run:
+        raise ConfigError(f"--extend: no study {study_name!r} in experiment {config.experiment!r}; "
+                          "allowed: the name of an earlier study (printed above its leaderboard)")
+    had = run.data.tags.get(schema.FAMILIES_TAG, "")
+    if had != ",".join(config.families):
+        raise ConfigError(f"--extend: study {study_name!r} tuned {had}, not "
+                          f"{','.join(config.families)}; allowed: --family {had}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, space in spaces.items():
+            local = client.download_artifacts(run.info.run_id, f"search_space/{family}.json", tmp)
+            before = json.loads(Path(local).read_text())
+            now = json.loads(json.dumps(space.model_dump(mode="json"), default=str))
+            differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            if differ:
+                raise ConfigError(
+                    f"--extend: the search space of family {family!r} differs from the one study "
+                    f"{study_name!r} ran with (in {', '.join(differ)}); allowed: the same "
+                    "--profile and search_spaces/ file, or a new study with --warm-start "
+                    f"{study_name}")
 
 
 def checkpoint_epochs(config: StudyConfig, space, max_epochs: int) -> list[int]:
@@ -617,6 +657,8 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
     tracking_uri = config.resolved_tracking_uri()
     tracking.check_tracking_uri(tracking_uri)
     tracking.bound_request_retries(config.tracking_outage_limit_s)
+    if config.extend:  # an extension continues the study: restored like --resume
+        config = config.model_copy(update={"resume": True})
     check_strategy(config, spaces)
     warm = warm_start_all(config, spaces, tracking_uri) if config.warm_start else {}
     from tuner.study.search import check_storage
@@ -647,6 +689,8 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
     client = mlflow_client(tracking_uri)
     existing = client.get_experiment_by_name(config.experiment)
     study_name = study_name_for(config, client, existing.experiment_id if existing else None)
+    if config.extend:
+        check_extension(config, client, existing, study_name, spaces)
     experiment_id = tracking.ensure_experiment(client, config.experiment,
                                                str(artifacts) if artifacts else None)
     dataset = tracking.DatasetInfo(data_root.name, meta.digest, str(data_root), str(meta.preset))
@@ -675,6 +719,11 @@ def run_study(config: StudyConfig, echo: Callable[[str], None] = log.info) -> St
                        f"{res.cpus:g} CPU + {res.gpus:g} GPU per trial, max {res.max_concurrent} "
                        f"at once; {res.reason or 'as configured'}")
     parent_tags = client.get_run(parent_run_id).data.tags
+    if config.extend:  # its families are searched again, from where they ended
+        for family in config.families:
+            if parent_tags.get(schema.DONE_TAG_PREFIX + family):
+                client.delete_tag(parent_run_id, schema.DONE_TAG_PREFIX + family)
+        parent_tags = client.get_run(parent_run_id).data.tags
     if not config.resume or schema.FILES_LOGGED_TAG not in parent_tags:
         _log_study_files(client, parent_run_id, config, spaces)
         client.set_tag(parent_run_id, schema.FILES_LOGGED_TAG, "true")

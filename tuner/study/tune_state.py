@@ -319,3 +319,22 @@ def delete_orphan_trial_folders(path: str, known: Callable[[str], bool],
         log.warning("restore of %s: deleted %s, a trial the saved state never recorded", path,
                     name)
     return orphans
+
+
+def extend_search_state(path: str, more: int) -> int:
+    """Let the restored search generator at ``path`` create ``more`` trials than it was asked
+    for (``--extend``): its sample budget raised, its finished mark cleared. Returns the new
+    budget; ValueError when nothing was saved there."""
+    import ray.cloudpickle as cloudpickle
+
+    fs, fs_path, _ = _newest_experiment_state(path)
+    gen_path = _newest(fs, fs_path, SEARCH_GEN_PATTERN)
+    if gen_path is None:
+        raise ValueError(f"no search state under {path}")
+    with fs.open_input_stream(gen_path) as f:
+        state = cloudpickle.loads(f.readall())
+    state["total_samples"] = int(state["total_samples"]) + more
+    state["finished"] = False
+    with fs.open_output_stream(gen_path) as f:
+        f.write(cloudpickle.dumps(state))
+    return state["total_samples"]

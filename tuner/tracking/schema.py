@@ -83,6 +83,7 @@ FINISHED_REASONS = (STOP_COMPLETED, STOP_ASHA, *STUDY_STOPS)
 STRATEGY_TAG = "lenstune.strategy"
 STUDY_STOP_PREFIX = "lenstune.study_stop."  # + family: "<reason>: <message>"
 WARM_START_PREFIX = "lenstune.warm_start."  # + family: what its first trials came from
+EXTENDED_PREFIX = "lenstune.extended."  # + family: trials added by --extend, and the new total
 PBT_EXPLOITS_TAG = "lenstune.pbt_exploits"  # trial run: times PBT had it copy a better trial
 PBT_LAST_EXPLOIT_TAG = "lenstune.pbt_last_exploit"  # which trial, at which epoch, what changed
 
