@@ -74,11 +74,13 @@ def test_the_device_budget_sums_epoch_seconds_times_the_trials_share():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["asha-gp", "random", "grid"])
+@pytest.mark.parametrize("strategy", ["asha-gp", "random", "grid", "mo-tpe"])
 def test_each_strategy_runs_a_tiny_study_and_names_its_stops(strategy, micro_dataset, tmp_path):
     runs = tmp_path / "runs"
-    proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=4,
-                                      extra=("--strategy", strategy, "--no-promote")))
+    objectives = (("--objectives", "val_auc_macro:max,params:min")
+                  if get_strategy(strategy).multi_objective else ())
+    proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=4, extra=(
+        "--strategy", strategy, *objectives, "--no-promote")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     uri = f"sqlite:///{runs / 'mlflow.db'}"
     studies, trials = trial_runs(uri)
