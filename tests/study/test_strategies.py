@@ -168,3 +168,18 @@ def test_pbt_exploit_continues_a_better_checkpoint_and_perturbs_only_the_mutable
             assert run.data.tags[schema.PBT_LAST_EXPLOIT_TAG].startswith(
                 f"epoch {record['epoch']}: copied trial {record['copied_from_trial']}")
     assert exploits >= 1, "PBT exploited no trial"
+
+
+def test_pbt_refuses_a_mutable_hyperparameter_that_is_not_searched(tmp_path):
+    """A file may fix a hyperparameter its pbt section names (only a PBT study minds)."""
+    from tuner.study.config import ConfigError, StudyConfig
+    from tuner.study.driver import check_strategy
+
+    space = load_search_space("vit", "micro")
+    fixed = space.model_copy(update={"train": space.train.model_copy(update={
+        "search": {k: v for k, v in space.train.search.items() if k != "lr"},
+        "fixed": {**space.train.fixed, "lr": 0.001}})})
+    check_strategy(StudyConfig(families=["vit"]), {"vit": fixed})  # not PBT: fine
+    with pytest.raises(ConfigError, match=r"--strategy pbt needs .*profiles.micro.pbt.mutable: "
+                       r"\['lr'\] are not searched train hyperparameters"):
+        check_strategy(StudyConfig(families=["vit"], strategy="pbt"), {"vit": fixed})

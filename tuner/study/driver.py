@@ -539,12 +539,11 @@ def check_strategy(config: StudyConfig, spaces: dict) -> None:
     does not declare: PBT its ``pbt.mutable`` hyperparameters."""
     if get_strategy(config.strategy).scheduler != "pbt":
         return
-    missing = [f for f, space in spaces.items() if space.pbt is None]
-    if missing:
-        raise ConfigError(f"--strategy pbt needs the mutable hyperparameters of each family: "
-                          f"{', '.join(missing)} declare none (search_spaces/<family>.yaml, "
-                          f"profiles.{config.profile}.pbt.mutable); allowed: families that do, or "
-                          "another strategy")
+    problems = [p for p in (space.pbt_problem() for space in spaces.values()) if p]
+    if problems:
+        raise ConfigError("--strategy pbt needs each family's mutable hyperparameters, searched: "
+                          + "; ".join(problems) + "; allowed: families whose pbt section names "
+                          "searched train hyperparameters, or another strategy")
 
 
 def _restored_stopper(tuner):

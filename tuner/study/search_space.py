@@ -221,9 +221,22 @@ class SearchSpace(_Strict):
     train: Section
     pbt: PBTSpec | None = None
 
+    def pbt_problem(self) -> str | None:
+        """Why ``--strategy pbt`` cannot run on this space (no ``pbt`` section, or mutable keys
+        that are not searched train hyperparameters: a file may fix one that its ``pbt``
+        section still names), or None. Checked only for PBT studies."""
+        where = f"search_spaces/{self.family}.yaml, profiles.{self.profile}.pbt.mutable"
+        if self.pbt is None:
+            return f"{self.family} declares no mutable hyperparameters ({where})"
+        unknown = [k for k in self.pbt.mutable if k not in self.train.search]
+        if unknown:
+            return (f"{where}: {unknown} are not searched train hyperparameters; allowed: "
+                    f"{', '.join(self.train.search)}")
+        return None
+
     def mutations(self) -> dict[str, dict[str, Any]]:
         """PBT's ``hyperparam_mutations``: ``{"train": {key: ray.tune domain}}`` of the declared
-        mutable hyperparameters."""
+        mutable hyperparameters (:meth:`pbt_problem` says whether they are usable)."""
         if self.pbt is None:
             return {}
         return {"train": {k: self.train.search[k].tune() for k in self.pbt.mutable}}
@@ -337,11 +350,6 @@ def load_search_space(family: str, profile: str = "gpu", path: Path | None = Non
     prof = parsed.profiles[profile]
     prefix = f"profiles.{profile}"
     _check_train(path, f"{prefix}.train", prof.train)
-    if prof.pbt is not None:
-        unknown = [k for k in prof.pbt.mutable if k not in prof.train.search]
-        if unknown:
-            raise _fail(path, f"{prefix}.pbt.mutable", f"{unknown} are not searched train "
-                        f"hyperparameters; allowed: {', '.join(prof.train.search)}")
     _check_model(path, f"{prefix}.model", family, prof.model, prof.img_size or 64, check_build)
     return SearchSpace(family=family, profile=profile, img_size=prof.img_size,
                        gpus_per_trial=prof.gpus_per_trial, budget=prof.budget,
