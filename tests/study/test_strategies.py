@@ -158,13 +158,16 @@ def test_pbt_exploit_continues_a_better_checkpoint_and_perturbs_only_the_mutable
             record = json.loads(open(local).read())
             donor = by_trial[record["copied_from_trial"]]
             assert donor.info.run_id != run.info.run_id
-            # the donor's architecture and every train value but the mutable ones, copied
-            assert {f"model.{k}": str(v) for k, v in record["config"]["model"].items()} == {
-                k: v for k, v in donor.data.params.items() if k.startswith("model.")}
+            # the architecture of the copied checkpoint, and every train value but the mutable
+            # ones as the donor had them there ("changed" is against the donor's checkpoint)
+            assert record["config"]["model"] == record["donor_model"]
             assert set(record["changed"]) <= mutable and record["changed"], record["changed"]
-            for key, value in record["config"]["train"].items():
-                if key not in mutable:
-                    assert str(value) == donor.data.params[f"train.{key}"], key
+            if schema.PBT_EXPLOITS_TAG not in donor.data.tags:  # the donor ran its own config
+                assert {f"model.{k}": str(v) for k, v in record["config"]["model"].items()} == {
+                    k: v for k, v in donor.data.params.items() if k.startswith("model.")}
+                for key, value in record["config"]["train"].items():
+                    if key not in mutable:
+                        assert str(value) == donor.data.params[f"train.{key}"], key
             assert run.data.tags[schema.PBT_LAST_EXPLOIT_TAG].startswith(
                 f"epoch {record['epoch']}: copied trial {record['copied_from_trial']}")
     assert exploits >= 1, "PBT exploited no trial"
