@@ -52,6 +52,7 @@ def _comma_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from tuner.cli.command import CommandParser
+    from tuner.study.strategies import STRATEGIES
 
     p = CommandParser(
         "tune",
@@ -102,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-floor", type=float, metavar="AUC",
                    help="promotion refuses a best trial whose worst macro AUC on the test shift "
                    "suite is below AUC (docs/robustness.md)")
-    p.add_argument("--strategy", choices=["asha-tpe", "asha-gp", "random", "grid", "pbt", "nsga2",
-                                          "mo-tpe"],
+    p.add_argument("--strategy", choices=list(STRATEGIES),
                    help="searcher and early stopping (docs/tuning.md): asha-tpe (default), "
-                   "asha-gp, random, grid, pbt; nsga2 and mo-tpe with --objectives")
+                   "asha-gp, random, grid, pbt, pb2, hyperband-bohb; nsga2 and mo-tpe with "
+                   "--objectives")
     p.add_argument("--objectives", type=_comma_list, metavar="METRIC:DIR,...",
                    help="multi-objective: the objective first, then costs, e.g. "
                    "val_auc_macro:max,latency_ms:min (latency_ms, latency_ms_b256, params, gflops)")

@@ -17,7 +17,8 @@ from tuner.tracking import schema
 
 
 def test_an_unknown_strategy_is_refused_naming_the_allowed_ones():
-    with pytest.raises(ValueError, match="'pbt2' not known; allowed: asha-tpe, asha-gp, random, grid, pbt, nsga2, mo-tpe"):
+    with pytest.raises(ValueError, match="'pbt2' not known; allowed: asha-tpe, asha-gp, random, "
+                       "grid, pbt, pb2, hyperband-bohb, nsga2, mo-tpe"):
         get_strategy("pbt2")
     import subprocess
 
@@ -45,8 +46,91 @@ def test_only_the_asha_strategies_stop_trials_early():
     assert [s.name for s in STRATEGIES.values() if s.multi_objective] == ["nsga2", "mo-tpe"]
     assert get_strategy("asha-gp").early_stop(1, 3) == (
         schema.STOP_ASHA, "stopped by ASHA after 1 of 3 epochs")
-    with pytest.raises(ValueError, match="stops no trial early"):
-        get_strategy("random").early_stop(1, 3)
+    assert get_strategy("hyperband-bohb").early_stop(2, 9) == (
+        schema.STOP_HYPERBAND, "stopped by HyperBand (BOHB) after 2 of 9 epochs")
+    for name in ("random", "pbt", "pb2"):
+        with pytest.raises(ValueError, match="stops no trial early"):
+            get_strategy(name).early_stop(1, 3)
+
+
+@pytest.mark.parametrize("max_t, eta", [(16, 4), (3, 2), (50, 3), (81, 3), (10, 3)])
+def test_hyperband_checkpoints_at_every_milestone_rays_brackets_pause_at(max_t, eta):
+    from ray.tune.schedulers import HyperBandForBOHB
+
+    from tuner.study.hyperband import milestone_epochs
+
+    scheduler = HyperBandForBOHB(time_attr="epoch", max_t=max_t, reduction_factor=eta,
+                                 metric="m", mode="max")
+    expected = set()
+    for s in range(scheduler._s_max_1):
+        if scheduler._get_r0(s) == 0:
+            continue
+        bracket = scheduler._create_bracket(s)
+        while bracket._cumul_r < max_t:  # Ray's own milestone update
+            expected.add(bracket._cumul_r)
+            bracket._r = int(min(bracket._r * eta, max_t))
+            bracket._cumul_r = bracket._r
+    assert milestone_epochs(max_t, eta) == sorted(expected)
+    assert milestone_epochs(16, 4) == [1, 4]
+
+
+def test_bohb_searches_every_value_of_the_space_in_plain_python_values():
+    """Ray's conversion drops the top of a two-value int range; BOHB here draws both, and
+    hands out ints, floats and strings (not numpy scalars) inside the declared ranges."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from tuner.study.hyperband import PlainTuneBOHB
+
+    space = load_search_space("scratch", "micro")
+    searcher = PlainTuneBOHB(metric="m", mode="max", seed=3)
+    searcher.set_search_properties("m", "max", space.param_space())
+    configs = [searcher.suggest(f"t{i}") for i in range(40)]
+    depth = {c["model"]["depth"] for c in configs}
+    assert depth == {1, 2}, depth
+    for config in configs:
+        for part in ("model", "train"):
+            for key, value in config[part].items():
+                assert type(value) in (int, float, str, bool), (key, type(value))
+                domain = space.param_space()[part][key]
+                if isinstance(domain, Categorical):
+                    assert value in domain.categories
+                elif isinstance(domain, (Float, Integer)):
+                    assert domain.lower <= value <= domain.upper, (key, value)
+    assert PlainTuneBOHB(metric="m", mode="max", seed=3).convert_search_space(
+        space.param_space()).get("model/depth").upper == 2
+
+
+def test_pbt_and_pb2_keep_new_values_in_the_declared_ranges():
+    from tuner.study.config import ConfigError, StudyConfig
+    from tuner.study.driver import check_strategy
+    from tuner.study.search import KeepInRange
+    from tuner.study.strategies import search_parts
+
+    space = load_search_space("levit", "micro")
+    parts, samples = search_parts(get_strategy("pb2"), space, samples=5, grid_points=3,
+                                  tpe_told="first-rung")
+    kind, bounds, interval = parts["pbt"]
+    assert (kind, samples, interval) == ("pb2", 5, space.pbt.perturbation_interval)
+    assert bounds == {"train": {k: [space.train.search[k].low, space.train.search[k].high]
+                                for k in space.pbt.mutable}}
+    assert parts["ranges"] == {f"train/{k}": (space.train.search[k].low,
+                                              space.train.search[k].high, None)
+                               for k in space.pbt.mutable}
+    # PBT's factor of 1.2 or 0.8 and PB2's floats, brought back into the search space
+    keep = KeepInRange({**parts["ranges"], "train/warmup_epochs": (0, 6, 2)})
+    assert keep({"model": {"depth": 2}, "train": {
+        "aug_strength": 0.9 * 1.2, "lr": 0.0003 * 0.8, "weight_decay": 0.01,
+        "warmup_epochs": 2.6, "batch_size": 16}}) == {"model": {"depth": 2}, "train": {
+            "aug_strength": 1.0, "lr": 0.0003, "weight_decay": 0.01, "warmup_epochs": 2,
+            "batch_size": 16}}
+    assert keep({"train": {"warmup_epochs": 9.0}})["train"]["warmup_epochs"] == 6
+    # a choice cannot be perturbed by PB2's Gaussian process: refused before Ray starts
+    choice = space.model_copy(update={"pbt": space.pbt.model_copy(
+        update={"mutable": ["lr", "batch_size"]})})
+    check_strategy(StudyConfig(families=["levit"], strategy="pbt"), {"levit": choice})
+    with pytest.raises(ConfigError, match=r"--strategy pb2 needs .*\['batch_size'\] are choices; "
+                       "PB2 perturbs numeric ranges only"):
+        check_strategy(StudyConfig(families=["levit"], strategy="pb2"), {"levit": choice})
 
 
 def test_the_plateau_counts_trials_that_ended_without_beating_the_best():
@@ -74,7 +158,8 @@ def test_the_device_budget_sums_epoch_seconds_times_the_trials_share():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["asha-gp", "random", "grid", "mo-tpe"])
+@pytest.mark.parametrize("strategy", ["asha-gp", "random", "grid", "mo-tpe", "pb2",
+                                      "hyperband-bohb"])
 def test_each_strategy_runs_a_tiny_study_and_names_its_stops(strategy, micro_dataset, tmp_path):
     runs = tmp_path / "runs"
     objectives = (("--objectives", "val_auc_macro:max,params:min")
@@ -95,9 +180,21 @@ def test_each_strategy_runs_a_tiny_study_and_names_its_stops(strategy, micro_dat
         reason = run.data.tags[schema.STOP_REASON_TAG]
         if epochs == max_epochs:
             assert reason == schema.STOP_COMPLETED
-        else:  # only ASHA ends a trial early here
+        elif strategy == "hyperband-bohb":  # stopped at a milestone of its bracket
+            assert reason == schema.STOP_HYPERBAND, (reason, epochs)
+            assert run.data.tags[schema.STOP_MESSAGE_TAG] == (
+                f"stopped by HyperBand (BOHB) after {epochs} of {max_epochs} epochs")
+        else:  # only ASHA and HyperBand end a trial early here
             assert strategy == "asha-gp" and reason == schema.STOP_ASHA, (reason, epochs)
             assert run.data.tags[schema.STOP_MESSAGE_TAG].startswith("stopped by ASHA after")
+    if strategy == "hyperband-bohb":
+        # brackets of 3 epochs at reduction factor 2: one starts at 3 epochs, one at 1 and
+        # pauses its trials at 1 and 2; the resumed ones went on from their checkpoints,
+        # every epoch logged once
+        steps = [[m.step for m in client.get_metric_history(r.info.run_id, "val_auc_macro")]
+                 for r in trials]
+        assert all(s == list(range(1, len(s) + 1)) for s in steps), steps
+        assert any(len(s) < max_epochs for s in steps) and any(len(s) == max_epochs for s in steps)
     if strategy == "grid":
         grid = load_search_space("scratch", "micro").grid(3)
         configs = {tuple(r.data.params[k.replace("/", ".")] for k in sorted(grid)) for r in trials}
@@ -135,15 +232,16 @@ def test_the_plateau_and_the_budget_end_a_study_early_with_the_reason(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["pbt", "pb2"])
 def test_pbt_exploit_continues_a_better_checkpoint_and_perturbs_only_the_mutable(
-        micro_dataset, tmp_path):
+        strategy, micro_dataset, tmp_path):
     # Asynchronous PBT exploits when a trial in the worst quarter reports while one in the best
     # quarter has a checkpoint: which trial reports first decides it, and a tiny study now and
     # then exploits nothing. Up to three studies are run until one exploits.
     for attempt in range(3):
         runs = tmp_path / f"runs{attempt}"
         proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=4, extra=(
-            "--strategy", "pbt", "--max-epochs", "6", "--max-concurrent", "4",
+            "--strategy", strategy, "--max-epochs", "6", "--max-concurrent", "4",
             "--cpus-per-trial", "0.5", "--no-promote")))
         assert proc.returncode == 0, proc.stderr[-3000:]
         uri = f"sqlite:///{runs / 'mlflow.db'}"
@@ -153,7 +251,8 @@ def test_pbt_exploit_continues_a_better_checkpoint_and_perturbs_only_the_mutable
         if any(schema.PBT_EXPLOITS_TAG in r.data.tags for r in trials):
             break
     else:
-        pytest.skip("asynchronous PBT exploited no trial in three tiny studies: nothing to check")
+        pytest.skip(f"asynchronous {strategy} exploited no trial in three tiny studies: "
+                    "nothing to check")
     space = load_search_space("scratch", "micro")
     mutable = set(space.pbt.mutable)
     by_trial = {r.data.tags["trial_id"]: r for r in trials}
@@ -169,7 +268,10 @@ def test_pbt_exploit_continues_a_better_checkpoint_and_perturbs_only_the_mutable
             # the architecture of the copied checkpoint, and every train value but the mutable
             # ones as the donor had them there ("changed" is against the donor's checkpoint)
             assert record["config"]["model"] == record["donor_model"]
-            assert set(record["changed"]) <= mutable and record["changed"], record["changed"]
+            assert set(record["changed"]) <= mutable, record["changed"]
+            # PBT always perturbs; PB2 copies the donor's values unchanged while its Gaussian
+            # process has no improvement of the donor to learn from (Ray's pb2._explore)
+            assert record["changed"] or strategy == "pb2", record
             if schema.PBT_EXPLOITS_TAG not in donor.data.tags:  # the donor ran its own config
                 assert {f"model.{k}": str(v) for k, v in record["config"]["model"].items()} == {
                     k: v for k, v in donor.data.params.items() if k.startswith("model.")}
@@ -199,3 +301,16 @@ def test_pbt_refuses_a_mutable_hyperparameter_that_is_not_searched(tmp_path):
     with pytest.raises(ConfigError, match=r"--strategy pbt needs .*profiles.micro.pbt.mutable: "
                        r"\['lr'\] are not searched train hyperparameters"):
         check_strategy(StudyConfig(families=["vit"], strategy="pbt"), {"vit": fixed})
+
+
+def test_a_bohb_study_cannot_be_resumed_and_says_so(micro_dataset, tmp_path):
+    """Ray restores HyperBand's scheduler without its brackets (a killed BOHB study resumed
+    that way waited forever here): --resume and --extend are refused before anything starts."""
+    runs = tmp_path / "runs"
+    for flags in (("--resume",), ("--extend", "2")):
+        proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=4, extra=(
+            "--strategy", "hyperband-bohb", "--study-name", "hb", *flags)), timeout_s=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert ("--strategy hyperband-bohb: a study cannot be resumed or extended (Ray does not "
+                "save HyperBand's brackets)") in proc.stderr
+    assert not (runs / "studies").exists() and not (runs / "mlflow.db").exists()

@@ -15,6 +15,7 @@ from tuner.tracking import schema
 # how a trial ended -> (marker, colour, legend text) of its last point
 END_MARKERS = {schema.STOP_COMPLETED: ("o", "black", "completed its budget"),
                schema.STOP_ASHA: ("X", "tab:red", "stopped by ASHA"),
+               schema.STOP_HYPERBAND: ("P", "tab:orange", "stopped by HyperBand"),
                schema.STOP_FAILED: ("v", "tab:purple", "failed"),
                **{reason: ("s", "tab:gray", "stopped with the study") for reason in schema.STUDY_STOPS}}
 

@@ -97,9 +97,9 @@ class StudyConfig(BaseModel):
     max_params: int | None = Field(
         None, ge=1, description="tuner/run.py's promotion: only trials with at most this many "
         "parameters")
-    strategy: Literal["asha-tpe", "asha-gp", "random", "grid", "pbt", "nsga2", "mo-tpe"] = Field(
-        "asha-tpe", description="how each family is searched: searcher and scheduler "
-        "(tuner/study/strategies.py; docs/tuning.md)")
+    strategy: str = Field(
+        "asha-tpe", description="how each family is searched: searcher and scheduler, one of "
+        "tuner/study/strategies.py's STRATEGIES (docs/tuning.md)")
     grid_points: int = Field(3, ge=2, description="strategy grid: values per numeric range")
     optuna_storage: str | None = Field(
         None, description="Optuna RDB storage of the searchers' studies (sqlite:///..., "
@@ -137,6 +137,13 @@ class StudyConfig(BaseModel):
                           "the champion alias when the study ends")
     ensemble_top_k: int | None = Field(None, ge=2, description="tuner/run.py: also register a "
                                        "hyper-ensemble picked from the top-k completed trials")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from tuner.study.strategies import get_strategy
+
+        return get_strategy(value).name  # ValueError naming the allowed ones
 
     @field_validator("families")
     @classmethod

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import secrets
 import tempfile
@@ -33,7 +32,7 @@ from tuner.tracking import writer as tracking
 from tuner.study.config import ConfigError, StudyConfig, flatten, join_storage
 from tuner.study.faults import DiskError, disk_cause, stop_message
 from tuner.study.resources import TrialResources
-from tuner.study.strategies import get_strategy
+from tuner.study.strategies import get_strategy, search_parts
 from tuner.tracking import schema
 
 log = logging.getLogger(__name__)
@@ -370,14 +369,12 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         from tuner.study.stopping import StudyStopper
 
         strategy = get_strategy(config.strategy)
-        samples, grid = config.samples, None
-        if strategy.sampler == "grid":
-            grid = space.grid(config.grid_points)
-            size = math.prod(len(values) for values in grid.values())
-            if size < samples:
-                log.info("%s: the grid has %d points (--grid-points %d): %d trials, not %d",
-                         family, size, config.grid_points, size, samples)
-                samples = size
+        parts, samples = search_parts(strategy, space,
+                                      samples=config.samples, grid_points=config.grid_points,
+                                      tpe_told=config.tpe_told)
+        if samples < config.samples:
+            log.info("%s: the grid has %d points (--grid-points %d): %d trials, not %d",
+                     family, samples, config.grid_points, samples, config.samples)
         stopper = StudyStopper(
             ctx.objective, plateau=config.plateau, budget_device_hours=config.budget_gpu_hours,
             device_share=resources.gpus or resources.cpus,
@@ -402,13 +399,9 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             callbacks=[callback, progress],
             verbose=1 if log.isEnabledFor(logging.INFO) else 0,  # Tune's table: not with --quiet
             max_failures=config.max_failures, asha_rule=config.asha_rule,
-            sampler=strategy.sampler, early_stopping=strategy.early_stopping, grid=grid,
-            tell_epoch=(space.budget.grace_period if config.tpe_told == "first-rung"
-                        and strategy.early_stopping else None),
             metric=ctx.objective, stopper=stopper, points_to_evaluate=warm_points,
             optuna_storage=config.resolved_optuna_storage(), objectives=config.parsed_objectives(),
-            pbt=((space.mutations(), space.pbt.perturbation_interval)
-                 if strategy.scheduler == "pbt" else None))
+            **parts)
     results = tuner.fit()
     from tuner.tracking.store import mlflow_client
 
@@ -462,7 +455,7 @@ def warm_start_all(config: StudyConfig, spaces: dict, tracking_uri: str) -> dict
     from tuner.study.warm_start import read_earlier_trials, warm_start_points
     from tuner.tracking.store import mlflow_client
 
-    if get_strategy(config.strategy).sampler in ("grid", "variants"):
+    if get_strategy(config.strategy).sampler in ("grid", "variants", "bohb"):
         raise ConfigError(f"--warm-start seeds an Optuna searcher; --strategy {config.strategy} has "
                           "none; allowed: --strategy asha-tpe, asha-gp, random, nsga2 or mo-tpe")
     client = mlflow_client(tracking_uri)
@@ -524,26 +517,33 @@ def check_extension(config: StudyConfig, client, experiment, study_name: str, sp
 
 def checkpoint_epochs(config: StudyConfig, space, max_epochs: int) -> list[int]:
     """The epochs below ``max_epochs`` at which a trial saves a Tune checkpoint (and at the
-    end): ASHA's rungs, where the scheduler may stop it; under PBT every perturbation
-    interval, where an exploiting trial copies it."""
-    from tuner.study.asha import rung_epochs
+    end): :func:`tuner.study.search.checkpoint_epochs` of the study's strategy."""
+    from tuner.study.search import checkpoint_epochs as strategy_checkpoints
 
-    if get_strategy(config.strategy).scheduler == "pbt":
-        interval = space.pbt.perturbation_interval
-        return list(range(interval, max_epochs, interval))
-    return rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor)
+    return strategy_checkpoints(get_strategy(config.strategy), space, max_epochs)
 
 
 def check_strategy(config: StudyConfig, spaces: dict) -> None:
     """ConfigError (before Ray starts) where the strategy needs what a family's search space
-    does not declare: PBT its ``pbt.mutable`` hyperparameters."""
-    if get_strategy(config.strategy).scheduler != "pbt":
+    does not declare: PBT and PB2 its ``pbt.mutable`` hyperparameters (PB2: numeric ones);
+    and a BOHB study to ``--resume`` or ``--extend``: Ray restores HyperBand's scheduler
+    without its brackets, and the restored trials then wait in brackets that never fill."""
+    strategy = get_strategy(config.strategy)
+    if strategy.scheduler == "hyperband" and config.resume:
+        raise ConfigError(f"--strategy {strategy.name}: a study cannot be resumed or extended "
+                          "(Ray does not save HyperBand's brackets); allowed: a new study, or "
+                          "a strategy whose studies resume (asha-tpe, asha-gp, random, grid, "
+                          "pbt, pb2, nsga2, mo-tpe)")
+    if not strategy.population:
         return
-    problems = [p for p in (space.pbt_problem() for space in spaces.values()) if p]
+    problems = [p for p in ((space.pb2_problem() if strategy.scheduler == "pb2"
+                             else space.pbt_problem()) for space in spaces.values()) if p]
     if problems:
-        raise ConfigError("--strategy pbt needs each family's mutable hyperparameters, searched: "
-                          + "; ".join(problems) + "; allowed: families whose pbt section names "
-                          "searched train hyperparameters, or another strategy")
+        raise ConfigError(f"--strategy {strategy.name} needs each family's mutable "
+                          "hyperparameters, searched: " + "; ".join(problems) + "; allowed: "
+                          "families whose pbt section names searched train hyperparameters"
+                          + (" (numeric ones)" if strategy.scheduler == "pb2" else "")
+                          + ", or another strategy")
 
 
 def _restored_stopper(tuner):

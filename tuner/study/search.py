@@ -19,7 +19,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.study.asha import (EqualFidelityOptunaSearch, RankASHAScheduler, RestorableOptunaSearch,
-                        reported_epoch)
+                        reported_epoch, rung_epochs)
 from tuner.study.config import EPOCH_ATTR, METRIC, MODE
 from tuner.study.faults import DiskError, disk_cause
 from tuner.tracking import schema
@@ -254,6 +254,64 @@ def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: float,
                          reduction_factor=reduction_factor)
 
 
+def make_population_scheduler(kind: str, mutations: dict[str, Any], interval: int,
+                              ranges: dict[str, tuple]):
+    """PBT (``hyperparam_mutations``: Tune domains) or PB2 (``hyperparam_bounds``: [low, high]
+    per key) on the reported epoch, perturbing every ``interval`` epochs, the worst quarter
+    copying the best quarter; new values are kept in ``ranges`` (:class:`KeepInRange`)."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    keep = KeepInRange(ranges) if ranges else None
+    if kind == "pbt":
+        return PopulationBasedTraining(
+            time_attr=EPOCH_ATTR, perturbation_interval=interval,
+            hyperparam_mutations=mutations, quantile_fraction=0.25, resample_probability=0.25,
+            custom_explore_fn=keep)
+    if kind != "pb2":
+        raise ValueError(f"population scheduler {kind!r} not allowed; allowed: pbt, pb2")
+    from ray.tune.schedulers.pb2 import PB2
+
+    return PB2(time_attr=EPOCH_ATTR, perturbation_interval=interval,
+               hyperparam_bounds=mutations, quantile_fraction=0.25, custom_explore_fn=keep)
+
+
+class KeepInRange:
+    """``custom_explore_fn`` of PBT and PB2: a new value of a mutable hyperparameter brought
+    back into its search-space range. PBT multiplies by 0.8 or 1.2 without looking at the
+    range (an ``aug_strength`` of 0.9 became 1.08, which the trainable refuses); PB2 proposes
+    floats for integer ones. ``ranges``: ``train/<key>`` -> (low, high, integer step or None)
+    (:meth:`tuner.study.search_space.SearchSpace.mutable_ranges`)."""
+
+    def __init__(self, ranges: dict[str, tuple]):
+        self.ranges = {tuple(k.split("/")): tuple(v) for k, v in ranges.items()}
+
+    def __call__(self, config: dict) -> dict:
+        for (part, key), (low, high, step) in self.ranges.items():
+            if key not in config.get(part, {}):
+                continue
+            value = min(max(float(config[part][key]), low), high)
+            if step is not None:
+                value = int(low + step * round((value - low) / step))
+                value = min(value, int(low + step * ((high - low) // step)))
+            config[part][key] = value
+        return config
+
+
+def checkpoint_epochs(strategy, space, max_epochs: int) -> list[int]:
+    """The epochs below ``max_epochs`` at which a trial saves a Tune checkpoint (it also saves
+    one at the end): where the scheduler may stop it (ASHA's rungs), pause it (HyperBand's
+    milestones, where it resumes) or have another trial copy it (every PBT/PB2 perturbation
+    interval)."""
+    if strategy.population:
+        interval = space.pbt.perturbation_interval
+        return list(range(interval, max_epochs, interval))
+    if strategy.scheduler == "hyperband":
+        from tuner.study.hyperband import milestone_epochs
+
+        return milestone_epochs(max_epochs, space.budget.reduction_factor)
+    return rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor)
+
+
 def tpe_startup_trials(num_samples: int | None) -> int:
     """Random trials before TPE starts modelling: Optuna's default of 10 would leave a 12-trial
     study almost entirely random, so small studies start modelling after a third of their
@@ -381,24 +439,32 @@ def build_tuner(
     points_to_evaluate: list[dict[str, Any]] | None = None,
     optuna_storage: str | None = None,
     objectives: list | None = None,
-    pbt: tuple[dict[str, Any], int] | None = None,
+    pbt: tuple[str, dict[str, Any], int] | None = None,
+    ranges: dict[str, tuple] | None = None,
+    hyperband: bool = False,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
     resources). ``sampler`` and ``early_stopping`` are a strategy's parts
-    (:mod:`tuner.study.strategies`); ``stopper`` ends the family early
-    (:class:`tuner.study.stopping.StudyStopper`). ``pbt``: (hyperparam_mutations,
-    perturbation_interval) for population-based training, which samples with Tune's variant
-    generator (PBT takes no searcher) instead of ``sampler``."""
+    (:mod:`tuner.study.strategies`, :func:`tuner.study.strategies.search_parts`); ``stopper``
+    ends the family early (:class:`tuner.study.stopping.StudyStopper`). ``pbt``: (``"pbt"``
+    or ``"pb2"``, hyperparam_mutations or PB2's hyperparam_bounds, perturbation_interval) for
+    population-based training, which samples with Tune's variant generator (PBT takes no
+    searcher) instead of ``sampler``; ``ranges``: where their new values are kept
+    (:class:`KeepInRange`).
+    ``hyperband``: BOHB (:mod:`tuner.study.hyperband`) instead of ``sampler`` and ASHA."""
     if pbt is not None:
-        from ray.tune.schedulers import PopulationBasedTraining
         from ray.tune.search import BasicVariantGenerator
 
-        mutations, interval = pbt
+        kind, mutations, interval = pbt
         search_alg = BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
-        scheduler = PopulationBasedTraining(
-            time_attr=EPOCH_ATTR, perturbation_interval=interval,
-            hyperparam_mutations=mutations, quantile_fraction=0.25, resample_probability=0.25)
+        scheduler = make_population_scheduler(kind, mutations, interval, ranges or {})
+    elif hyperband:
+        from tuner.study.hyperband import make_bohb
+
+        search_alg, scheduler = make_bohb(
+            metric=metric, mode=MODE, seed=seed, max_concurrent=max_concurrent,
+            max_epochs=max_epochs, reduction_factor=reduction_factor, time_attr=EPOCH_ATTR)
     else:
         search_alg = make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
                                    metric, grid, points_to_evaluate, optuna_storage,

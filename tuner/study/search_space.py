@@ -234,6 +234,41 @@ class SearchSpace(_Strict):
                     f"{', '.join(self.train.search)}")
         return None
 
+    def pb2_problem(self) -> str | None:
+        """Why ``--strategy pb2`` cannot run on this space: :meth:`pbt_problem`, or a mutable
+        hyperparameter that is a choice (PB2 models numeric ranges only), or None."""
+        problem = self.pbt_problem()
+        if problem:
+            return problem
+        choices = [k for k in self.pbt.mutable if isinstance(self.train.search[k], Choice)]
+        if choices:
+            return (f"search_spaces/{self.family}.yaml, profiles.{self.profile}.pbt.mutable: "
+                    f"{choices} are choices; PB2 perturbs numeric ranges only (loguniform, "
+                    "uniform, int)")
+        return None
+
+    def pb2_bounds(self) -> dict[str, dict[str, list[float]]]:
+        """PB2's ``hyperparam_bounds``: ``{"train": {key: [low, high]}}`` of the declared
+        mutable hyperparameters (:meth:`pb2_problem` says whether they are usable)."""
+        if self.pbt is None:
+            return {}
+        return {"train": {k: [float(self.train.search[k].low), float(self.train.search[k].high)]
+                          for k in self.pbt.mutable}}
+
+    def mutable_ranges(self) -> dict[str, tuple[float, float, int | None]]:
+        """``train/<key>`` -> (low, high, integer step or None) of the declared mutable numeric
+        hyperparameters: where a PBT perturbation (a factor of 0.8 or 1.2) or a PB2 proposal
+        (a float) is brought back into the search space."""
+        if self.pbt is None:
+            return {}
+        ranges = {}
+        for key in self.pbt.mutable:
+            dist = self.train.search.get(key)
+            if isinstance(dist, _Range):
+                ranges[f"train/{key}"] = (dist.low, dist.high,
+                                          dist.step if isinstance(dist, IntRange) else None)
+        return ranges
+
     def mutations(self) -> dict[str, dict[str, Any]]:
         """PBT's ``hyperparam_mutations``: ``{"train": {key: ray.tune domain}}`` of the declared
         mutable hyperparameters (:meth:`pbt_problem` says whether they are usable)."""

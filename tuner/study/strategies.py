@@ -4,36 +4,45 @@ searcher is told, and how a trial's early end is named.
 A strategy is a pair of parts that :mod:`tuner.study.search` builds:
 
 - a **searcher** (Optuna, seeded, behind a concurrency limit): ``tpe``, ``gp``, ``random``
-  or ``grid``;
+  or ``grid``; or BOHB's (``bohb``: Ray's ``TuneBOHB``, a kernel-density model per budget), or
+  Tune's random variants where the scheduler picks configurations itself (PBT, PB2);
 - a **scheduler**: ``asha`` (the rank rule of :mod:`tuner.study.asha`, rungs from the search
-  space's ``budget``) or ``fifo`` (every trial trains its whole budget).
+  space's ``budget``), ``hyperband`` (Ray's ``HyperBandForBOHB``: synchronous brackets that
+  pause trials at their milestones and resume the best from a checkpoint), ``pbt``, ``pb2``
+  or ``fifo`` (every trial trains its whole budget).
 
-=========  ========  =========  ===========================================================
-name       searcher  scheduler  for
-=========  ========  =========  ===========================================================
-asha-tpe   tpe       asha       the default: TPE proposes, ASHA stops the weak early
-asha-gp    gp        asha       Optuna's Gaussian-process sampler instead of TPE
-random     random    fifo       the baseline every search is measured against
-grid       grid      fifo       a fixed grid (``grid_points`` per numeric range), in a
-                                seeded random order; the study's samples are at most the grid
-pbt        variants  pbt        population-based training: the search space's random
-                                draws, and every ``pbt.perturbation_interval`` epochs the worst
-                                quarter copies a best quarter's checkpoint and configuration
-                                and perturbs its ``pbt.mutable`` train hyperparameters
-nsga2      nsga2     fifo       multi-objective (``--objectives``): Optuna's NSGA-II
-mo-tpe     tpe       fifo       multi-objective (``--objectives``): Optuna's multi-objective TPE
-=========  ========  =========  ===========================================================
+==============  ========  =========  ===========================================================
+name            searcher  scheduler  for
+==============  ========  =========  ===========================================================
+asha-tpe        tpe       asha       the default: TPE proposes, ASHA stops the weak early
+asha-gp         gp        asha       Optuna's Gaussian-process sampler instead of TPE
+random          random    fifo       the baseline every search is measured against
+grid            grid      fifo       a fixed grid (``grid_points`` per numeric range), in a
+                                     seeded random order; the study's samples are at most the grid
+pbt             variants  pbt        population-based training: the search space's random
+                                     draws, and every ``pbt.perturbation_interval`` epochs the worst
+                                     quarter copies a best quarter's checkpoint and configuration
+                                     and perturbs its ``pbt.mutable`` train hyperparameters
+pb2             variants  pb2        PB2: PBT whose new values of the ``pbt.mutable``
+                                     hyperparameters a Gaussian-process bandit picks within their
+                                     ranges (numeric ones only) instead of random perturbations
+hyperband-bohb  bohb      hyperband  BOHB: HyperBand brackets (max epochs and reduction
+                                     factor from ``budget``), sampled by BOHB's density model
+nsga2           nsga2     fifo       multi-objective (``--objectives``): Optuna's NSGA-II
+mo-tpe          tpe       fifo       multi-objective (``--objectives``): Optuna's multi-objective TPE
+==============  ========  =========  ===========================================================
 
 Under ASHA the searcher is told a trial's score at the first rung (``--tpe-told``, see
 :class:`tuner.study.asha.EqualFidelityOptunaSearch`); under FIFO every trial's last score.
 A trial that ends before its epoch budget is named for what ended it: the scheduler
-(``asha_stopped``), or the study (``plateau_stopped``, ``budget_stopped``,
+(``asha_stopped``, ``hyperband_stopped``), or the study (``plateau_stopped``, ``budget_stopped``,
 ``time_budget_stopped``: :mod:`tuner.study.stopping`). The strategy is recorded on the study
 run (``lenstune.strategy`` and the ``strategy`` parameter).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tuner.tracking import schema
@@ -49,15 +58,22 @@ class Strategy:
 
     @property
     def early_stopping(self) -> bool:
+        """ASHA stops trials at rungs (the searcher learns from the first rung's scores)."""
         return self.scheduler == "asha"
+
+    @property
+    def population(self) -> bool:
+        """PBT or PB2: trials copy each other's checkpoints and perturb ``pbt.mutable``."""
+        return self.scheduler in ("pbt", "pb2")
 
     def early_stop(self, epochs: int, max_epochs: int) -> tuple[str, str]:
         """Stop reason and message of a trial the scheduler ended after ``epochs`` of
         ``max_epochs`` (the study did not stop)."""
         if self.scheduler == "asha":
             return schema.STOP_ASHA, f"stopped by ASHA after {epochs} of {max_epochs} epochs"
-        if self.scheduler == "pbt":  # PBT never stops a trial; a trial it stopped is not ours
-            return schema.STOP_ASHA, f"stopped by PBT after {epochs} of {max_epochs} epochs"
+        if self.scheduler == "hyperband":
+            return (schema.STOP_HYPERBAND,
+                    f"stopped by HyperBand (BOHB) after {epochs} of {max_epochs} epochs")
         raise ValueError(f"strategy {self.name!r} stops no trial early; a trial that ended after "
                          f"{epochs} of {max_epochs} epochs was stopped by the study")
 
@@ -70,12 +86,40 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              "budget"),
     Strategy("pbt", "variants", "pbt", "population-based training: exploit copies a better "
              "trial's checkpoint and perturbs the declared mutable hyperparameters"),
+    Strategy("pb2", "variants", "pb2", "PB2: population-based training whose new values of the "
+             "declared mutable hyperparameters a Gaussian-process bandit picks"),
+    Strategy("hyperband-bohb", "bohb", "hyperband", "BOHB: HyperBand brackets sampled by a "
+             "density model of the best configurations at each budget"),
     Strategy("nsga2", "nsga2", "fifo", "Optuna NSGA-II over --objectives, every trial to its "
              "whole budget", multi_objective=True),
     Strategy("mo-tpe", "tpe", "fifo", "Optuna multi-objective TPE over --objectives, every trial "
              "to its whole budget", multi_objective=True),
 )}
 DEFAULT_STRATEGY = "asha-tpe"
+
+
+def search_parts(strategy: Strategy, space, *, samples: int, grid_points: int,
+                 tpe_told: str) -> tuple[dict, int]:
+    """:func:`tuner.study.search.build_tuner`'s strategy arguments for a family's search space
+    (``sampler``, ``early_stopping``, ``grid``, ``tell_epoch``, ``pbt``, and where they apply
+    ``ranges``, ``hyperband``), and the trials it will
+    run: ``samples``, or fewer where a grid has fewer points."""
+    parts = {"sampler": strategy.sampler, "early_stopping": strategy.early_stopping,
+             "grid": None, "tell_epoch": None, "pbt": None}
+    if strategy.sampler == "grid":
+        parts["grid"] = space.grid(grid_points)
+        samples = min(samples, math.prod(len(values) for values in parts["grid"].values()))
+    if strategy.early_stopping and tpe_told == "first-rung":
+        parts["tell_epoch"] = space.budget.grace_period
+    if strategy.scheduler == "pbt":
+        parts["pbt"] = ("pbt", space.mutations(), space.pbt.perturbation_interval)
+        parts["ranges"] = space.mutable_ranges()
+    elif strategy.scheduler == "pb2":
+        parts["pbt"] = ("pb2", space.pb2_bounds(), space.pbt.perturbation_interval)
+        parts["ranges"] = space.mutable_ranges()
+    elif strategy.scheduler == "hyperband":
+        parts["hyperband"] = True
+    return parts, samples
 
 
 def get_strategy(name: str) -> Strategy:

@@ -66,18 +66,21 @@ STOP_MESSAGE_TAG = "stop_message"
 # why a trial run ended, and the MLflow status each one ends it with
 STOP_COMPLETED = "completed"  # ran its whole epoch budget: the only trials promotion considers
 STOP_ASHA = "asha_stopped"  # stopped early by ASHA at a rung
+STOP_HYPERBAND = "hyperband_stopped"  # stopped early by HyperBand (BOHB) at a milestone
 STOP_FAILED = "failed"  # raised (NaN loss, out of memory, ...)
 # the study stopped the family (tuner/study/stopping.py) while the trial was running
 STOP_PLATEAU = "plateau_stopped"  # --plateau N: the best had not improved in N trials
 STOP_BUDGET = "budget_stopped"  # --budget-gpu-hours: the trials' device time was spent
 STOP_TIME = "time_budget_stopped"  # --time-budget: the family's wall-clock seconds were spent
 STUDY_STOPS = (STOP_PLATEAU, STOP_BUDGET, STOP_TIME)
-STOP_REASONS = (STOP_COMPLETED, STOP_ASHA, STOP_FAILED, *STUDY_STOPS)
-RUN_STATUS = {STOP_COMPLETED: "FINISHED", STOP_ASHA: "KILLED", STOP_FAILED: "FAILED",
+EARLY_STOPS = (STOP_ASHA, STOP_HYPERBAND)  # the strategy's scheduler ended the trial
+STOP_REASONS = (STOP_COMPLETED, *EARLY_STOPS, STOP_FAILED, *STUDY_STOPS)
+RUN_STATUS = {STOP_COMPLETED: "FINISHED", STOP_ASHA: "KILLED", STOP_HYPERBAND: "KILLED",
+              STOP_FAILED: "FAILED",
               **{reason: "KILLED" for reason in STUDY_STOPS}}
 # trials that ended on the study's terms (not failed): they count toward its samples, and a
 # resumed study neither trains them again nor discards them
-FINISHED_REASONS = (STOP_COMPLETED, STOP_ASHA, *STUDY_STOPS)
+FINISHED_REASONS = (STOP_COMPLETED, *EARLY_STOPS, *STUDY_STOPS)
 
 # the study run: how each family was searched and why it ended early (tuner/study/strategies.py)
 STRATEGY_TAG = "lenstune.strategy"
