@@ -1,18 +1,30 @@
-"""Search efficiency: Optuna TPE + ASHA vs random search without early stopping.
+"""Search efficiency: every single-objective strategy against random search, scored on the test split.
 
-Both methods tune the same micro problem (a simulated Model II dataset at 32 px, one micro
-family's search space with a longer epoch budget) with the same number of configurations,
-for each of several seeds, through the project's own hooks
-(``tuner.study.search.build_tuner(..., sampler=..., early_stopping=...)``, i.e. ``make_searcher``
-and ``make_scheduler``). Measured per method and seed: the best validation macro AUC any
-trial reached at any epoch, and the total number of training epochs spent by all trials.
+Each strategy of ``lenstune tune --strategy`` (:mod:`tuner.study.strategies`) tunes the same
+micro problem (a simulated Model II dataset at 32 px, one micro family's search space with a
+longer epoch budget) on the same seeds, through the project's own hooks
+(``tuner.study.strategies.search_parts`` and ``tuner.study.search.build_tuner``, what the
+study driver calls). Per strategy and seed, measured:
+
+- **what it would promote**: promotion takes the trial that completed its epoch budget with
+  the highest best validation macro AUC, at its best epoch (``tuner.registry.promotion``);
+  that model's macro AUC on the **test split** is the score. The test split is predicted at
+  every epoch and reported, but no decision reads it.
+- the training **epochs** all its trials spent.
+
+Strategies compare against random search on the same seed (paired), with 95% t intervals over
+the seeds, at full budget and at equal epochs: random search and grid search restricted to
+their first k trials (trials are independent draws in a seeded order, so the first k are a
+study of k trials) for k = the other strategy's epochs / the epoch budget, rounded.
 
 The trainable is the study's training loop (``tuner.training.loop``: AdamW, warmup/cosine,
-augmentation, the same metrics) reporting ``val_auc_macro`` every epoch, without MLflow
-logging or checkpoints: those cost wall time but change neither the search nor the scores.
+augmentation, the same metrics) reporting ``val_auc_macro`` every epoch, saving a checkpoint
+where a scheduler may pause or copy it (PBT), without MLflow logging: that costs wall time but
+changes neither the search nor the scores.
 
-    .venv/bin/python bench/search_efficiency.py --out bench/results/search_efficiency.md
-    # several runs (other seeds) summarised together from their saved curves:
+    .venv/bin/python bench/search_efficiency.py --out bench/results/search_efficiency.md \\
+        --curves bench/results/curves/search_efficiency.json.gz
+    # runs with other seeds or strategies, summarised together from their saved curves:
     .venv/bin/python bench/search_efficiency.py --pool run1.json.gz run2.json.gz
 """
 
@@ -21,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import platform
 import shutil
@@ -35,15 +48,17 @@ from typing import Any
 
 import numpy as np
 
-# name, sampler, ASHA rule (None: no early stopping). asha_tpe is what ``lenstune tune`` runs;
-# asha_ray_tpe uses Ray's own percentile rule at the rungs, for comparison.
-METHODS = (("asha_tpe", "tpe", "rank"), ("asha_ray_tpe", "tpe", "percentile"),
-           ("random_fifo", "random", None))
+REFERENCE = "random"
+STRATEGIES = ("asha-tpe", "asha-gp", "hyperband-bohb", "pbt", "pb2", "random", "grid")
 
 
 def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, img_size: int,
-                 max_epochs: int, seed: int, class_names: list[str]) -> None:
-    """Ray Tune function trainable: train one sampled config, report ``val_auc_macro`` per epoch."""
+                 max_epochs: int, seed: int, class_names: list[str],
+                 checkpoint_epochs: list[int]) -> None:
+    """Ray Tune function trainable: train one sampled config, report ``val_auc_macro`` and
+    ``test_auc_macro`` per epoch, and a checkpoint at ``checkpoint_epochs``. A restored trial
+    (resumed by HyperBand; or a PBT/PB2 exploit: another trial's checkpoint with a perturbed
+    config) goes on from it."""
     import ray
     import torch
     from ray import tune
@@ -57,7 +72,8 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
     arrays = {k: (ray.get(v) if isinstance(v, ray.ObjectRef) else v) for k, v in data.items()}
     x_train = torch.from_numpy(np.array(arrays["train_images"]))
     y_train = torch.from_numpy(np.array(arrays["train_labels"]))
-    x_val, y_val = torch.from_numpy(np.array(arrays["val_images"])), np.asarray(arrays["val_labels"])
+    held_out = {split: (torch.from_numpy(np.array(arrays[f"{split}_images"])),
+                        np.asarray(arrays[f"{split}_labels"])) for split in ("val", "test")}
     hp = TrainHParams(**config["train"])
     torch.manual_seed(seed)
     model = io.build_network(io.ModelConfig(family=family, img_size=img_size,
@@ -65,49 +81,127 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
     optimizer = loop.make_optimizer(model, hp)
     steps = loop.steps_per_epoch(len(y_train), int(hp.batch_size))
     scheduler = loop.make_scheduler(optimizer, hp, steps_per_epoch=steps, max_epochs=max_epochs)
+    start = 0
+    restored = tune.get_checkpoint()
+    if restored is not None:  # as tuner.training.trainable restores, with this config's hp
+        with restored.as_directory() as folder:
+            state = torch.load(Path(folder) / "state.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        optimizer.param_groups[0]["weight_decay"] = float(hp.weight_decay)
+        start = int(state["epoch"])
+        scheduler.last_epoch = int(state["scheduler_step"])
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
     device = torch.device("cpu")
-    for epoch in range(1, max_epochs + 1):
+    for epoch in range(start + 1, max_epochs + 1):
         loop.train_one_epoch(
             model, x_train, y_train, optimizer=optimizer, scheduler=scheduler, hp=hp,
             device=device, img_size=img_size,
             generator=torch.Generator().manual_seed(seed * 100003 + epoch),
             aug_generator=torch.Generator().manual_seed(seed * 100019 + epoch))
-        probs = io.predict_probs(model, x_val, img_size, device=device)
-        report = M.classification_report(probs, y_val, class_names)
-        tune.report({"val_auc_macro": report["auc_macro"], "epoch": epoch})
+        scores = {f"{split}_auc_macro": M.classification_report(
+            io.predict_probs(model, x, img_size, device=device), y, class_names)["auc_macro"]
+            for split, (x, y) in held_out.items()}
+        values = {**scores, "epoch": epoch}
+        if epoch not in checkpoint_epochs or epoch == max_epochs:
+            tune.report(values)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch, "scheduler_step": scheduler.last_epoch},
+                       Path(tmp) / "state.pt")
+            tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def run_method(name: str, sampler: str, rule: str | None, *, seed: int, refs: dict, space,
-               args, class_names: list[str], storage: Path) -> dict[str, Any]:
-    """One study; returns best val AUC, total epochs, per-trial epochs and wall seconds."""
+def bench_space(family: str, args):
+    """The family's micro search space with the benchmark's epoch budget and PBT interval."""
+    from tuner.study.search_space import load_search_space
+
+    space = load_search_space(family, "micro")
+    budget = space.budget.model_copy(update={
+        "max_epochs": args.max_epochs, "grace_period": args.grace_period,
+        "reduction_factor": args.reduction_factor})
+    update = {"budget": budget}
+    if space.pbt is not None:
+        update["pbt"] = space.pbt.model_copy(update={"perturbation_interval": args.pbt_interval})
+    return space.model_copy(update=update)
+
+
+def run_strategy(name: str, *, seed: int, refs: dict, space, args, class_names: list[str],
+                 storage: Path) -> dict[str, Any]:
+    """One study; every trial's config and per-epoch val and test AUC, in trial order."""
     from ray import tune
 
-    from tuner.study.search import build_tuner
+    from tuner.study.search import build_tuner, checkpoint_epochs
+    from tuner.study.strategies import get_strategy, search_parts
 
+    strategy = get_strategy(name)
+    samples = args.pbt_population if strategy.population else args.configs
+    parts, samples = search_parts(strategy, space, samples=samples,
+                                  grid_points=args.grid_points, tpe_told=args.tpe_told)
+    checkpoints = checkpoint_epochs(strategy, space, args.max_epochs)
     trainable = tune.with_parameters(
         train_config, data=refs, family=args.family, img_size=space.img_size or 32,
-        max_epochs=args.max_epochs, seed=seed, class_names=class_names)
+        max_epochs=args.max_epochs, seed=seed, class_names=class_names,
+        checkpoint_epochs=checkpoints)
     tuner = build_tuner(
         trainable, space.param_space(), name=f"{name}-s{seed}", storage_path=str(storage),
-        num_samples=args.configs, max_epochs=args.max_epochs, grace_period=args.grace_period,
+        num_samples=samples, max_epochs=args.max_epochs, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, seed=seed, max_concurrent=args.max_concurrent,
-        cpus_per_trial=1, gpus_per_trial=0, sampler=sampler, early_stopping=rule is not None,
-        asha_rule=rule or "rank", verbose=0,
-        tell_epoch=args.grace_period if args.tpe_told == "first-rung" and sampler == "tpe" else None)
+        cpus_per_trial=1, gpus_per_trial=0, verbose=0, **parts)
     start = time.perf_counter()
     results = tuner.fit()
     seconds = time.perf_counter() - start
-    epochs, best, curves = [], float("nan"), []
-    for result in results:
+    curves = []
+    for result in sorted(results, key=lambda r: r.path):  # trial order: Ray numbers them
         df = result.metrics_dataframe
         if result.error is not None or df is None or "val_auc_macro" not in df:
             raise RuntimeError(f"{name} seed {seed}: a trial failed: {result.error}")
-        epochs.append(int(df["training_iteration"].max()))
-        score = float(df["val_auc_macro"].max())
-        best = score if not best == best else max(best, score)
-        curves.append({"config": result.config, "val_auc": [float(v) for v in df["val_auc_macro"]]})
-    return {"method": name, "seed": seed, "best_auc": best, "epochs": sum(epochs),
-            "trial_epochs": sorted(epochs, reverse=True), "seconds": seconds, "curves": curves}
+        trained = len(df)  # one report per epoch trained, repeats after a PBT exploit included
+        df = df.sort_values("epoch", kind="stable").drop_duplicates("epoch", keep="last")
+        curves.append({"config": result.config, "trained": trained,
+                       "epochs": [int(e) for e in df["epoch"]],
+                       "val_auc": [float(v) for v in df["val_auc_macro"]],
+                       "test_auc": [float(v) for v in df["test_auc_macro"]]})
+    return {"method": name, "seed": seed, "seconds": seconds, "max_epochs": args.max_epochs,
+            "curves": curves}
+
+
+def promoted(curves: list[dict], max_epochs: int) -> dict[str, float]:
+    """What promotion would take: among the trials that completed ``max_epochs``, the one with
+    the highest best val AUC, at its best epoch (the first, on ties); its val and test AUC."""
+    done = [c for c in curves if c["epochs"] and c["epochs"][-1] == max_epochs]
+    if not done:
+        raise ValueError("no trial completed its epoch budget: nothing to promote")
+    best = max(done, key=lambda c: max(c["val_auc"]))
+    at = int(np.argmax(best["val_auc"]))
+    return {"val_auc": best["val_auc"][at], "test_auc": best["test_auc"][at]}
+
+
+def trial_epochs(curve: dict) -> int:
+    """Epochs a trial trained (a PBT trial that copied another's checkpoint trains from the
+    copied epoch on: what it trains twice counts twice, what it copied not at all)."""
+    return int(curve.get("trained", len(curve["epochs"])))
+
+
+def summarise(entry: dict, first: int | None = None) -> dict[str, Any]:
+    """A study's promoted scores and epochs; ``first``: of its first ``first`` trials only."""
+    curves = entry["curves"] if first is None else entry["curves"][:first]
+    return {**promoted(curves, entry["max_epochs"]),
+            "epochs": sum(trial_epochs(c) for c in curves), "trials": len(curves)}
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the 95% Student t interval of the mean."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.mean(values)
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
@@ -138,20 +232,6 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
-def rung_correlations(rows: list[dict], epochs: list[int]) -> str:
-    """How well a configuration's AUC after e epochs predicts its best AUC, from the full
-    learning curves of random search (Spearman over its configurations, per seed)."""
-    parts = []
-    for e in epochs:
-        values = [spearman([c["val_auc"][e - 1] for c in r["curves"]],
-                           [max(c["val_auc"]) for c in r["curves"]])
-                  for r in rows if r["method"] == "random_fifo"]
-        parts.append(f"after {e} epoch{'s' * (e > 1)}: {', '.join(f'{v:+.2f}' for v in values)}")
-    return ("Rank correlation (Spearman, per seed) between a configuration's val AUC after a rung's "
-            "epochs and its best val AUC, from random search's full curves: " + "; ".join(parts)
-            + ".")
-
-
 def machine() -> str:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
@@ -159,72 +239,168 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores (shared with other work)"
 
 
-def render(rows: list[dict], args, argv: list[str], n_train: int, n_val: int, load: tuple,
-           wall: float) -> str:
-    told = "score at the first rung" if args.tpe_told == "first-rung" else "last score"
+def summary_tables(entries: list[dict]) -> list[str]:
+    """Per strategy, over the seeds: test AUC of what it would promote and epochs, paired
+    differences from random search at full budget and at equal epochs, 95% intervals."""
+    by = {}
+    for e in entries:
+        by.setdefault(e["method"], {})[e["seed"]] = e
+    if REFERENCE not in by:
+        raise SystemExit(f"no {REFERENCE} runs: nothing to compare with")
+    ref = by[REFERENCE]
+    budget = next(iter(ref.values()))["max_epochs"]
+    fmt = lambda m, lo, hi: f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"  # noqa: E731
     lines = [
-        "# Search efficiency: ASHA + TPE vs random search without early stopping", "",
-        f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
-        f"Machine: {machine()}, Python {platform.python_version()}; date {date.today()}; "
-        f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min); "
-        f"whole benchmark {wall / 60:.1f} min.",
-        f"Problem: simulated `model_ii` at 32 px, {args.n_per_class} training and "
-        f"{args.val_per_class} validation images per class ({n_train} train, {n_val} val), family `{args.family}` micro search space, "
-        f"max {args.max_epochs} epochs per configuration, {args.configs} configurations per "
-        f"study, {args.max_concurrent} trials at a time, 1 thread each.",
-        f"ASHA: grace period {args.grace_period} epoch, reduction factor {args.reduction_factor} "
-        "(on `val_auc_macro`); `asha_tpe` applies the rank rule at the rungs (`tuner/study/asha.py`, "
-        "what `lenstune tune` runs), `asha_ray_tpe` Ray's percentile rule; both sample with "
-        f"seeded Optuna TPE, told each trial's {told}. `random_fifo` samples at random and runs every configuration to the "
-        "full budget.",
-        "Best AUC = the highest validation macro AUC any trial reported at any epoch.", "",
-        auc_noise_line(n_val),
-        "| method | seed | best val AUC | total epochs | epochs per trial | wall s |",
-        "|---|---:|---:|---:|---|---:|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['seed']} | {r['best_auc']:.4f} | {r['epochs']} | "
-                     f"{' '.join(map(str, r['trial_epochs']))} | {r['seconds']:.0f} |")
-    lines += ["", *summary_table(rows)]
+        "| strategy | seeds | test AUC of promoted | its val AUC | epochs | epochs / random "
+        "| test AUC - random [95% CI] | test AUC - random at equal epochs [95% CI] "
+        "| trials of random at equal epochs |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+    at_equal = {}
+    for name in [n for n in STRATEGIES if n in by] + [n for n in by if n not in STRATEGIES]:
+        seeds = sorted(s for s in by[name] if s in ref)
+        mine = [summarise(by[name][s]) for s in seeds]
+        full = [summarise(ref[s]) for s in seeds]
+        k = [max(1, min(len(ref[s]["curves"]), round(m["epochs"] / budget)))
+             for s, m in zip(seeds, mine)]
+        equal = [summarise(ref[s], first=kk) for s, kk in zip(seeds, k)]
+        at_equal[name] = (seeds, mine, equal)
+        test = statistics.mean(m["test_auc"] for m in mine)
+        val = statistics.mean(m["val_auc"] for m in mine)
+        epochs = statistics.mean(m["epochs"] for m in mine)
+        ratio = epochs / statistics.mean(f["epochs"] for f in full)
+        if name == REFERENCE:
+            lines.append(f"| {name} | {len(seeds)} | {test:.4f} | {val:.4f} | {epochs:.1f} | 1 "
+                         "| | | |")
+            continue
+        d_full = t_interval([m["test_auc"] - f["test_auc"] for m, f in zip(mine, full)])
+        d_equal = t_interval([m["test_auc"] - q["test_auc"] for m, q in zip(mine, equal)])
+        lines.append(f"| {name} | {len(seeds)} | {test:.4f} | {val:.4f} | {epochs:.1f} | "
+                     f"{ratio:.3f} | {fmt(*d_full)} | {fmt(*d_equal)} | "
+                     f"{statistics.mean(k):.1f} |")
+    lines += ["", *target_lines(by, ref), "", *equal_epochs_table(by, budget), ""]
+    return lines
+
+
+def target_lines(by: dict, ref: dict) -> list[str]:
+    if "asha-tpe" not in by:
+        return []
+    seeds = sorted(s for s in by["asha-tpe"] if s in ref)
+    mine = [summarise(by["asha-tpe"][s]) for s in seeds]
+    full = [summarise(ref[s]) for s in seeds]
+    mean, lo, hi = t_interval([m["test_auc"] - f["test_auc"] for m, f in zip(mine, full)])
+    ratio = statistics.mean(m["epochs"] for m in mine) / statistics.mean(f["epochs"] for f in full)
+    auc_met, epochs_met = mean >= -0.005, ratio <= 0.25
+    return [f"Target: `asha-tpe` within 0.005 test AUC of random search at <= 1/4 of its epochs. "
+            f"Measured over {len(seeds)} seeds: {mean:+.4f} (95% interval {lo:+.4f} to {hi:+.4f}) "
+            f"at {ratio:.3f} of the epochs: the AUC half is "
+            f"{'met' if auc_met else 'not met'} on the mean"
+            f"{' and by the whole interval' if lo >= -0.005 else ', not by the whole interval'}, "
+            f"the epoch half {'met' if epochs_met else 'not met'}."]
+
+
+def equal_epochs_table(by: dict, budget: int) -> list[str]:
+    """Every strategy at the epochs of the cheapest early-stopping one: FIFO strategies (random,
+    grid) cut to their first k trials; a strategy whose own epochs differ is shown at its own."""
+    adaptive = [n for n in by if n not in (REFERENCE, "grid")]
+    if not adaptive:
+        return []
+    seeds = sorted(set.intersection(*(set(by[n]) for n in by)))
+    if not seeds:
+        return []
+    target = {s: statistics.median(summarise(by[n][s])["epochs"] for n in adaptive) for s in seeds}
+    rows = {}
+    for name in by:
+        scores, epochs = [], []
+        for s in seeds:
+            if name in (REFERENCE, "grid"):
+                k = max(1, round(target[s] / budget))
+                m = summarise(by[name][s], first=k)
+            else:
+                m = summarise(by[name][s])
+            scores.append(m["test_auc"])
+            epochs.append(m["epochs"])
+        rows[name] = (scores, epochs)
+    ranks = {n: [] for n in rows}
+    for i in range(len(seeds)):
+        order = sorted(rows, key=lambda n: -rows[n][0][i])
+        for r, n in enumerate(order, 1):
+            ranks[n].append(r)
+    wins = {n: sum(1 for r in ranks[n] if r == 1) for n in rows}
+    lines = [f"At equal epochs (the median epochs of {', '.join(adaptive)} per seed, "
+             f"{statistics.mean(target.values()):.1f} on average; random and grid cut to "
+             "their first trials), over the seeds common to all:", "",
+             "| strategy | mean test AUC of promoted | mean epochs | mean rank | seeds won |",
+             "|---|---:|---:|---:|---:|"]
+    for name in sorted(rows, key=lambda n: statistics.mean(ranks[n])):
+        scores, epochs = rows[name]
+        lines.append(f"| {name} | {statistics.mean(scores):.4f} | {statistics.mean(epochs):.1f} | "
+                     f"{statistics.mean(ranks[name]):.2f} | {wins[name]} of {len(seeds)} |")
+    return lines
+
+
+def per_seed_table(entries: list[dict]) -> list[str]:
+    lines = ["| strategy | seed | trials | epochs | promoted: val AUC | test AUC | wall s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in sorted(entries, key=lambda e: (e["seed"], e["method"])):
+        m = summarise(e)
+        lines.append(f"| {e['method']} | {e['seed']} | {m['trials']} | {m['epochs']} | "
+                     f"{m['val_auc']:.4f} | {m['test_auc']:.4f} | {e.get('seconds', 0):.0f} |")
+    return lines
+
+
+def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, int], load: tuple,
+           wall: float) -> str:
+    n_train, n_val, n_test = sizes
     rung_epochs, e = [], args.grace_period
     while e < args.max_epochs:
         rung_epochs.append(int(e))
         e *= args.reduction_factor
-    lines.append(rung_correlations(rows, rung_epochs))
+    lines = [
+        "Command: `.venv/bin/python bench/search_efficiency.py " + " ".join(argv) + "`",
+        f"Machine: {machine()}, Python {platform.python_version()}; date {date.today()}; "
+        f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min); "
+        f"whole benchmark {wall / 60:.1f} min.",
+        f"Problem: simulated `model_ii` at 32 px, {n_train} train, {n_val} val and {n_test} "
+        f"test images (a third per class), family `{args.family}` micro search space, "
+        f"max {args.max_epochs} epochs per trial; {args.configs} trials per study "
+        f"(PBT and PB2: a population of {args.pbt_population}, perturbing every "
+        f"{args.pbt_interval} epochs; HyperBand: brackets from max epochs and the reduction "
+        f"factor), {args.max_concurrent} trials at a time, 1 thread each; grid "
+        f"{args.grid_points} points per numeric range, in a seeded random order.",
+        f"ASHA: grace period {args.grace_period} epoch, reduction factor {args.reduction_factor}, "
+        f"rank rule (what `lenstune tune` runs); TPE and GP told each trial's "
+        f"{'score at the first rung' if args.tpe_told == 'first-rung' else 'last score'}.",
+        "Score: the test macro AUC of the model each study would promote (the completed trial "
+        "with the highest best val AUC, at its best epoch).", "",
+        auc_noise_line(n_val), "",
+        *summary_tables(entries), "",
+        rung_correlations(entries, rung_epochs), "",
+        "### Per seed", "", *per_seed_table(entries)]
     return "\n".join(lines) + "\n"
 
 
-def summary_table(rows: list[dict]) -> list[str]:
-    """Means over the seeds per method, each against random search on the same seeds, and
-    whether the target holds."""
-    by = {name: sorted((r for r in rows if r["method"] == name), key=lambda r: r["seed"])
-          for name, _, _ in METHODS}
-    by = {name: runs for name, runs in by.items() if runs}
-    mean = {k: (statistics.mean(r["best_auc"] for r in v), statistics.mean(r["epochs"] for r in v))
-            for k, v in by.items()}
-    r_auc, r_ep = mean["random_fifo"]
-    lines = ["| method | mean best val AUC | mean total epochs | AUC - random (per seed) "
-              "| epochs / random (per seed) | target |", "|---|---:|---:|---|---|---|"]
-    for name, (auc, ep) in mean.items():
-        if name == "random_fifo":
-            lines.append(f"| {name} | {auc:.4f} | {ep:.1f} | | | |")
-            continue
-        ref = {r["seed"]: r for r in by["random_fifo"]}
-        gaps = [a["best_auc"] - ref[a["seed"]]["best_auc"] for a in by[name]]
-        ratios = [a["epochs"] / ref[a["seed"]]["epochs"] for a in by[name]]
-        met = (auc >= r_auc - 0.005) and (ep / r_ep <= 0.25)
-        lines.append(
-            f"| {name} | {auc:.4f} | {ep:.1f} | {auc - r_auc:+.4f} "
-            f"({', '.join(f'{g:+.4f}' for g in gaps)}) | {ep / r_ep:.3f} "
-            f"({', '.join(f'{q:.3f}' for q in ratios)}) | {'met' if met else 'not met'} |")
-    return lines + ["", "Target: mean best val AUC within 0.005 of random search's, using <= "
-                    "1/4 of its epochs (means over the seeds).", ""]
+def rung_correlations(entries: list[dict], epochs: list[int]) -> str:
+    """How well a configuration's val AUC after e epochs predicts its best val AUC, and its
+    best val AUC its test AUC there, from random search's full curves (Spearman, per seed)."""
+    runs = sorted((e for e in entries if e["method"] == REFERENCE), key=lambda e: e["seed"])
+    parts = []
+    for ep in epochs:
+        values = [spearman([c["val_auc"][ep - 1] for c in r["curves"]],
+                           [max(c["val_auc"]) for c in r["curves"]]) for r in runs]
+        parts.append(f"after {ep} epoch{'s' * (ep > 1)}: "
+                     f"{', '.join(f'{v:+.2f}' for v in values)}")
+    val_test = [spearman([max(c["val_auc"]) for c in r["curves"]],
+                         [c["test_auc"][int(np.argmax(c["val_auc"]))] for c in r["curves"]])
+                for r in runs]
+    return ("Rank correlation (Spearman, per seed, random search's trials) between a trial's val "
+            "AUC after a rung's epochs and its best val AUC: " + "; ".join(parts)
+            + ". Between its best val AUC and its test AUC at that epoch: "
+            + ", ".join(f"{v:+.2f}" for v in val_test) + ".")
 
 
-def rows_from_curves(paths: list[Path]) -> list[dict]:
-    """Per method and seed, best val AUC and total epochs from saved ``--curves`` files (every
-    trial's per-epoch val AUC); a seed measured twice for a method is refused."""
-    rows, seen = [], set()
+def read_curves(paths: list[Path]) -> list[dict]:
+    """Saved ``--curves`` files, together; a strategy and seed in two files is refused."""
+    entries, seen = [], set()
     for path in paths:
         text = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
         for entry in json.loads(text):
@@ -232,45 +408,49 @@ def rows_from_curves(paths: list[Path]) -> list[dict]:
             if key in seen:
                 raise SystemExit(f"{path}: {key[0]} seed {key[1]} is in more than one file")
             seen.add(key)
-            rows.append({"method": key[0], "seed": key[1],
-                         "best_auc": max(max(c["val_auc"]) for c in entry["curves"]),
-                         "epochs": sum(len(c["val_auc"]) for c in entry["curves"])})
-    missing = {r["seed"] for r in rows} ^ {r["seed"] for r in rows if r["method"] == "random_fifo"}
-    if missing:
-        raise SystemExit(f"no random_fifo run for seeds {sorted(missing)}: nothing to compare with")
-    return rows
+            entries.append(entry)
+    return entries
+
+
+def write_curves(path: Path, entries: list[dict]) -> None:
+    text = json.dumps(entries)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="levit")
-    p.add_argument("--n-per-class", type=int, default=1500,
-                   help="training images per class")
-    p.add_argument("--val-per-class", type=int, default=500,
-                   help="validation images per class (the AUC's noise shrinks with it)")
-    p.add_argument("--configs", type=int, default=24, help="configurations per study")
+    p.add_argument("--n-per-class", type=int, default=500, help="training images per class")
+    p.add_argument("--val-per-class", type=int, default=250)
+    p.add_argument("--test-per-class", type=int, default=250)
+    p.add_argument("--configs", type=int, default=24, help="trials per study")
     p.add_argument("--max-epochs", type=int, default=16)
     p.add_argument("--grace-period", type=int, default=1)
     p.add_argument("--reduction-factor", type=float, default=4)
+    p.add_argument("--pbt-population", type=int, default=6)
+    p.add_argument("--pbt-interval", type=int, default=4)
+    p.add_argument("--grid-points", type=int, default=3)
     p.add_argument("--max-concurrent", type=int, default=2)
-    p.add_argument("--tpe-told", choices=["last", "first-rung"], default="first-rung",
-                   help="what TPE is told of a trial: its last score (Ray's default) or its "
-                   "score at the first rung (tuner.study.asha.EqualFidelityOptunaSearch)")
-    p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS],
-                   choices=[m[0] for m in METHODS], help="run only these (curves for analysis)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    p.add_argument("--tpe-told", choices=["last", "first-rung"], default="first-rung")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(12)))
     p.add_argument("--data-dir", type=Path, default=Path("runs/bench/data"))
     p.add_argument("--out", type=Path, help="write the markdown results here")
-    p.add_argument("--curves", type=Path,
-                   help="write every trial's config and per-epoch val AUC here (JSON)")
+    p.add_argument("--curves", type=Path, help="write every trial's config and per-epoch val "
+                   "and test AUC here (.json or .json.gz), after each study")
     p.add_argument("--pool", type=Path, nargs="+", metavar="CURVES",
-                   help="run nothing: the summary over the seeds of these saved --curves files "
-                   "(.json or .json.gz)")
+                   help="run nothing: the summary over these saved --curves files")
     args = p.parse_args(argv)
     if args.pool:
+        entries = read_curves(args.pool)
         text = "\n".join([f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
-                          "", *summary_table(rows_from_curves(args.pool))])
+                          "", *summary_tables(entries), "", "### Per seed", "",
+                          *per_seed_table(entries)]) + "\n"
         print(text)
         if args.out:
             args.out.write_text(text)
@@ -283,47 +463,49 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from tuner.data import load_split
     from tuner.data.simulate import simulate_dataset, split_counts
-    from tuner.study.search_space import load_search_space
-    from tuner.study.driver import load_arrays
 
-    root = args.data_dir / f"model_ii-32px-tr{args.n_per_class}-va{args.val_per_class}-s0"
+    root = args.data_dir / (f"model_ii-32px-tr{args.n_per_class}-va{args.val_per_class}"
+                            f"-te{args.test_per_class}-s0")
     if not (root / "meta.json").exists():
-        counts = split_counts(0, counts=[args.n_per_class, args.val_per_class, 1])
+        counts = split_counts(0, counts=[args.n_per_class, args.val_per_class,
+                                         args.test_per_class])
         simulate_dataset(root, "model_ii", counts, seed=0, img_size=32, progress=True)
-    arrays, meta = load_arrays(root)
-    space = load_search_space(args.family, "micro")
+    arrays, meta = {}, None
+    for split in ("train", "val", "test"):
+        data = load_split(root, split)
+        arrays[f"{split}_images"] = np.ascontiguousarray(data.images.numpy(), dtype=np.float32)
+        arrays[f"{split}_labels"] = np.ascontiguousarray(data.labels.numpy(), dtype=np.int64)
+        meta = data.meta
+    space = bench_space(args.family, args)
     tmp = Path(tempfile.mkdtemp(prefix="ltse", dir="/tmp"))
     ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False,
              _temp_dir=str(tmp / "ray"))
-    rows = []
+    entries = []
     try:
         refs = {k: ray.put(v) for k, v in arrays.items()}
         for seed in args.seeds:
-            for name, sampler, early in METHODS:
-                if name not in args.methods:
-                    continue
-                row = run_method(name, sampler, early, seed=seed, refs=refs, space=space, args=args,
-                                 class_names=list(meta.class_names), storage=tmp / "studies")
-                rows.append(row)
-                print(f"{name:<12} seed {seed}: best val AUC {row['best_auc']:.4f}, "
-                      f"{row['epochs']} epochs, {row['seconds']:.0f} s", flush=True)
+            for name in args.strategies:
+                entry = run_strategy(name, seed=seed, refs=refs, space=space, args=args,
+                                     class_names=list(meta.class_names), storage=tmp / "studies")
+                entries.append(entry)
+                m = summarise(entry)
+                print(f"{name:<9} seed {seed}: promoted val AUC {m['val_auc']:.4f}, test AUC "
+                      f"{m['test_auc']:.4f}, {m['epochs']} epochs, {entry['seconds']:.0f} s",
+                      flush=True)
+                if args.curves:
+                    write_curves(args.curves, entries)
     finally:
         ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)  # Ray session, studies, MLflow store of this run
-    if "random_fifo" not in args.methods:
-        if args.curves:
-            args.curves.write_text(json.dumps(
-                [{k: r[k] for k in ("method", "seed", "curves")} for r in rows], indent=1))
+        shutil.rmtree(tmp, ignore_errors=True)  # Ray session and studies of this run
+    if REFERENCE not in args.strategies:
         return 0
-    text = render(rows, args, argv, len(arrays["train_labels"]), len(arrays["val_labels"]), load,
-                  time.perf_counter() - begin)
+    sizes = tuple(len(arrays[f"{s}_labels"]) for s in ("train", "val", "test"))
+    text = render(entries, args, argv, sizes, load, time.perf_counter() - begin)
     print(text)
     if args.out:
         args.out.write_text(text)
-    if args.curves:
-        args.curves.write_text(json.dumps(
-            [{k: r[k] for k in ("method", "seed", "curves")} for r in rows], indent=1))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The search-efficiency benchmark's summary, recomputed from saved per-trial curves
-(``bench/search_efficiency.py --pool``), which the results file's pooled verdict rests on."""
+(``bench/search_efficiency.py --pool``), which the results file's verdict rests on: what each
+study would promote, scored on the test split, paired against random search per seed."""
 
 import gzip
 import importlib.util
@@ -19,28 +20,47 @@ def bench():
     return module
 
 
-def _run(method, seed, *curves):
-    return {"method": method, "seed": seed, "curves": [{"config": {}, "val_auc": c} for c in curves]}
+def _trial(val, test):
+    return {"config": {}, "epochs": list(range(1, len(val) + 1)), "val_auc": val,
+            "test_auc": test}
 
 
-def test_pool_recomputes_best_auc_and_epochs_per_seed(bench, tmp_path, capsys):
+def _study(method, seed, *trials):
+    return {"method": method, "seed": seed, "max_epochs": 4, "curves": list(trials)}
+
+
+def test_pool_scores_what_each_study_would_promote_on_the_test_split(bench, tmp_path):
     first, second = tmp_path / "a.json", tmp_path / "b.json.gz"
-    first.write_text(json.dumps([_run("asha_tpe", 0, [0.7, 0.9], [0.6]),
-                                 _run("random_fifo", 0, [0.7, 0.8, 0.91, 0.92], [0.5] * 4)]))
+    first.write_text(json.dumps([
+        # promoted: the completed trial with the best val AUC (0.9, at epoch 3: test 0.85);
+        # the stopped trial's higher val AUC does not count
+        _study("asha-tpe", 0, _trial([0.6, 0.7, 0.9, 0.8], [0.5, 0.6, 0.85, 0.9]),
+               _trial([0.95], [0.99])),
+        _study("random", 0, _trial([0.7, 0.8, 0.91, 0.92], [0.6, 0.7, 0.8, 0.88]),
+               _trial([0.5] * 4, [0.5] * 4))]))
     with gzip.open(second, "wt") as f:
-        json.dump([_run("asha_tpe", 1, [0.8]), _run("random_fifo", 1, [0.85] * 4, [0.5] * 4)], f)
+        json.dump([
+            # a tie: the first best epoch (test 0.7)
+            _study("asha-tpe", 1, _trial([0.8] * 4, [0.7, 0.9, 0.9, 0.9]), _trial([0.4], [0.4])),
+            _study("random", 1, _trial([0.85] * 4, [0.8] * 4), _trial([0.5] * 4, [0.5] * 4))], f)
     assert bench.main(["--pool", str(first), str(second), "--out", str(tmp_path / "o.md")]) == 0
     table = (tmp_path / "o.md").read_text()
-    # seed 0: 0.90 vs 0.92, 3 of 8 epochs; seed 1: 0.80 vs 0.85, 1 of 8
-    assert "| asha_tpe | 0.8500 | 2.0 | -0.0350 (-0.0200, -0.0500) | 0.250 (0.375, 0.125) | not met |" in table
-    assert "| random_fifo | 0.8850 | 8.0 |" in table
+    # test AUC differences -0.03 and -0.10: mean -0.065, 95% t interval (1 degree of freedom)
+    # -0.065 +- 12.706 * 0.0495 / sqrt(2); 5 epochs each against 8; random cut to its first
+    # trial (round(5 / 4)) scores the same here
+    assert ("| asha-tpe | 2 | 0.7750 | 0.8500 | 5.0 | 0.625 | -0.0650 [-0.5097, +0.3797] | "
+            "-0.0650 [-0.5097, +0.3797] | 1.0 |") in table
+    assert "| random | 2 | 0.8400 | 0.8850 | 8.0 | 1 | | | |" in table
+    assert "Measured over 2 seeds: -0.0650 (95% interval -0.5097 to +0.3797) at 0.625" in table
+    assert "| asha-tpe | 0 | 2 | 5 | 0.9000 | 0.8500 |" in table
 
 
 def test_pool_refuses_a_seed_twice_or_without_random_search(bench, tmp_path):
     path = tmp_path / "a.json"
-    path.write_text(json.dumps([_run("asha_tpe", 0, [0.7]), _run("random_fifo", 0, [0.7])]))
-    with pytest.raises(SystemExit, match="asha_tpe seed 0 is in more than one file"):
+    path.write_text(json.dumps([_study("asha-tpe", 0, _trial([0.7] * 4, [0.7] * 4)),
+                                _study("random", 0, _trial([0.7] * 4, [0.7] * 4))]))
+    with pytest.raises(SystemExit, match="asha-tpe seed 0 is in more than one file"):
         bench.main(["--pool", str(path), str(path)])
-    path.write_text(json.dumps([_run("asha_tpe", 3, [0.7])]))
-    with pytest.raises(SystemExit, match=r"no random_fifo run for seeds \[3\]"):
+    path.write_text(json.dumps([_study("asha-tpe", 3, _trial([0.7] * 4, [0.7] * 4))]))
+    with pytest.raises(SystemExit, match="no random runs: nothing to compare with"):
         bench.main(["--pool", str(path)])
