@@ -314,3 +314,13 @@ def test_a_bohb_study_cannot_be_resumed_and_says_so(micro_dataset, tmp_path):
         assert ("--strategy hyperband-bohb: a study cannot be resumed or extended (Ray does not "
                 "save HyperBand's brackets)") in proc.stderr
     assert not (runs / "studies").exists() and not (runs / "mlflow.db").exists()
+
+
+def test_every_family_can_run_pbt_and_pb2_in_both_profiles():
+    from tuner.models import list_families
+
+    for family in list_families():
+        for profile in ("gpu", "micro"):
+            space = load_search_space(family, profile)
+            assert space.pbt_problem() is None and space.pb2_problem() is None, (family, profile)
+            assert set(space.mutable_ranges()) == {f"train/{k}" for k in space.pbt.mutable}
