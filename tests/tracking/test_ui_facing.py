@@ -85,3 +85,8 @@ def test_study_progress_lines_count_trials_and_keep_the_best(monkeypatch):
                      "val AUC 0.8000; best so far 0.9500 (trial b)"]
     callback.on_trial_complete(0, [done, running, stopped], done)
     assert lines[-1].startswith("family 2/5 swin: trial 1/32 (a) completed 12 epochs")
+    for stopped_by, how in (("HyperBand", "stopped by HyperBand after 4/12"),
+                            (None, "ended after 4/12")):  # a strategy that stops no trial early
+        progress_mod.StudyProgress("swin", 2, 5, 32, 12, stopped_by=stopped_by).on_trial_complete(
+            0, [done, running, stopped], stopped)
+        assert f"(c) {how} epochs, best val AUC 0.8000" in lines[-1]

@@ -22,10 +22,12 @@ class StudyProgress(tune.Callback):
     was. Picklable: Tune saves it with the study."""
 
     def __init__(self, family: str, index: int, n_families: int, num_samples: int,
-                 max_epochs: int, objective: str = schema.OBJECTIVE):
+                 max_epochs: int, objective: str = schema.OBJECTIVE,
+                 stopped_by: str | None = "ASHA"):
         self.family, self.index, self.n_families = family, index, n_families
         self.num_samples, self.max_epochs = num_samples, max_epochs
         self.objective = objective
+        self.stopped_by = stopped_by  # the strategy's scheduler that ends trials early, if any
 
     def _label(self) -> str:
         return f"family {self.index}/{self.n_families} {self.family}"
@@ -53,8 +55,10 @@ class StudyProgress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = int(reported_epoch(trial.last_result or {}) or 0)
+        stopped_by = getattr(self, "stopped_by", "ASHA")  # a study saved before it existed
         how = (f"completed {epochs} epochs" if epochs >= self.max_epochs
-               else f"stopped by ASHA after {epochs}/{self.max_epochs} epochs")
+               else f"stopped by {stopped_by} after {epochs}/{self.max_epochs} epochs"
+               if stopped_by else f"ended after {epochs}/{self.max_epochs} epochs")
         log.info(self.line(trials, trial, how))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
