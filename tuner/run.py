@@ -255,11 +255,13 @@ def register_after_study(config, result, echo=log.info) -> None:
             describe_study_after_promotion(result.tracking_uri, promoted)
     if config.ensemble_top_k:
         from tuner.registry.ensembles import register_hyper_ensemble
+        from tuner.registry.promotion import promotion_limits
 
         echo(f"hyper-ensemble of the top {config.ensemble_top_k} completed trials:")
         try:
             echo(format_result(register_hyper_ensemble(
-                config.experiment, top_k=config.ensemble_top_k, compete=config.promote, **common)))
+                config.experiment, top_k=config.ensemble_top_k, compete=config.promote,
+                limits=promotion_limits(config.max_latency_ms, config.max_params), **common)))
         except (PromotionError, DatasetError) as exc:
             echo(f"hyper-ensemble: nothing registered: {exc}")
 

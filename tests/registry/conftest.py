@@ -95,7 +95,8 @@ def train_micro(root: Path, steps: int, seed: int) -> tuple[torch.nn.Module, dic
 def log_study(client, experiment_id: str, name: str, data_root: Path, trials: list[dict],
               params: dict | None = None) -> str:
     """A study as the tuning driver logs it. Each trial dict: family, stop_reason, val_auc
-    (list, one per epoch), model, config. Returns the study run id."""
+    (list, one per epoch), model, config, and optionally costs ({metric: value}, e.g.
+    ``params``). Returns the study run id."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
     from tuner.training.checkpoint import save_checkpoint
 
@@ -119,7 +120,8 @@ def log_study(client, experiment_id: str, name: str, data_root: Path, trials: li
             Metric(key, value, now + step, step)
             for step, auc in enumerate(trial["val_auc"], 1)
             for key, value in (("val_auc_macro", auc), ("best_val_auc_macro", auc),
-                               ("epoch_seconds", 1.5))])
+                               ("epoch_seconds", 1.5))]
+            + [Metric(key, float(value), now, 0) for key, value in trial.get("costs", {}).items()])
         ckpt = save_checkpoint(data_root.parent / "ckpt" / rid / "checkpoint",
                                model=trial["model"], config=trial["config"])
         client.log_artifacts(rid, str(ckpt), "checkpoint")

@@ -185,3 +185,35 @@ def test_uncertainty_report_of_the_registered_ensemble(ensemble_study, tracking,
     assert logged["uncertainty/ensemble/nll"] == pytest.approx(report["nll"])
     assert uncertainty_main([*base, "--method", "laplace", "--out", str(tmp_path / "l")]) == 2
     assert "applies to a single network" in capsys.readouterr().err
+
+
+def test_the_ensemble_keeps_to_the_promotion_limits_member_by_member_and_in_sum(
+        ensemble_study, toy_data, micro_models, tracking, tmp_path):
+    """--max-params/--max-latency-ms: members only from trials within the limits, and the
+    ensemble (its members run one after the other) within them in sum, or nothing."""
+    uri, client, _ = tracking
+    exp = client.create_experiment("toy-ensemble-limits", artifact_location=str(tmp_path / "a"))
+    (strong, cfg), (weak, weak_cfg) = micro_models["strong"], micro_models["weak"]
+    log_study(client, exp, "limits", toy_data, [
+        {"family": "scratch", "stop_reason": "completed", "val_auc": [0.95], "model": strong,
+         "config": cfg, "costs": {"params": 1000, "latency_ms": 1.0}},
+        {"family": "scratch", "stop_reason": "completed", "val_auc": [0.94],
+         "model": sharpened(strong, 8.0), "config": cfg, "costs": {"params": 1000, "latency_ms": 1.0}},
+        # the best trial, but over the limit: never a member
+        {"family": "scratch", "stop_reason": "completed", "val_auc": [0.99], "model": weak,
+         "config": weak_cfg, "costs": {"params": 9000, "latency_ms": 1.0}},
+    ])
+    before = len(client.search_model_versions(f"name = '{MODEL}'"))
+    lines = []
+    with pytest.raises(PromotionError, match=r"the hyper-ensemble of 2 members has params 2000 "
+                       r"\(summed over its members, which run one after the other\) > 1500"):
+        register_hyper_ensemble("toy-ensemble-limits", top_k=3, tracking_uri=uri, model_name=MODEL,
+                                limits={"params": 1500}, echo=lines.append)
+    assert "promotion: 2 of 3 completed trials have params <= 1500" in lines[0]
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == before
+    result = register_hyper_ensemble("toy-ensemble-limits", top_k=3, tracking_uri=uri,
+                                     model_name=MODEL, limits={"params": 2500}, compete=False,
+                                     echo=lambda _: None)
+    members = json.loads(client.get_model_version(MODEL, result.version).tags[TAG_MEMBERS])
+    heavy = [r for r in client.search_runs([exp]) if r.data.metrics.get("params") == 9000]
+    assert len(members) == 2 and heavy[0].info.run_id not in members

@@ -28,6 +28,7 @@ from tuner.registry.promotion import (
     load_trial,
     reevaluate_champion,
     settle_champion,
+    within_limits,
 )
 from tuner.registry.evaluation import evaluate, write_evaluation
 from tuner.models.io import ENSEMBLE_FAMILY, EnsembleMember, ModelConfig, predict_probs
@@ -81,6 +82,19 @@ def build_hyper_ensemble(trials, val, tracking_uri: str | None, work: Path):
     return config, module, singles, metrics.nll(ens_probs, labels)
 
 
+def check_ensemble_limits(config: ModelConfig, trials, limits: dict[str, float]) -> None:
+    """PromotionError when the ensemble's cost, summed over its members, is over a limit."""
+    costs = {t.run_id: t.costs for t in trials}
+    members = [m.run_id for m in config.members]
+    for key, limit in limits.items():
+        total = sum(costs[run_id].get(key, float("inf")) for run_id in members)
+        if total > limit:
+            raise PromotionError(
+                f"the hyper-ensemble of {len(members)} members has {key} {total:g} (summed over "
+                f"its members, which run one after the other) > {limit:g}: nothing registered; "
+                "allowed: a smaller --ensemble-top-k, or a looser limit")
+
+
 def _register(client, name: str, study_run_id: str, k: int, config: ModelConfig, module,
               split, candidate, probs, tags: dict[str, str], work: Path):
     """Log the ensemble model into the study run (``hyper_ensemble_top<k>/``), create a version."""
@@ -108,6 +122,7 @@ def register_hyper_ensemble(
     study_run_id: str | None = None,
     model_name: str | None = None,
     compete: bool = True,
+    limits: dict[str, float] | None = None,
     echo: Callable[[str], None] = print,
 ) -> PromotionResult:
     """Build, evaluate and register a study's hyper-ensemble (see the module docstring).
@@ -115,10 +130,14 @@ def register_hyper_ensemble(
     Args mirror :func:`tuner.registry.promotion.promote_champion`; ``top_k`` (>= 2): candidates and
     greedy rounds; ``compete``: let it take ``champion`` when it is better (else only the alias
     ``ensemble`` is set). The result's ``family`` is ``hyper_ensemble`` and its
-    ``trial_run_id`` the study run (the version's source run).
+    ``trial_run_id`` the study run (the version's source run). ``limits`` (``--max-latency-ms``,
+    ``--max-params``: :func:`tuner.registry.promotion.promotion_limits`): members only from the
+    trials within them, and the ensemble as a whole within them too, its cost summed over its
+    members (they run one after the other).
     Raises:
-        PromotionError: fewer than 2 completed trials, a selection that keeps a single trial,
-            or data that does not fit the models. Nothing is written to the registry then.
+        PromotionError: fewer than 2 completed trials (within the limits), a selection that
+            keeps a single trial, an ensemble over the limits, or data that does not fit the
+            models. Nothing is written to the registry then.
     """
     from tuner.data import load_split
 
@@ -127,18 +146,22 @@ def register_hyper_ensemble(
     client = mlflow_client(tracking_uri)
     study = find_study(client, experiment, study_run_id)
     sid = study.info.run_id
-    trials = top_completed(list_trials(client, study.info.experiment_id, sid), top_k)
+    trials = list_trials(client, study.info.experiment_id, sid)
+    if limits:
+        trials = within_limits(trials, limits, echo)
+    trials = top_completed(trials, top_k)
     if len(trials) < 2:
         raise PromotionError(f"a hyper-ensemble needs at least 2 completed trials; study {sid} "
-                             f"has {len(trials)}")
+                             f"has {len(trials)}" + (" within the limits" if limits else ""))
     root = resolve_data_root(study, data_root)
     val, test = load_split(root, "val"), load_split(root, "test")
     name = model_name or default_model_name(test.meta, root)
-    key = f"{sid}:top{top_k}"
+    key = f"{sid}:top{top_k}" + "".join(f":{k}<={v:g}" for k, v in sorted((limits or {}).items()))
 
     with tempfile.TemporaryDirectory(prefix="lenstune-ensemble-") as tmp:
         work = Path(tmp)
         config, module, singles, ens_nll = build_hyper_ensemble(trials, val, tracking_uri, work)
+        check_ensemble_limits(config, trials, limits or {})
         candidate, probs = evaluate(module, config, test, f"hyper-ensemble of study {sid}")
         result = dict(model_name=name, study_run_id=sid, trial_run_id=sid, family=ENSEMBLE_FAMILY,
                       candidate=candidate)
