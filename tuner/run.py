@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--strategy grid: values per numeric range (default 3)")
     p.add_argument("--optuna-storage", metavar="URL",
                    help="Optuna storage of the searchers' studies (sqlite:///..., postgresql://...); "
-                   "default sqlite:///<runs-dir>/optuna.db; `lenstune dashboard` shows it")
+                   "default $LENSTUNE_OPTUNA_STORAGE, else sqlite:///<runs-dir>/optuna.db; "
+                   "`lenstune dashboard` shows it")
     p.add_argument("--extend", type=int, metavar="N",
                    help="add N trials per family to the study named by --study-name (finished or "
                    "not), with the search space and strategy it ran with")

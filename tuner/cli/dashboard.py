@@ -37,14 +37,14 @@ def build_parser() -> CommandParser:
 
 
 def storage_url(args: argparse.Namespace) -> str:
-    """The storage the studies used: --storage, else the runs folder's (the study config's own
-    default, so the two never disagree)."""
+    """The storage the studies used: --storage, else the study config's own default (so the two
+    never disagree): ``$LENSTUNE_OPTUNA_STORAGE``, else the runs folder's optuna.db."""
     from tuner.study.config import StudyConfig
 
     if args.storage:
         return args.storage
     url = StudyConfig(runs_dir=args.runs_dir).resolved_optuna_storage()
-    if not Path(url[len("sqlite:///"):]).is_file():
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         raise UsageError(f"no Optuna storage in --runs-dir {args.runs_dir} (no optuna.db): a study "
                          "run with that runs folder makes it; allowed: a runs folder of a study, "
                          "or --storage URL")

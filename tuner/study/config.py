@@ -26,6 +26,7 @@ MODE = schema.OBJECTIVE_MODE
 EPOCH_ATTR = schema.EPOCH
 # Where a cluster's Tune storage is named for every study (cluster/ sets it on every node).
 STORAGE_ENV = "LENSTUNE_STORAGE"
+OPTUNA_STORAGE_ENV = "LENSTUNE_OPTUNA_STORAGE"  # the searchers' Optuna storage on a cluster
 
 
 class ConfigError(ValueError):
@@ -103,7 +104,8 @@ class StudyConfig(BaseModel):
     grid_points: int = Field(3, ge=2, description="strategy grid: values per numeric range")
     optuna_storage: str | None = Field(
         None, description="Optuna RDB storage of the searchers' studies (sqlite:///..., "
-        "postgresql://...); None = sqlite:///<runs_dir>/optuna.db. `lenstune dashboard` opens it")
+        "postgresql://...); None = $LENSTUNE_OPTUNA_STORAGE, else sqlite:///<runs_dir>/optuna.db. "
+        "`lenstune dashboard` opens it")
     extend: int | None = Field(
         None, ge=1, description="add this many trials per family to the study named by "
         "study_name (finished or not), with the search space it ran with")
@@ -243,9 +245,11 @@ class StudyConfig(BaseModel):
         return f"sqlite:///{self.resolved_runs_dir() / 'mlflow.db'}"
 
     def resolved_optuna_storage(self) -> str:
-        """The searchers' Optuna storage URL: the configured one, else a sqlite file under the
-        runs folder (the searcher runs in the driver, so the driver's disk is enough)."""
-        return self.optuna_storage or f"sqlite:///{self.resolved_runs_dir() / 'optuna.db'}"
+        """The searchers' Optuna storage URL: the configured one, else ``$LENSTUNE_OPTUNA_STORAGE``
+        (a cluster's PostgreSQL: docs/cluster.md), else a sqlite file under the runs folder (the
+        searcher runs in the driver, so the driver's disk is enough on one machine)."""
+        return (self.optuna_storage or os.environ.get(OPTUNA_STORAGE_ENV)
+                or f"sqlite:///{self.resolved_runs_dir() / 'optuna.db'}")
 
     def resolved_storage(self) -> str:
         """Ray Tune storage root: the configured one (flag or config file), else
