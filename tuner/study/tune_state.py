@@ -58,6 +58,27 @@ def _newest_experiment_state(path: str) -> tuple[object, str, str | None]:
     return fs, fs_path, _find_newest_experiment_checkpoint(fs_path, fs=fs)
 
 
+def _search_state(path: str) -> tuple[object, str | None, str | None, dict | None]:
+    """(filesystem, newest experiment state file, newest search generator state file, that
+    state unpickled) at ``path``; None for what is not there."""
+    import ray.cloudpickle as cloudpickle
+
+    fs, fs_path, experiment_path = _newest_experiment_state(path)
+    gen_path = _newest(fs, fs_path, SEARCH_GEN_PATTERN)
+    if gen_path is None:
+        return fs, experiment_path, None, None
+    with fs.open_input_stream(gen_path) as f:
+        return fs, experiment_path, gen_path, cloudpickle.loads(f.readall())
+
+
+def _write_search_state(fs, gen_path: str, state: dict) -> None:
+    import ray.cloudpickle as cloudpickle
+
+    payload = cloudpickle.dumps(state)
+    with fs.open_output_stream(gen_path) as f:
+        f.write(payload)
+
+
 def reconcile_search_state(path: str, finished_trials: set[str] = frozenset()) -> list[str]:
     """Make the newest search generator state at ``path`` (a local folder or a URI Ray can
     open) agree with the newest experiment state: its trial count equal to the number of
@@ -66,16 +87,10 @@ def reconcile_search_state(path: str, finished_trials: set[str] = frozenset()) -
     lost count as created, so the restored study does not sample replacements for them.
     Rewrites the file only when something changes; returns what changed, one line each
     (empty: already consistent or nothing saved)."""
-    import ray.cloudpickle as cloudpickle
-
-    fs, fs_path, experiment_path = _newest_experiment_state(path)
-    gen_path = _newest(fs, fs_path, SEARCH_GEN_PATTERN)
+    fs, experiment_path, gen_path, state = _search_state(path)
     if experiment_path is None or gen_path is None:
         return []
     trials = saved_trials(fs, experiment_path)
-    with fs.open_input_stream(gen_path) as f:
-        state = cloudpickle.loads(f.readall())
-
     changes = []
     lost = set(finished_trials) - set(trials)
     if lost:
@@ -104,9 +119,7 @@ def reconcile_search_state(path: str, finished_trials: set[str] = frozenset()) -
             limiter["num_unfinished_live_trials"] = max(
                 0, limiter["num_unfinished_live_trials"] - len(ended | unsaved))
     if changes:
-        payload = cloudpickle.dumps(state)
-        with fs.open_output_stream(gen_path) as f:
-            f.write(payload)
+        _write_search_state(fs, gen_path, state)
         for line in changes:
             log.warning("restore of %s: %s", path, line)
     return changes
@@ -325,16 +338,10 @@ def extend_search_state(path: str, more: int) -> int:
     """Let the restored search generator at ``path`` create ``more`` trials than it was asked
     for (``--extend``): its sample budget raised, its finished mark cleared. Returns the new
     budget; ValueError when nothing was saved there."""
-    import ray.cloudpickle as cloudpickle
-
-    fs, fs_path, _ = _newest_experiment_state(path)
-    gen_path = _newest(fs, fs_path, SEARCH_GEN_PATTERN)
+    fs, _, gen_path, state = _search_state(path)
     if gen_path is None:
         raise ValueError(f"no search state under {path}")
-    with fs.open_input_stream(gen_path) as f:
-        state = cloudpickle.loads(f.readall())
     state["total_samples"] = int(state["total_samples"]) + more
     state["finished"] = False
-    with fs.open_output_stream(gen_path) as f:
-        f.write(cloudpickle.dumps(state))
+    _write_search_state(fs, gen_path, state)
     return state["total_samples"]
