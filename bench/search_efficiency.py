@@ -351,10 +351,6 @@ def per_seed_table(entries: list[dict]) -> list[str]:
 def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, int], load: tuple,
            wall: float) -> str:
     n_train, n_val, n_test = sizes
-    rung_epochs, e = [], args.grace_period
-    while e < args.max_epochs:
-        rung_epochs.append(int(e))
-        e *= args.reduction_factor
     lines = [
         "Command: `.venv/bin/python bench/search_efficiency.py " + " ".join(argv) + "`",
         f"Machine: {machine()}, Python {platform.python_version()}; date {date.today()}; "
@@ -374,15 +370,20 @@ def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, in
         "with the highest best val AUC, at its best epoch).", "",
         auc_noise_line(n_val), "",
         *summary_tables(entries), "",
-        rung_correlations(entries, rung_epochs), "",
+        rung_correlations(entries), "",
         "### Per seed", "", *per_seed_table(entries)]
     return "\n".join(lines) + "\n"
 
 
-def rung_correlations(entries: list[dict], epochs: list[int]) -> str:
-    """How well a configuration's val AUC after e epochs predicts its best val AUC, and its
-    best val AUC its test AUC there, from random search's full curves (Spearman, per seed)."""
+def rung_correlations(entries: list[dict]) -> str:
+    """How well a configuration's val AUC after e epochs (1, 2, 4, ... below the budget: where
+    a scheduler could decide) predicts its best val AUC, and its best val AUC its test AUC
+    there, from random search's full curves (Spearman, per seed)."""
     runs = sorted((e for e in entries if e["method"] == REFERENCE), key=lambda e: e["seed"])
+    if not runs:
+        return ""
+    budget = runs[0]["max_epochs"]
+    epochs = [2 ** k for k in range(budget.bit_length()) if 2 ** k < budget]
     parts = []
     for ep in epochs:
         values = [spearman([c["val_auc"][ep - 1] for c in r["curves"]],
@@ -438,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--tpe-told", choices=["last", "first-rung"], default="first-rung")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--label", help="name the results '<strategy> (<label>)': a variant (say, "
+                   "another grace period) pooled beside the default runs")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(12)))
     p.add_argument("--data-dir", type=Path, default=Path("runs/bench/data"))
     p.add_argument("--out", type=Path, help="write the markdown results here")
@@ -449,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool:
         entries = read_curves(args.pool)
         text = "\n".join([f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
-                          "", *summary_tables(entries), "", "### Per seed", "",
-                          *per_seed_table(entries)]) + "\n"
+                          "", *summary_tables(entries), "", rung_correlations(entries), "",
+                          "### Per seed", "", *per_seed_table(entries)]) + "\n"
         print(text)
         if args.out:
             args.out.write_text(text)
@@ -489,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.strategies:
                 entry = run_strategy(name, seed=seed, refs=refs, space=space, args=args,
                                      class_names=list(meta.class_names), storage=tmp / "studies")
+                if args.label:
+                    entry["method"] = f"{name} ({args.label})"
                 entries.append(entry)
                 m = summarise(entry)
                 print(f"{name:<9} seed {seed}: promoted val AUC {m['val_auc']:.4f}, test AUC "
