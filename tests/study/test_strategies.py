@@ -178,7 +178,11 @@ def test_each_strategy_runs_a_tiny_study_and_names_its_stops(strategy, micro_dat
     for run in trials:
         epochs = len(client.get_metric_history(run.info.run_id, "val_auc_macro"))
         reason = run.data.tags[schema.STOP_REASON_TAG]
-        if epochs == max_epochs:
+        if get_strategy(strategy).population:
+            # PB2 stops no trial; one that copied a later checkpoint of another trial logs only
+            # the epochs it trained itself, and still completed the budget
+            assert reason == schema.STOP_COMPLETED and run.info.status == "FINISHED", epochs
+        elif epochs == max_epochs:
             assert reason == schema.STOP_COMPLETED
         elif strategy == "hyperband-bohb":  # stopped at a milestone of its bracket
             assert reason == schema.STOP_HYPERBAND, (reason, epochs)
