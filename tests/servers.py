@@ -161,6 +161,20 @@ def postgres_server(database: str = "mlflow", timeout_s: float = 60) -> Iterator
         shutil.rmtree(root, ignore_errors=True)
 
 
+def create_optuna_database(pg: Postgres, repo: Path) -> str:
+    """Run ``docker/postgres-init-optuna.sh`` on ``pg`` as the postgres image runs its init
+    scripts (psql on PATH, its user and database in the environment); the SQLAlchemy URL of
+    the ``optuna`` database it makes (trust authentication on loopback: no password)."""
+    env = {**os.environ, "PATH": f"{postgres_bin_dir()}:{os.environ['PATH']}",
+           "PGHOST": LOOPBACK, "PGPORT": str(pg.port), "POSTGRES_USER": pg.user,
+           "POSTGRES_DB": pg.database, "OPTUNA_DB_PASSWORD": "not-checked-on-trust"}
+    init = subprocess.run(["sh", str(repo / "docker" / "postgres-init-optuna.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    if init.returncode != 0 or "database optuna, owned by role optuna" not in init.stdout:
+        raise RuntimeError(f"postgres-init-optuna.sh failed: {init.stdout}{init.stderr}")
+    return f"postgresql+psycopg2://optuna@{LOOPBACK}:{pg.port}/optuna"
+
+
 # ------------------------------------------------------------------------------ S3 (moto)
 
 

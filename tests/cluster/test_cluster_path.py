@@ -116,12 +116,15 @@ def cluster_environment() -> dict[str, str]:
     return names
 
 
-def local_values(config_env: dict[str, str | None], *, mlflow: str, s3: str) -> dict[str, str]:
+def local_values(config_env: dict[str, str | None], *, mlflow: str, s3: str,
+                 optuna: str) -> dict[str, str]:
     """The same variables, pointed at this machine's servers. A variable the configs set that
     this mapping does not know fails the test: a new setting must be tried here too."""
     local = {
         "MLFLOW_TRACKING_URI": mlflow,
         "LENSTUNE_STORAGE": config_env["LENSTUNE_STORAGE"],  # the same bucket and prefix
+        # the searchers' Optuna studies in PostgreSQL, in the database the stack's init makes
+        "LENSTUNE_OPTUNA_STORAGE": optuna,
         "AWS_ENDPOINT_URL": s3,
         "AWS_ACCESS_KEY_ID": servers.S3_DUMMY_ENV["AWS_ACCESS_KEY_ID"],
         "AWS_SECRET_ACCESS_KEY": servers.S3_DUMMY_ENV["AWS_SECRET_ACCESS_KEY"],
@@ -169,7 +172,8 @@ def test_cluster_command_trains_on_autoscaled_gpu_nodes_with_shared_storage(tmp_
                                                                             monkeypatch):
     import ray
 
-    with servers.s3_server() as s3:
+    with servers.s3_server() as s3, servers.postgres_server() as pg:
+        optuna_url = servers.create_optuna_database(pg, REPO)
         for bucket in (STUDIES_BUCKET, ARTIFACTS_BUCKET):
             servers.create_bucket(s3, bucket)
         server_env = {**servers.S3_DUMMY_ENV, "MLFLOW_S3_ENDPOINT_URL": s3}
@@ -180,7 +184,8 @@ def test_cluster_command_trains_on_autoscaled_gpu_nodes_with_shared_storage(tmp_
             # `python` on every node is the one lenstune is installed in, as in the worker image.
             node_env = ray_env(tmp_path, ray_tmp,
                                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                               **local_values(config_env, mlflow=mlflow.uri, s3=s3))
+                               **local_values(config_env, mlflow=mlflow.uri, s3=s3,
+                                              optuna=optuna_url))
             for key in ("MLFLOW_TRACKING_URI", "LENSTUNE_STORAGE", "AWS_ENDPOINT_URL"):
                 assert key in config_env, f"cluster/ no longer sets {key}"
             # The submitting user's shell: Ray's own settings only, in another folder.
@@ -196,6 +201,10 @@ def test_cluster_command_trains_on_autoscaled_gpu_nodes_with_shared_storage(tmp_
                 try:
                     _run_kill_resume_and_check(ray, dashboard, user_env, user_dir, mlflow.uri, s3,
                                                config_env["LENSTUNE_STORAGE"], tmp_path)
+                    import optuna
+
+                    # the searchers kept their studies in PostgreSQL, not on the head's disk
+                    assert optuna.get_all_study_names(optuna_url), "no Optuna study in PostgreSQL"
                 except BaseException:
                     # Ray's own logs (autoscaler, runtime env agents) for a post-mortem.
                     import shutil

@@ -4,9 +4,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
 from tests import servers
@@ -20,15 +17,7 @@ def test_a_study_keeps_its_optuna_study_in_the_stacks_postgres_database(micro_da
     import optuna
 
     with servers.postgres_server() as pg:
-        # the postgres image runs the script with psql on PATH and its own user and database
-        env = {**os.environ, "PATH": f"{servers.postgres_bin_dir()}:{os.environ['PATH']}",
-               "PGHOST": servers.LOOPBACK, "PGPORT": str(pg.port), "POSTGRES_USER": pg.user,
-               "POSTGRES_DB": pg.database, "OPTUNA_DB_PASSWORD": "not-checked-on-trust"}
-        init = subprocess.run(["sh", str(REPO / "docker" / "postgres-init-optuna.sh")], env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert init.returncode == 0, init.stderr
-        assert "database optuna, owned by role optuna" in init.stdout
-        url = f"postgresql+psycopg2://optuna@{servers.LOOPBACK}:{pg.port}/optuna"
+        url = servers.create_optuna_database(pg, REPO)
         runs = tmp_path / "runs"
         proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=3, extra=(
             "--study-name", "pg", "--no-promote")), LENSTUNE_OPTUNA_STORAGE=url)
