@@ -94,35 +94,6 @@ class PlainTuneBOHB(TuneBOHB):
         config = super().suggest(trial_id)
         return _plain(config) if isinstance(config, dict) else config
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """A trial the saved searcher state does not know (a driver killed after Tune saved
-        the trial but before it saved the searcher): its configuration is read back from the
-        result, so BOHB's model learns from it and the study goes on."""
-        if trial_id not in self.trial_to_params:
-            params = self._params_of(result)
-            if params is None:  # nothing to learn from: count it as running only
-                if trial_id not in self.paused:
-                    self.running.add(trial_id)
-                return
-            self.trial_to_params[trial_id] = params
-        super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        self.trial_to_params.pop(trial_id, None)
-        self.paused.discard(trial_id)
-        self.running.discard(trial_id)
-
-    def _params_of(self, result: dict) -> dict | None:
-        names = list(self._space.keys())
-        params = {}
-        for name in names:
-            key = f"config/{name}"
-            if key not in result:
-                return None
-            params[name] = result[key]
-        return params
-
 
 def make_bohb(*, metric: str, mode: str, seed: int, max_concurrent: int, max_epochs: int,
               reduction_factor: float, time_attr: str):
