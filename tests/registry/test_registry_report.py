@@ -90,3 +90,29 @@ def test_report_page_is_self_contained_and_logged_to_the_study(promoted, trackin
     assert {"report/index.html", "report/leaderboard.csv", "report/README.md"} <= logged
     assert report_main(["--experiment", "toy", "--out", str(tmp_path / "x"), "--tracking-uri",
                         uri, "--study", "0" * 32]) == 2  # no such study run
+
+
+@pytest.mark.parametrize("strategy, max_epochs, dotted, epochs", [
+    ("asha-tpe", "None", "ASHA's rungs", [1, 2]),  # micro levit: 3 epochs, grace 1, rf 2
+    ("pbt", "5", "PBT's perturbations", [1, 2, 3, 4]),  # every epoch, to --max-epochs 5
+    ("random", "None", None, []),
+])
+def test_the_learning_curves_dot_where_the_studys_strategy_decides(tracking, tmp_path, strategy,
+                                                                   max_epochs, dotted, epochs):
+    import json
+
+    from tuner.report.collect import decision_epochs
+    from tuner.study.search_space import load_search_space
+
+    client = tracking[1]
+    exp_id = client.create_experiment(f"decisions-{strategy}",  # not the other tests' "toy"
+                                      artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(exp_id).info.run_id
+    client.log_param(run, "strategy", strategy)
+    client.log_param(run, "max_epochs", max_epochs)
+    folder = tmp_path / "search_space"
+    folder.mkdir()
+    space = load_search_space("levit", "micro")
+    (folder / "levit.json").write_text(json.dumps(space.model_dump(mode="json"), default=str))
+    client.log_artifacts(run, str(folder), "search_space")
+    assert decision_epochs(client, run) == (dotted, {"levit": epochs})

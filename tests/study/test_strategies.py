@@ -53,6 +53,23 @@ def test_only_the_asha_strategies_stop_trials_early():
             get_strategy(name).early_stop(1, 3)
 
 
+def test_each_strategy_names_the_epochs_where_it_decides_and_how_a_trial_ended():
+    space = load_search_space("levit", "gpu")  # budget: grace 5, rf 3; PBT every 5 epochs
+    assert get_strategy("asha-tpe").decision_epochs(space, 50) == [5, 15, 45]
+    assert get_strategy("asha-tpe").decides_at == "ASHA's rungs"
+    assert get_strategy("hyperband-bohb").decision_epochs(space, 50) == [1, 3, 5, 9, 15, 16, 27, 45, 48]
+    assert get_strategy("pbt").decision_epochs(space, 20) == [5, 10, 15]
+    for name in ("random", "grid", "nsga2"):
+        assert get_strategy(name).decision_epochs(space, 50) == []
+        assert get_strategy(name).decides_at is None
+    asha = get_strategy("asha-tpe")
+    assert asha.trial_end(50, 50) == (schema.STOP_COMPLETED, "")
+    assert asha.trial_end(15, 50) == (schema.STOP_ASHA, "stopped by ASHA after 15 of 50 epochs")
+    assert asha.trial_end(15, 50, schema.STOP_BUDGET, "the budget was spent") == (
+        schema.STOP_BUDGET, "the budget was spent; the trial had trained 15 of 50 epochs")
+    assert asha.trial_end(50, 50, schema.STOP_BUDGET, "spent")[0] == schema.STOP_COMPLETED
+
+
 @pytest.mark.parametrize("max_t, eta", [(16, 4), (3, 2), (50, 3), (81, 3), (10, 3)])
 def test_hyperband_checkpoints_at_every_milestone_rays_brackets_pause_at(max_t, eta):
     from ray.tune.schedulers import HyperBandForBOHB

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 
+from tuner.study.stopping import StudyStopper
+from tuner.study.strategies import get_strategy
 from tuner.tracking import schema
 from tuner.tracking import writer as tracking
 from tuner.tracking.description import (NOTE_TAG, describe_study, describe_study_after_promotion,
@@ -81,12 +83,19 @@ def test_study_progress_lines_count_trials_and_keep_the_best(monkeypatch):
     running = _trial("b", "RUNNING", 0.95, 3)
     stopped = _trial("c", "RUNNING", 0.80, 4)  # Tune marks it TERMINATED after the callbacks
     callback.on_trial_complete(0, [done, running, stopped], stopped)
-    assert lines == ["family 2/5 swin: trial 2/32 (c) stopped by ASHA after 4/12 epochs, best "
-                     "val AUC 0.8000; best so far 0.9500 (trial b)"]
+    assert lines == ["family 2/5 swin: trial 2/32 (c) stopped by ASHA after 4 of 12 epochs, "
+                     "best val AUC 0.8000; best so far 0.9500 (trial b)"]
     callback.on_trial_complete(0, [done, running, stopped], done)
     assert lines[-1].startswith("family 2/5 swin: trial 1/32 (a) completed 12 epochs")
-    for stopped_by, how in (("HyperBand", "stopped by HyperBand after 4/12"),
-                            (None, "ended after 4/12")):  # a strategy that stops no trial early
-        progress_mod.StudyProgress("swin", 2, 5, 32, 12, stopped_by=stopped_by).on_trial_complete(
-            0, [done, running, stopped], stopped)
+    # the same names the trial's MLflow run gets (Strategy.trial_end): the strategy's scheduler,
+    # or the study's stop once the study stopper has stopped the family
+    plateau = StudyStopper(schema.OBJECTIVE, plateau=3)
+    plateau.reason, plateau.message = schema.STOP_PLATEAU, "no better in 3 trials"
+    for strategy, stopper, how in (
+            ("hyperband-bohb", None, "stopped by HyperBand (BOHB) after 4 of 12"),
+            ("asha-tpe", plateau, "stopped with the study (plateau_stopped) after 4/12"),
+            ("random", plateau, "stopped with the study (plateau_stopped) after 4/12")):
+        callback = progress_mod.StudyProgress("swin", 2, 5, 32, 12, strategy=get_strategy(strategy),
+                                              stopper=stopper)
+        callback.on_trial_complete(0, [done, running, stopped], stopped)
         assert f"(c) {how} epochs, best val AUC 0.8000" in lines[-1]

@@ -126,23 +126,30 @@ def _artifact_jsons(client, run_id: str, folder: str) -> dict[str, dict]:
     return out
 
 
-def family_rungs(client, study_run_id: str) -> dict[str, list[int]]:
-    """family -> the epochs where ASHA decides (its rungs), from the study's logged search
-    spaces (``search_space/<family>.json``, their ``budget``) and its ``max_epochs`` param
-    (``--max-epochs``, which overrides the budget's)."""
-    from tuner.study.asha import rung_epochs
+def decision_epochs(client, study_run_id: str) -> tuple[str | None, dict[str, list[int]]]:
+    """What the study's strategy calls the epochs where its scheduler decides (``"ASHA's
+    rungs"``; None for a strategy that decides nowhere), and family -> those epochs
+    (:meth:`~tuner.study.strategies.Strategy.decision_epochs`), from the study's ``strategy``
+    and ``max_epochs`` params (``--max-epochs`` overrides the budget's) and its logged search
+    spaces (``search_space/<family>.json``)."""
+    from tuner.study.search_space import SearchSpace
+    from tuner.study.strategies import DEFAULT_STRATEGY, get_strategy
 
-    override = client.get_run(study_run_id).data.params.get("max_epochs", "None")
-    rungs = {}
-    for family, space in _artifact_jsons(client, study_run_id, "search_space").items():
-        budget = space.get("budget") or {}
+    params = client.get_run(study_run_id).data.params
+    try:
+        strategy = get_strategy(params.get("strategy", DEFAULT_STRATEGY))  # older studies: ASHA
+    except ValueError:
+        return None, {}
+    override = params.get("max_epochs", "None")
+    epochs = {}
+    for family, spec in _artifact_jsons(client, study_run_id, "search_space").items():
         try:
-            top = int(override) if override not in ("None", "") else int(budget["max_epochs"])
-            rungs[family] = rung_epochs(top, int(budget["grace_period"]),
-                                        float(budget["reduction_factor"]))
-        except (KeyError, TypeError, ValueError):
+            space = SearchSpace.model_validate(spec)
+            top = int(override) if override not in ("None", "") else space.budget.max_epochs
+        except (ValueError, TypeError):
             continue
-    return rungs
+        epochs[family] = strategy.decision_epochs(space, top)
+    return strategy.decides_at, epochs
 
 
 def importances(client, study_run_id: str) -> dict[str, dict[str, float]]:

@@ -1,5 +1,5 @@
 """The report's figures, as PNG files: ROC of each family, learning curves with the epochs
-where ASHA stopped trials, parameter importances, the champion's calibration."""
+where the strategy's scheduler decides and how each trial ended, parameter importances, the champion's calibration."""
 
 from __future__ import annotations
 
@@ -86,13 +86,16 @@ def plot_roc_per_family(rocs: dict, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_learning_curves(curves: list[TrialCurve], rungs: dict[str, list[int]], path: Path) -> Path:
+def plot_learning_curves(curves: list[TrialCurve], decisions: dict[str, list[int]], path: Path,
+                         decides_at: str | None = None) -> Path:
     """One panel per family: each trial's validation macro AUC per epoch, its last epoch marked
-    by how it ended (an ASHA stop sits on the rung where ASHA stopped it), rungs dotted."""
+    by how it ended (an ASHA stop sits on the rung where ASHA stopped it), and dotted the
+    epochs where the strategy's scheduler decides (``decisions``: family -> epochs; what they
+    are called: ``decides_at``, e.g. "ASHA's rungs")."""
     families = sorted({c.family for c in curves})
     plt, fig, axes = _grid(len(families), width=4.8)
     for ax, family in zip(axes, families):
-        for epoch in rungs.get(family, []):
+        for epoch in decisions.get(family, []):
             ax.axvline(epoch, color="grey", ls=":", lw=0.8)
         seen = set()
         for curve in (c for c in curves if c.family == family and c.epochs):
@@ -104,8 +107,8 @@ def plot_learning_curves(curves: list[TrialCurve], rungs: dict[str, list[int]], 
         ax.set(title=f"{family}: validation macro AUC per trial", xlabel="epoch",
                ylabel=schema.OBJECTIVE)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(loc="lower right", fontsize=7, title="rungs dotted" if rungs.get(family) else None,
-                  title_fontsize=7)
+        title = f"dotted: {decides_at}" if decides_at and decisions.get(family) else None
+        ax.legend(loc="lower right", fontsize=7, title=title, title_fontsize=7)
     return _save(plt, fig, path)
 
 

@@ -105,17 +105,20 @@ def _study_sections(client, study, rows: list[dict], tmp: Path, tracking_uri: st
     bar.set_postfix_str("learning curves")
     curves = collect.trial_curves(client, experiment_id, sid)
     if curves:
-        rungs = collect.family_rungs(client, sid)
+        decides_at, decisions = collect.decision_epochs(client, sid)
         top = sorted((c for c in curves if c.values), key=lambda c: -max(c.values))[:20]
         table_rows = [{"family": c.family, "trial": c.trial_id, "stop_reason": c.stop_reason,
                        "epochs": len(c.values), "best_val_auc": max(c.values)} for c in top]
+        where = (f" Dotted lines are {decides_at}: the only epochs where the scheduler stops, "
+                 "pauses or copies a trial." if decides_at else "")
         sections.append(Section(
             "curves", "Learning curves",
             "Validation macro AUC per epoch of every trial of the study; the last point of a "
-            "trial shows how it ended (a red X: stopped by ASHA at that rung; a dot: ran its whole "
-            "budget). Dotted lines are the rungs, the only epochs where ASHA can stop a trial. "
-            "The table lists the study's best 20 trials.",
-            [figures.plot_learning_curves(curves, rungs, tmp / "learning_curves.png")],
+            "trial shows how it ended (the legend names each marker: completed its budget, "
+            "stopped by the strategy's scheduler, stopped with the study, failed)." + where +
+            " The table lists the study's best 20 trials.",
+            [figures.plot_learning_curves(curves, decisions, tmp / "learning_curves.png",
+                                          decides_at)],
             _html_table(table_rows, ("family", "trial", "stop_reason", "epochs", "best_val_auc"))))
     bar.update()
     bar.set_postfix_str("importances")

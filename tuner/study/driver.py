@@ -381,9 +381,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             device_unit="GPU" if resources.gpus else "CPU", time_budget_s=config.time_budget_s)
         progress = StudyProgress(family, config.families.index(family) + 1,
                                  len(config.families), samples, max_epochs,
-                                 objective=ctx.objective,
-                                 stopped_by={"asha": "ASHA", "hyperband": "HyperBand"}.get(
-                                     strategy.scheduler))
+                                 objective=ctx.objective, strategy=strategy, stopper=stopper)
         callback = TrialStopCallback(tracking_uri, experiment_id, parent_run_id, max_epochs, {
             "study_name": study_name, "family": family,
             "dataset": {"name": ctx.dataset_name, "digest": ctx.dataset_digest,

@@ -22,12 +22,24 @@ class StudyProgress(tune.Callback):
     was. Picklable: Tune saves it with the study."""
 
     def __init__(self, family: str, index: int, n_families: int, num_samples: int,
-                 max_epochs: int, objective: str = schema.OBJECTIVE,
-                 stopped_by: str | None = "ASHA"):
+                 max_epochs: int, objective: str = schema.OBJECTIVE, strategy=None,
+                 stopper=None):
+        from tuner.study.strategies import DEFAULT_STRATEGY, get_strategy
+
         self.family, self.index, self.n_families = family, index, n_families
         self.num_samples, self.max_epochs = num_samples, max_epochs
         self.objective = objective
-        self.stopped_by = stopped_by  # the strategy's scheduler that ends trials early, if any
+        self.strategy = strategy or get_strategy(DEFAULT_STRATEGY)
+        self.stopper = stopper  # the family's StudyStopper (the one Tune and the trial runs ask)
+
+    def __setstate__(self, state: dict) -> None:
+        # a study saved before the callback knew its strategy and stopper: ASHA's, none
+        from tuner.study.strategies import DEFAULT_STRATEGY, get_strategy
+
+        state.setdefault("strategy", get_strategy(DEFAULT_STRATEGY))
+        state.setdefault("stopper", None)
+        state.pop("stopped_by", None)
+        self.__dict__.update(state)
 
     def _label(self) -> str:
         return f"family {self.index}/{self.n_families} {self.family}"
@@ -54,11 +66,16 @@ class StudyProgress(tune.Callback):
         log.debug("%s: trial %s started: %s", self._label(), trial.trial_id, trial.config)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        from tuner.study.search import trial_end
+
         epochs = int(reported_epoch(trial.last_result or {}) or 0)
-        stopped_by = getattr(self, "stopped_by", "ASHA")  # a study saved before it existed
-        how = (f"completed {epochs} epochs" if epochs >= self.max_epochs
-               else f"stopped by {stopped_by} after {epochs}/{self.max_epochs} epochs"
-               if stopped_by else f"ended after {epochs}/{self.max_epochs} epochs")
+        reason, message = trial_end(self.strategy, self.stopper, trial, self.max_epochs)
+        if reason == schema.STOP_COMPLETED:
+            how = f"completed {epochs} epochs"
+        elif reason in schema.STUDY_STOPS:
+            how = f"stopped with the study ({reason}) after {epochs}/{self.max_epochs} epochs"
+        else:
+            how = message
         log.info(self.line(trials, trial, how))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:

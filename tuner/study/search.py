@@ -34,9 +34,11 @@ class TrialStopCallback(tune.Callback):
 
     - When Ray starts a trial, its run is opened (so a trial whose worker dies before it logs
       anything is still recorded); the trainable finds and reuses it.
-    - A trial that ASHA stops never runs past its last ``tune.report``, so it cannot end its
-      own run, and Optuna even sees it as COMPLETE: here a trial that completes with fewer
-      epochs than ``max_epochs`` is ``asha_stopped`` (run KILLED), one that errors is
+    - A trial that the scheduler or the study stops never runs past its last
+      ``tune.report``, so it cannot end its own run, and Optuna even sees it as COMPLETE: here
+      a trial that completes with fewer epochs than ``max_epochs`` gets what
+      :func:`trial_end` names (``asha_stopped``, ``plateau_stopped``, ...; run KILLED), one
+      that errors is
       ``failed`` (run FAILED, ``<exception class>: <first line>`` as the message), and a
       trial Tune retries gets the cause of the retry tagged.
     - Every write but the opening goes through an :class:`tuner.tracking.outbox.Outbox`
@@ -157,18 +159,10 @@ class TrialStopCallback(tune.Callback):
         """Name what ended the trial: its whole budget, the study (a plateau, a budget: the
         stopper's reason), or the strategy's scheduler. A trial the study stopped before it
         started has no run and is left alone."""
-        epochs = int(reported_epoch(trial.last_result or {}) or 0)
-        study_stop = self.stopper.reason if self.stopper is not None else None
         if trial.trial_id not in self._started and not trial.last_result:
             return
         self._ended.add(trial.trial_id)
-        if epochs >= self.max_epochs:
-            self._end(trial, schema.STOP_COMPLETED)
-        elif study_stop:
-            self._end(trial, study_stop, f"{self.stopper.message}; the trial had trained "
-                      f"{epochs} of {self.max_epochs} epochs")
-        else:
-            self._end(trial, *self.strategy.early_stop(epochs, self.max_epochs))
+        self._end(trial, *trial_end(self.strategy, self.stopper, trial, self.max_epochs))
         if self.stopper is not None:
             self.stopper.trial_ended(trial.trial_id)
 
@@ -297,19 +291,24 @@ class KeepInRange:
         return config
 
 
+def trial_end(strategy, stopper, trial, max_epochs: int) -> tuple[str, str]:
+    """Stop reason and message of a Tune trial that ended, not failed: what
+    :class:`TrialStopCallback` records on its run and :class:`~tuner.study.progress.StudyProgress`
+    prints (:meth:`~tuner.study.strategies.Strategy.trial_end`, with the study stopper's reason
+    where it has stopped the study)."""
+    epochs = int(reported_epoch(trial.last_result or {}) or 0)
+    study_stop = stopper.reason if stopper is not None else None
+    return strategy.trial_end(epochs, max_epochs, study_stop,
+                              stopper.message if study_stop else "")
+
+
 def checkpoint_epochs(strategy, space, max_epochs: int) -> list[int]:
     """The epochs below ``max_epochs`` at which a trial saves a Tune checkpoint (it also saves
-    one at the end): where the scheduler may stop it (ASHA's rungs), pause it (HyperBand's
-    milestones, where it resumes) or have another trial copy it (every PBT/PB2 perturbation
-    interval)."""
-    if strategy.population:
-        interval = space.pbt.perturbation_interval
-        return list(range(interval, max_epochs, interval))
-    if strategy.scheduler == "hyperband":
-        from tuner.study.hyperband import milestone_epochs
-
-        return milestone_epochs(max_epochs, space.budget.reduction_factor)
-    return rung_epochs(max_epochs, space.budget.grace_period, space.budget.reduction_factor)
+    one at the end): where the strategy's scheduler decides
+    (:meth:`~tuner.study.strategies.Strategy.decision_epochs`), or ASHA's rungs for one that
+    decides nowhere, so that a resumed study loses little of a running trial."""
+    return strategy.decision_epochs(space, max_epochs) or rung_epochs(
+        max_epochs, space.budget.grace_period, space.budget.reduction_factor)
 
 
 def tpe_startup_trials(num_samples: int | None) -> int:

@@ -66,6 +66,42 @@ class Strategy:
         """PBT or PB2: trials copy each other's checkpoints and perturb ``pbt.mutable``."""
         return self.scheduler in ("pbt", "pb2")
 
+    @property
+    def decides_at(self) -> str | None:
+        """What the epochs of :meth:`decision_epochs` are called (a figure's legend)."""
+        return {"asha": "ASHA's rungs", "hyperband": "HyperBand's milestones",
+                "pbt": "PBT's perturbations", "pb2": "PB2's perturbations"}.get(self.scheduler)
+
+    def decision_epochs(self, space, max_epochs: int) -> list[int]:
+        """The epochs below ``max_epochs`` where the scheduler may stop a trial (ASHA's rungs),
+        pause it (HyperBand's milestones) or have another trial copy it (every PBT/PB2
+        perturbation interval); none where every trial trains its whole budget."""
+        if self.population:
+            interval = space.pbt.perturbation_interval
+            return list(range(interval, max_epochs, interval))
+        if self.scheduler == "hyperband":
+            from tuner.study.hyperband import milestone_epochs
+
+            return milestone_epochs(max_epochs, space.budget.reduction_factor)
+        if self.scheduler == "asha":
+            from tuner.study.asha import rung_epochs
+
+            return rung_epochs(max_epochs, space.budget.grace_period,
+                               space.budget.reduction_factor)
+        return []
+
+    def trial_end(self, epochs: int, max_epochs: int, study_stop: str | None = None,
+                  study_message: str = "") -> tuple[str, str]:
+        """Stop reason and message of a trial that ended, not failed, after ``epochs``: its
+        whole budget, else the study's stop (``study_stop``: the study stopper's reason, when
+        it has stopped the study), else the strategy's scheduler."""
+        if epochs >= max_epochs:
+            return schema.STOP_COMPLETED, ""
+        if study_stop:
+            return study_stop, (f"{study_message}; the trial had trained {epochs} of "
+                                f"{max_epochs} epochs")
+        return self.early_stop(epochs, max_epochs)
+
     def early_stop(self, epochs: int, max_epochs: int) -> tuple[str, str]:
         """Stop reason and message of a trial the scheduler ended after ``epochs`` of
         ``max_epochs`` (the study did not stop)."""
