@@ -3,7 +3,7 @@
 Each strategy of ``lenstune tune --strategy`` (:mod:`tuner.study.strategies`) tunes the same
 micro problem (a simulated Model II dataset at 32 px, one micro family's search space with a
 longer epoch budget) on the same seeds, through the project's own hooks
-(``tuner.study.strategies.search_parts`` and ``tuner.study.search.build_tuner``, what the
+(``tuner.study.strategies.search_plan`` and ``tuner.study.search.build_tuner``, what the
 study driver calls). Per strategy and seed, measured:
 
 - **what it would promote**: promotion takes the trial that completed its epoch budget with
@@ -134,22 +134,21 @@ def run_strategy(name: str, *, seed: int, refs: dict, space, args, class_names: 
     from ray import tune
 
     from tuner.study.search import build_tuner, checkpoint_epochs
-    from tuner.study.strategies import get_strategy, search_parts
+    from tuner.study.strategies import get_strategy, search_plan
 
     strategy = get_strategy(name)
     samples = args.pbt_population if strategy.population else args.configs
-    parts, samples = search_parts(strategy, space, samples=samples,
-                                  grid_points=args.grid_points, tpe_told=args.tpe_told)
+    plan = search_plan(strategy, space, samples=samples, max_epochs=args.max_epochs,
+                       grid_points=args.grid_points, tpe_told=args.tpe_told)
     checkpoints = checkpoint_epochs(strategy, space, args.max_epochs)
     trainable = tune.with_parameters(
         train_config, data=refs, family=args.family, img_size=space.img_size or 32,
         max_epochs=args.max_epochs, seed=seed, class_names=class_names,
         checkpoint_epochs=checkpoints)
     tuner = build_tuner(
-        trainable, space.param_space(), name=f"{name}-s{seed}", storage_path=str(storage),
-        num_samples=samples, max_epochs=args.max_epochs, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, seed=seed, max_concurrent=args.max_concurrent,
-        cpus_per_trial=1, gpus_per_trial=0, verbose=0, **parts)
+        trainable, space.param_space(), plan, name=f"{name}-s{seed}", storage_path=str(storage),
+        seed=seed, max_concurrent=args.max_concurrent, cpus_per_trial=1, gpus_per_trial=0,
+        verbose=0)
     start = time.perf_counter()
     results = tuner.fit()
     seconds = time.perf_counter() - start

@@ -162,7 +162,7 @@ def test_results_of_a_trial_optuna_never_suggested_are_left_out(at_epoch):
 @pytest.mark.parametrize("max_t,grace,rf", [(50, 5, 3), (3, 1, 2), (40, 4, 3), (16, 1, 4),
                                             (10, 10, 3), (12, 2, 2), (100, 1, 3)])
 def test_rung_epochs_are_the_rungs_of_rays_bracket_below_the_last_epoch(max_t, grace, rf):
-    from tuner.study.asha import rung_epochs
+    from tuner.study.strategies import rung_epochs
 
     scheduler = RankASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=grace,
                                   reduction_factor=rf)

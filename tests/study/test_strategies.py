@@ -74,7 +74,7 @@ def test_each_strategy_names_the_epochs_where_it_decides_and_how_a_trial_ended()
 def test_hyperband_checkpoints_at_every_milestone_rays_brackets_pause_at(max_t, eta):
     from ray.tune.schedulers import HyperBandForBOHB
 
-    from tuner.study.hyperband import milestone_epochs
+    from tuner.study.strategies import milestone_epochs
 
     scheduler = HyperBandForBOHB(time_attr="epoch", max_t=max_t, reduction_factor=eta,
                                  metric="m", mode="max")
@@ -121,20 +121,19 @@ def test_pbt_and_pb2_keep_new_values_in_the_declared_ranges():
     from tuner.study.config import ConfigError, StudyConfig
     from tuner.study.driver import check_strategy
     from tuner.study.search import KeepInRange
-    from tuner.study.strategies import search_parts
+    from tuner.study.strategies import search_plan
 
     space = load_search_space("levit", "micro")
-    parts, samples = search_parts(get_strategy("pb2"), space, samples=5, grid_points=3,
-                                  tpe_told="first-rung")
-    kind, bounds, interval = parts["pbt"]
-    assert (kind, samples, interval) == ("pb2", 5, space.pbt.perturbation_interval)
-    assert bounds == {"train": {k: [space.train.search[k].low, space.train.search[k].high]
-                                for k in space.pbt.mutable}}
-    assert parts["ranges"] == {f"train/{k}": (space.train.search[k].low,
+    plan = search_plan(get_strategy("pb2"), space, samples=5, max_epochs=3, grid_points=3,
+                       tpe_told="first-rung")
+    assert (plan.samples, plan.perturbation_interval) == (5, space.pbt.perturbation_interval)
+    assert plan.mutations == {"train": {k: [space.train.search[k].low, space.train.search[k].high]
+                                        for k in space.pbt.mutable}}
+    assert plan.ranges == {f"train/{k}": (space.train.search[k].low,
                                               space.train.search[k].high, None)
                                for k in space.pbt.mutable}
     # PBT's factor of 1.2 or 0.8 and PB2's floats, brought back into the search space
-    keep = KeepInRange({**parts["ranges"], "train/warmup_epochs": (0, 6, 2)})
+    keep = KeepInRange({**plan.ranges, "train/warmup_epochs": (0, 6, 2)})
     assert keep({"model": {"depth": 2}, "train": {
         "aug_strength": 0.9 * 1.2, "lr": 0.0003 * 0.8, "weight_decay": 0.01,
         "warmup_epochs": 2.6, "batch_size": 16}}) == {"model": {"depth": 2}, "train": {

@@ -33,16 +33,6 @@ def reported_epoch(result: dict) -> int | float | None:
     return result.get(EPOCH_ATTR, result.get("training_iteration"))
 
 
-def rung_epochs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
-    """The epochs at which ASHA decides whether a trial goes on, ascending: Ray's rungs
-    ``grace_period * rf**k`` below ``max_epochs`` (``_Bracket``'s formula), the only epochs at
-    which the scheduler can stop a trial. Trials save a Tune checkpoint there and at the end."""
-    grace = min(grace_period, max_epochs)
-    count = int(math.log(max_epochs / grace) / math.log(reduction_factor) + 1)
-    return sorted({int(grace * reduction_factor ** k) for k in range(count)
-                   if grace * reduction_factor ** k < max_epochs})
-
-
 def rank_cutoff(recorded_scores: list[float], reduction_factor: float) -> float | None:
     """Smallest score that keeps a new trial among the best ``max(1, floor(k / rf))`` of the
     ``k = len(recorded_scores) + 1`` trials at a rung (ties go on); None when nothing is

@@ -32,7 +32,7 @@ from tuner.tracking import writer as tracking
 from tuner.study.config import ConfigError, StudyConfig, flatten, join_storage
 from tuner.study.faults import DiskError, disk_cause, stop_message
 from tuner.study.resources import TrialResources
-from tuner.study.strategies import get_strategy, search_parts
+from tuner.study.strategies import get_strategy, search_plan
 from tuner.tracking import schema
 
 log = logging.getLogger(__name__)
@@ -369,9 +369,10 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         from tuner.study.stopping import StudyStopper
 
         strategy = get_strategy(config.strategy)
-        parts, samples = search_parts(strategy, space,
-                                      samples=config.samples, grid_points=config.grid_points,
-                                      tpe_told=config.tpe_told)
+        plan = search_plan(strategy, space, samples=config.samples, max_epochs=max_epochs,
+                           grid_points=config.grid_points, tpe_told=config.tpe_told,
+                           asha_rule=config.asha_rule)
+        samples = plan.samples
         if samples < config.samples:
             log.info("%s: the grid has %d points (--grid-points %d): %d trials, not %d",
                      family, samples, config.grid_points, samples, config.samples)
@@ -391,17 +392,14 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
             outbox_dir=ctx.outbox_dir, outage_limit_s=config.tracking_outage_limit_s,
             state_path=path, strategy=strategy, stopper=stopper)
         tuner = build_tuner(
-            trainable, space.param_space(), name=family, storage_path=storage,
-            num_samples=samples, max_epochs=max_epochs,
-            grace_period=space.budget.grace_period, reduction_factor=space.budget.reduction_factor,
+            trainable, space.param_space(), plan, name=family, storage_path=storage,
             seed=config.seed, max_concurrent=resources.max_concurrent,
             cpus_per_trial=resources.cpus, gpus_per_trial=resources.gpus,
             callbacks=[callback, progress],
             verbose=1 if log.isEnabledFor(logging.INFO) else 0,  # Tune's table: not with --quiet
-            max_failures=config.max_failures, asha_rule=config.asha_rule,
-            metric=ctx.objective, stopper=stopper, points_to_evaluate=warm_points,
-            optuna_storage=config.resolved_optuna_storage(), objectives=config.parsed_objectives(),
-            **parts)
+            max_failures=config.max_failures, metric=ctx.objective, stopper=stopper,
+            points_to_evaluate=warm_points, optuna_storage=config.resolved_optuna_storage(),
+            objectives=config.parsed_objectives())
     results = tuner.fit()
     from tuner.tracking.store import mlflow_client
 

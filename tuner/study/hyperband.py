@@ -10,7 +10,7 @@ best ``1/eta`` resume (from the checkpoint saved at the milestone) and the other
 configurations seen at the largest budget that has enough of them (random until then).
 
 A trial saves a Tune checkpoint at every milestone of every bracket
-(:func:`milestone_epochs`), so a paused trial resumes where it stopped. The searcher has no
+(:func:`tuner.study.strategies.milestone_epochs`), so a paused trial resumes where it stopped. The searcher has no
 Optuna study: no dashboard, and ``--warm-start`` does not apply.
 """
 
@@ -20,21 +20,6 @@ from typing import Any
 
 import numpy as np
 from ray.tune.search.bohb import TuneBOHB
-
-
-def milestone_epochs(max_epochs: int, reduction_factor: float) -> list[int]:
-    """The epochs below ``max_epochs`` at which HyperBand may pause or stop a trial, ascending:
-    Ray's ``HyperBandScheduler`` brackets (``s_max_1``, ``_get_r0`` and the milestone
-    update of ``_Bracket.successive_halving``, restated)."""
-    eta = reduction_factor
-    s_max_1 = int(np.round(np.log(max_epochs) / np.log(eta))) + 1
-    epochs = set()
-    for s in range(s_max_1):
-        r = int(max_epochs * eta ** (-s))
-        while 0 < r < max_epochs:
-            epochs.add(r)
-            r = int(min(r * eta, max_epochs))
-    return sorted(epochs)
 
 
 def _plain(value: Any) -> Any:

@@ -19,9 +19,10 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.study.asha import (EqualFidelityOptunaSearch, RankASHAScheduler, RestorableOptunaSearch,
-                        reported_epoch, rung_epochs)
+                              reported_epoch)
 from tuner.study.config import EPOCH_ATTR, METRIC, MODE
 from tuner.study.faults import DiskError, disk_cause
+from tuner.study.strategies import rung_epochs
 from tuner.tracking import schema
 from tuner.tracking.outbox import Outbox, ServerWatch, TrackingOutageError
 
@@ -413,13 +414,10 @@ def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
 def build_tuner(
     trainable: str | Callable,
     param_space: dict[str, Any],
+    plan,
     *,
     name: str,
     storage_path: str,
-    num_samples: int,
-    max_epochs: int,
-    grace_period: int,
-    reduction_factor: float,
     seed: int,
     max_concurrent: int,
     cpus_per_trial: float,
@@ -427,56 +425,49 @@ def build_tuner(
     callbacks: list | None = None,
     time_budget_s: float | None = None,
     max_failures: int = 0,
-    sampler: str = "tpe",
-    early_stopping: bool = True,
-    asha_rule: str = "rank",
-    tell_epoch: int | None = None,
     verbose: int = 1,
     metric: str = METRIC,
-    grid: dict[str, list] | None = None,
     stopper: tune.Stopper | None = None,
     points_to_evaluate: list[dict[str, Any]] | None = None,
     optuna_storage: str | None = None,
     objectives: list | None = None,
-    pbt: tuple[str, dict[str, Any], int] | None = None,
-    ranges: dict[str, tuple] | None = None,
-    hyperband: bool = False,
 ) -> tune.Tuner:
     """A fresh ``tune.Tuner`` for one family (see module docstring); ``trainable`` is the name
     :func:`register_family_trainable` returned, or a callable (registered here with the
-    resources). ``sampler`` and ``early_stopping`` are a strategy's parts
-    (:mod:`tuner.study.strategies`, :func:`tuner.study.strategies.search_parts`); ``stopper``
-    ends the family early (:class:`tuner.study.stopping.StudyStopper`). ``pbt``: (``"pbt"``
-    or ``"pb2"``, hyperparam_mutations or PB2's hyperparam_bounds, perturbation_interval) for
-    population-based training, which samples with Tune's variant generator (PBT takes no
-    searcher) instead of ``sampler``; ``ranges``: where their new values are kept
-    (:class:`KeepInRange`).
-    ``hyperband``: BOHB (:mod:`tuner.study.hyperband`) instead of ``sampler`` and ASHA."""
-    if pbt is not None:
+    resources). ``plan``: the strategy's searcher and scheduler over the family's search space
+    (:class:`tuner.study.strategies.SearchPlan`): an Optuna searcher (``points_to_evaluate``
+    first, its study in ``optuna_storage``, ``objectives`` for a multi-objective one) with
+    ASHA or FIFO; Tune's variant generator with PBT or PB2 (which take no searcher); or BOHB
+    (:mod:`tuner.study.hyperband`). ``stopper`` ends the family early
+    (:class:`tuner.study.stopping.StudyStopper`)."""
+    strategy = plan.strategy
+    if strategy.population:
         from ray.tune.search import BasicVariantGenerator
 
-        kind, mutations, interval = pbt
         search_alg = BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
-        scheduler = make_population_scheduler(kind, mutations, interval, ranges or {})
-    elif hyperband:
+        scheduler = make_population_scheduler(strategy.scheduler, plan.mutations,
+                                              plan.perturbation_interval, plan.ranges or {})
+    elif strategy.scheduler == "hyperband":
         from tuner.study.hyperband import make_bohb
 
         search_alg, scheduler = make_bohb(
             metric=metric, mode=MODE, seed=seed, max_concurrent=max_concurrent,
-            max_epochs=max_epochs, reduction_factor=reduction_factor, time_attr=EPOCH_ATTR)
+            max_epochs=plan.max_epochs, reduction_factor=plan.reduction_factor,
+            time_attr=EPOCH_ATTR)
     else:
-        search_alg = make_searcher(seed, max_concurrent, sampler, num_samples, tell_epoch,
-                                   metric, grid, points_to_evaluate, optuna_storage,
-                                   optuna_study_name(storage_path, name), objectives)
-        scheduler = make_scheduler(max_epochs, grace_period, reduction_factor, early_stopping,
-                                   asha_rule)
+        search_alg = make_searcher(seed, max_concurrent, strategy.sampler, plan.samples,
+                                   plan.tell_epoch, metric, plan.grid, points_to_evaluate,
+                                   optuna_storage, optuna_study_name(storage_path, name),
+                                   objectives)
+        scheduler = make_scheduler(plan.max_epochs, plan.grace_period, plan.reduction_factor,
+                                   strategy.early_stopping, plan.asha_rule)
     return tune.Tuner(
         _with_trial_resources(trainable, cpus_per_trial, gpus_per_trial),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=metric, mode=MODE,
             search_alg=search_alg, scheduler=scheduler,
-            num_samples=num_samples,
+            num_samples=plan.samples,
             time_budget_s=time_budget_s,
             # Function trainables rebuild all state per trial, so reusing the worker process
             # only saves the ~4 s import of torch/Ray per trial.
@@ -495,7 +486,8 @@ def build_tuner(
             # the state's checkpoint survives until the state has moved on, unless epochs are
             # shorter than Tune's state-snapshot period (>= 10 s).
             # PBT: every checkpoint is kept, an exploiting trial may copy an older one.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if strategy.population else 2),
         ),
     )
 

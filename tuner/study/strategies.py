@@ -48,6 +48,31 @@ from dataclasses import dataclass
 from tuner.tracking import schema
 
 
+def rung_epochs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
+    """The epochs at which ASHA decides whether a trial goes on, ascending: Ray's rungs
+    ``grace_period * rf**k`` below ``max_epochs`` (``_Bracket``'s formula), the only epochs at
+    which the scheduler can stop a trial. Trials save a Tune checkpoint there and at the end."""
+    grace = min(grace_period, max_epochs)
+    count = int(math.log(max_epochs / grace) / math.log(reduction_factor) + 1)
+    return sorted({int(grace * reduction_factor ** k) for k in range(count)
+                   if grace * reduction_factor ** k < max_epochs})
+
+
+def milestone_epochs(max_epochs: int, reduction_factor: float) -> list[int]:
+    """The epochs below ``max_epochs`` at which HyperBand may pause or stop a trial, ascending:
+    Ray's ``HyperBandScheduler`` brackets (``s_max_1``, ``_get_r0`` and the milestone
+    update of ``_Bracket.successive_halving``, restated)."""
+    eta = reduction_factor
+    s_max_1 = int(round(math.log(max_epochs) / math.log(eta))) + 1
+    epochs = set()
+    for s in range(s_max_1):
+        r = int(max_epochs * eta ** (-s))
+        while 0 < r < max_epochs:
+            epochs.add(r)
+            r = int(min(r * eta, max_epochs))
+    return sorted(epochs)
+
+
 @dataclass(frozen=True)
 class Strategy:
     name: str
@@ -80,12 +105,8 @@ class Strategy:
             interval = space.pbt.perturbation_interval
             return list(range(interval, max_epochs, interval))
         if self.scheduler == "hyperband":
-            from tuner.study.hyperband import milestone_epochs
-
             return milestone_epochs(max_epochs, space.budget.reduction_factor)
         if self.scheduler == "asha":
-            from tuner.study.asha import rung_epochs
-
             return rung_epochs(max_epochs, space.budget.grace_period,
                                space.budget.reduction_factor)
         return []
@@ -134,28 +155,50 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
 DEFAULT_STRATEGY = "asha-tpe"
 
 
-def search_parts(strategy: Strategy, space, *, samples: int, grid_points: int,
-                 tpe_told: str) -> tuple[dict, int]:
-    """:func:`tuner.study.search.build_tuner`'s strategy arguments for a family's search space
-    (``sampler``, ``early_stopping``, ``grid``, ``tell_epoch``, ``pbt``, and where they apply
-    ``ranges``, ``hyperband``), and the trials it will
-    run: ``samples``, or fewer where a grid has fewer points."""
-    parts = {"sampler": strategy.sampler, "early_stopping": strategy.early_stopping,
-             "grid": None, "tell_epoch": None, "pbt": None}
+@dataclass(frozen=True)
+class SearchPlan:
+    """A strategy made concrete for one family's search space: every strategy argument
+    :func:`tuner.study.search.build_tuner` needs, so the rest of a study (resources, storage,
+    callbacks) does not depend on which strategy runs.
+
+    ``samples``: the trials (fewer than asked where a grid has fewer points); ``max_epochs``,
+    ``grace_period``, ``reduction_factor``: the budget (ASHA's rungs, HyperBand's brackets);
+    ``tell_epoch``: the epoch whose score the Optuna searcher is told (ASHA with
+    ``tpe_told="first-rung"``; else the trial's last); ``grid``: the grid's values per
+    parameter (``grid``); ``mutations``: PBT's ``hyperparam_mutations`` or PB2's
+    ``hyperparam_bounds``, perturbed every ``perturbation_interval`` epochs and kept in
+    ``ranges`` (``pbt``, ``pb2``)."""
+
+    strategy: Strategy
+    samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: float
+    asha_rule: str = "rank"
+    tell_epoch: int | None = None
+    grid: dict | None = None
+    mutations: dict | None = None
+    perturbation_interval: int | None = None
+    ranges: dict | None = None
+
+
+def search_plan(strategy: Strategy, space, *, samples: int, max_epochs: int, grid_points: int,
+                tpe_told: str, asha_rule: str = "rank") -> SearchPlan:
+    """The :class:`SearchPlan` of ``strategy`` over a family's search space (its ``budget``,
+    ``pbt`` section and ranges), ``samples`` trials of at most ``max_epochs`` epochs."""
+    grid = mutations = ranges = interval = tell_epoch = None
     if strategy.sampler == "grid":
-        parts["grid"] = space.grid(grid_points)
-        samples = min(samples, math.prod(len(values) for values in parts["grid"].values()))
+        grid = space.grid(grid_points)
+        samples = min(samples, math.prod(len(values) for values in grid.values()))
     if strategy.early_stopping and tpe_told == "first-rung":
-        parts["tell_epoch"] = space.budget.grace_period
-    if strategy.scheduler == "pbt":
-        parts["pbt"] = ("pbt", space.mutations(), space.pbt.perturbation_interval)
-        parts["ranges"] = space.mutable_ranges()
-    elif strategy.scheduler == "pb2":
-        parts["pbt"] = ("pb2", space.pb2_bounds(), space.pbt.perturbation_interval)
-        parts["ranges"] = space.mutable_ranges()
-    elif strategy.scheduler == "hyperband":
-        parts["hyperband"] = True
-    return parts, samples
+        tell_epoch = space.budget.grace_period
+    if strategy.population:
+        mutations = space.mutations() if strategy.scheduler == "pbt" else space.pb2_bounds()
+        interval, ranges = space.pbt.perturbation_interval, space.mutable_ranges()
+    return SearchPlan(strategy, samples, max_epochs, space.budget.grace_period,
+                      space.budget.reduction_factor, asha_rule=asha_rule, tell_epoch=tell_epoch,
+                      grid=grid, mutations=mutations, perturbation_interval=interval,
+                      ranges=ranges)
 
 
 def get_strategy(name: str) -> Strategy:
