@@ -315,8 +315,8 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     from ray import tune
 
     from tuner.study.search import (TRIAL_FOLDER_PREFIX, TrialStopCallback, build_tuner, can_restore,
-                                    fail_unfinished_optuna_trials, optuna_study_name,
-                                    register_family_trainable, restore_tuner)
+                                    checkpoint_epochs, fail_unfinished_optuna_trials,
+                                    optuna_study_name, register_family_trainable, restore_tuner)
     from tuner.training.fresh import fresh_spec
     from tuner.training.trainable import TrialContext, train_trial
 
@@ -324,7 +324,7 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     ctx = TrialContext(
         family=family, img_size=config.input_size or space.img_size or meta.image_size, class_names=list(meta.class_names),
         max_epochs=max_epochs, seed=config.seed, cpus_per_trial=resources.cpus,
-        rungs=checkpoint_epochs(config, space, max_epochs),
+        rungs=checkpoint_epochs(get_strategy(config.strategy), space, max_epochs),
         compile=config.compile,
         study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, dataset_name=data_root.name, dataset_digest=meta.digest,
@@ -511,14 +511,6 @@ def check_extension(config: StudyConfig, client, experiment, study_name: str, sp
                     f"{study_name!r} ran with (in {', '.join(differ)}); allowed: the same "
                     "--profile and search_spaces/ file, or a new study with --warm-start "
                     f"{study_name}")
-
-
-def checkpoint_epochs(config: StudyConfig, space, max_epochs: int) -> list[int]:
-    """The epochs below ``max_epochs`` at which a trial saves a Tune checkpoint (and at the
-    end): :func:`tuner.study.search.checkpoint_epochs` of the study's strategy."""
-    from tuner.study.search import checkpoint_epochs as strategy_checkpoints
-
-    return strategy_checkpoints(get_strategy(config.strategy), space, max_epochs)
 
 
 def check_strategy(config: StudyConfig, spaces: dict) -> None:

@@ -252,8 +252,8 @@ class SearchSpace(_Strict):
         mutable hyperparameters (:meth:`pb2_problem` says whether they are usable)."""
         if self.pbt is None:
             return {}
-        return {"train": {k: [float(self.train.search[k].low), float(self.train.search[k].high)]
-                          for k in self.pbt.mutable}}
+        return {"train": {key.split("/", 1)[1]: [float(low), float(high)]
+                          for key, (low, high, _) in self.mutable_ranges().items()}}
 
     def mutable_ranges(self) -> dict[str, tuple[float, float, int | None]]:
         """``train/<key>`` -> (low, high, integer step or None) of the declared mutable numeric
