@@ -370,6 +370,7 @@ def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, in
         auc_noise_line(n_val), "",
         *summary_tables(entries), "",
         rung_correlations(entries), "",
+        hyperparameter_correlations(entries), "",
         "### Per seed", "", *per_seed_table(entries)]
     return "\n".join(lines) + "\n"
 
@@ -396,6 +397,36 @@ def rung_correlations(entries: list[dict]) -> str:
             "AUC after a rung's epochs and its best val AUC: " + "; ".join(parts)
             + ". Between its best val AUC and its test AUC at that epoch: "
             + ", ".join(f"{v:+.2f}" for v in val_test) + ".")
+
+
+def hyperparameter_correlations(entries: list[dict], early: tuple[int, ...] = (1, 4)) -> str:
+    """What the early rungs reward against what the end rewards: per searched hyperparameter
+    with numeric values, the Spearman correlation over random search's trials of its value
+    with the val AUC after each of ``early`` epochs and with the best val AUC, averaged over
+    the seeds."""
+    runs = sorted((e for e in entries if e["method"] == REFERENCE), key=lambda e: e["seed"])
+    if not runs:
+        return ""
+    early = tuple(ep for ep in early if ep < runs[0]["max_epochs"])
+    first = runs[0]["curves"][0]["config"]
+    keys = [(part, key) for part in ("train", "model") for key, value in first.get(part, {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            and len({c["config"][part][key] for r in runs for c in r["curves"]}) > 1]
+    if not keys:
+        return ""
+    rows = ["| hyperparameter | " + " | ".join(f"vs val AUC after {ep} epoch{'s' * (ep > 1)}"
+                                                 for ep in early) + " | vs best val AUC |",
+            "|---|" + "---:|" * (len(early) + 1)]
+    for part, key in keys:
+        cells = []
+        for target in [*(lambda c, ep=ep: c["val_auc"][ep - 1] for ep in early),
+                       lambda c: max(c["val_auc"])]:
+            values = [spearman([c["config"][part][key] for c in r["curves"]],
+                               [target(c) for c in r["curves"]]) for r in runs]
+            cells.append(f"{np.nanmean(values):+.2f}")
+        rows.append(f"| {part}.{key} | " + " | ".join(cells) + " |")
+    return "\n".join([f"What the rungs reward (Spearman over random search's trials, mean of "
+                      f"{len(runs)} seeds; higher value, higher AUC when positive):", "", *rows])
 
 
 def read_curves(paths: list[Path]) -> list[dict]:
@@ -452,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         entries = read_curves(args.pool)
         text = "\n".join([f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
                           "", *summary_tables(entries), "", rung_correlations(entries), "",
+                          hyperparameter_correlations(entries), "",
                           "### Per seed", "", *per_seed_table(entries)]) + "\n"
         print(text)
         if args.out:

@@ -64,3 +64,24 @@ def test_pool_refuses_a_seed_twice_or_without_random_search(bench, tmp_path):
     path.write_text(json.dumps([_study("asha-tpe", 3, _trial([0.7] * 4, [0.7] * 4))]))
     with pytest.raises(SystemExit, match="no random runs: nothing to compare with"):
         bench.main(["--pool", str(path)])
+
+
+def test_pool_says_which_hyperparameters_the_first_rung_rewards_and_which_the_end(bench, tmp_path):
+    # lr decides the best val AUC; batch size the score after 1 epoch (fewer images per step,
+    # more steps); the fixed key and the non-numeric one are left out
+    def trial(lr, batch, seed):
+        val = [0.5 + 0.1 * (32 - batch) / 16 + 0.001 * seed, 0.6 + lr, 0.7 + lr, 0.75 + lr]
+        return {"config": {"train": {"lr": lr, "batch_size": batch, "fixed": 3, "opt": "adamw"},
+                           "model": {}},
+                "epochs": [1, 2, 3, 4], "val_auc": val, "test_auc": val}
+    runs = [_study("random", seed, trial(0.01, 32, seed), trial(0.02, 16, seed),
+                   trial(0.03, 32, seed), trial(0.04, 16, seed)) for seed in (0, 1)]
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps(runs))
+    assert bench.main(["--pool", str(path), "--out", str(tmp_path / "o.md")]) == 0
+    table = (tmp_path / "o.md").read_text()
+    assert "mean of 2 seeds" in table
+    assert "| hyperparameter | vs val AUC after 1 epoch | vs best val AUC |" in table
+    assert "| train.lr | +0.45 | +1.00 |" in table
+    assert "| train.batch_size | -1.00 | -0.45 |" in table
+    assert "train.fixed" not in table and "train.opt" not in table
