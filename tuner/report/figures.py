@@ -1,5 +1,6 @@
 """The report's figures, as PNG files: ROC of each family, learning curves with the epochs
-where the strategy's scheduler decides and how each trial ended, parameter importances, the champion's calibration."""
+where the strategy's scheduler decides and how each trial ended, parameter importances, the
+champion's calibration."""
 
 from __future__ import annotations
 

@@ -320,11 +320,12 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
     from tuner.training.fresh import fresh_spec
     from tuner.training.trainable import TrialContext, train_trial
 
+    strategy = get_strategy(config.strategy)
     max_epochs = config.max_epochs or space.budget.max_epochs
     ctx = TrialContext(
         family=family, img_size=config.input_size or space.img_size or meta.image_size, class_names=list(meta.class_names),
         max_epochs=max_epochs, seed=config.seed, cpus_per_trial=resources.cpus,
-        rungs=checkpoint_epochs(get_strategy(config.strategy), space, max_epochs),
+        rungs=checkpoint_epochs(strategy, space, max_epochs),
         compile=config.compile,
         study_name=study_name, tracking_uri=tracking_uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, dataset_name=data_root.name, dataset_digest=meta.digest,
@@ -368,7 +369,6 @@ def run_family(config: StudyConfig, family: str, space, *, refs: dict, meta, dat
         from tuner.study.progress import StudyProgress
         from tuner.study.stopping import StudyStopper
 
-        strategy = get_strategy(config.strategy)
         plan = search_plan(strategy, space, samples=config.samples, max_epochs=max_epochs,
                            grid_points=config.grid_points, tpe_told=config.tpe_told,
                            asha_rule=config.asha_rule)

@@ -10,8 +10,8 @@ best ``1/eta`` resume (from the checkpoint saved at the milestone) and the other
 configurations seen at the largest budget that has enough of them (random until then).
 
 A trial saves a Tune checkpoint at every milestone of every bracket
-(:func:`tuner.study.strategies.milestone_epochs`), so a paused trial resumes where it stopped. The searcher has no
-Optuna study: no dashboard, and ``--warm-start`` does not apply.
+(:func:`tuner.study.strategies.milestone_epochs`), so a paused trial resumes where it stopped.
+The searcher has no Optuna study: no dashboard, and ``--warm-start`` does not apply.
 """
 
 from __future__ import annotations

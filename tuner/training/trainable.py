@@ -60,7 +60,9 @@ class TrialContext(BaseModel):
     max_epochs: int
     seed: int
     cpus_per_trial: float = 1.0
-    rungs: list[int] = []  # epochs where ASHA decides (tuner.study.strategies.rung_epochs): checkpoint there
+    # epochs where the strategy's scheduler decides (tuner.study.search.checkpoint_epochs):
+    # checkpoint there
+    rungs: list[int] = []
     compile: bool = False  # torch.compile the model
     study_name: str
     tracking_uri: str
