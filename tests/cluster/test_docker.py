@@ -273,3 +273,29 @@ def test_compose_auth_settings_on_a_real_server(tmp_path, monkeypatch):
         create = "/api/2.0/mlflow/experiments/create"
         assert status(create, public, f"https://{public}", {"name": "from-the-ui"}) == 200
         assert status(create, public, "https://attacker.example", {"name": "forged"}) == 403
+
+
+def _database_drivers(text: str) -> set[str]:
+    """SQLAlchemy drivers named in database URLs (``postgresql+psycopg2://`` -> psycopg2;
+    a bare ``postgresql://`` is SQLAlchemy's default, psycopg2)."""
+    found = set()
+    for dialect, driver in re.findall(r"\b(postgresql|mysql)(?:\+(\w+))?://", text):
+        found.add(driver or {"postgresql": "psycopg2", "mysql": "mysqldb"}[dialect])
+    return found
+
+
+def test_the_database_driver_of_every_optuna_storage_the_cluster_uses_is_installed_there():
+    """The study driver on a head node opens LENSTUNE_OPTUNA_STORAGE with what the worker image
+    installs (``pip install -e .``: the project's dependencies, no test extra)."""
+    texts = [(REPO / "cluster" / "aws-gpu.yaml").read_text(),
+             (REPO / "docs" / "cluster.md").read_text()]
+    drivers = set().union(*(_database_drivers(t) for t in texts))
+    assert "psycopg2" in drivers
+    distributions = {"psycopg2": ("psycopg2-binary", "psycopg2")}
+    installed = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in _project()["dependencies"]}
+    for driver in drivers:
+        assert installed & set(distributions[driver]), f"{driver} is not a dependency of lenstune"
+
+
+def test_database_drivers_are_read_from_urls():
+    assert _database_drivers("a postgresql://u@h/db b postgresql+psycopg://x") == {"psycopg2", "psycopg"}
