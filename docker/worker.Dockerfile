@@ -25,7 +25,7 @@ COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users tuner/ tuner/
 COPY --chown=ray:users search_spaces/ search_spaces/
 # Run by the cluster launcher at node setup (cluster/aws-gpu.yaml, setup_commands).
-COPY --chown=ray:users cluster/fetch_mlflow_credentials.py cluster/fetch_ray_token.py cluster/
+COPY --chown=ray:users cluster/fetch_secrets.py cluster/
 # Editable install: `python tuner/run.py` from this directory (the working directory of Ray jobs
 # on the cluster) and the installed package are the same files, search spaces included.
 RUN pip install --no-cache-dir -c requirements/constraints.txt -e . \

@@ -93,6 +93,11 @@ class Postgres:
     port: int
     user: str
     database: str
+    password: str | None = None  # the superuser's, when the server checks passwords
+
+    def client_env(self) -> dict[str, str]:
+        """Environment of a PostgreSQL client tool (psql, createdb) run as the superuser."""
+        return {**os.environ, **({"PGPASSWORD": self.password} if self.password else {})}
 
     @property
     def uri(self) -> str:
@@ -107,8 +112,13 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def postgres_server(database: str = "mlflow", timeout_s: float = 60) -> Iterator[Postgres]:
+def postgres_server(database: str = "mlflow", timeout_s: float = 60, *,
+                    password: str | None = None, ssl: bool = False) -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster in a temp dir on a free loopback port.
+
+    Trust authentication by default; with ``password``, every connection must give a password
+    (SCRAM; ``password`` is the superuser's). With ``ssl``, the server also takes TLS, with a
+    self-signed certificate (clients' ``sslmode=require`` checks encryption, not the name).
 
     PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` system user
     (which the Debian package creates).
@@ -129,15 +139,32 @@ def postgres_server(database: str = "mlflow", timeout_s: float = 60) -> Iterator
     port = free_port()
     db_user = "lenstune"
     proc = None
+    server = Postgres(port=port, user=db_user, database=database, password=password)
     try:
+        auth = ["--auth=trust"]
+        if password is not None:
+            pwfile = root / "superuser-password"
+            pwfile.write_text(password + "\n")
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        options = ["-c", "fsync=off", "-c", "max_connections=50"]
+        if ssl:
+            key, cert = root / "server.key", root / "server.crt"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-subj", f"/CN={LOOPBACK}", "-keyout", key, "-out", cert],
+                           check=True, capture_output=True, timeout=60)
+            key.chmod(0o600)
+            options += ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+        if run_as:
+            for path in (p for p in root.iterdir() if p.is_file()):
+                os.chown(path, run_as["user"], run_as["group"])
         subprocess.run(
-            [bin_dir / "initdb", "-D", data, "-U", db_user, "--auth=trust", "-E", "UTF8", "--no-sync"],
+            [bin_dir / "initdb", "-D", data, "-U", db_user, *auth, "-E", "UTF8", "--no-sync"],
             check=True, capture_output=True, timeout=120, **run_as,
         )
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [bin_dir / "postgres", "-D", data, "-h", LOOPBACK, "-p", str(port), "-k", sockets,
-                 "-c", "fsync=off", "-c", "max_connections=50"],
+                 *options],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **run_as,
             )
 
@@ -151,9 +178,9 @@ def postgres_server(database: str = "mlflow", timeout_s: float = 60) -> Iterator
         _wait_until(accepts, "postgres", proc, timeout_s, log)
         subprocess.run(
             [bin_dir / "createdb", "-h", LOOPBACK, "-p", str(port), "-U", db_user, database],
-            check=True, capture_output=True, timeout=60, **run_as,
+            check=True, capture_output=True, timeout=60, env=server.client_env(), **run_as,
         )
-        yield Postgres(port=port, user=db_user, database=database)
+        yield server
     finally:
         if proc is not None:
             # SIGINT = PostgreSQL's "fast shutdown": disconnect clients, stop cleanly.
@@ -161,13 +188,14 @@ def postgres_server(database: str = "mlflow", timeout_s: float = 60) -> Iterator
         shutil.rmtree(root, ignore_errors=True)
 
 
-def create_optuna_database(pg: Postgres, repo: Path) -> str:
+def create_optuna_database(pg: Postgres, repo: Path, password: str = "not-checked-on-trust") -> str:
     """Run ``docker/postgres-init-optuna.sh`` on ``pg`` as the postgres image runs its init
-    scripts (psql on PATH, its user and database in the environment); the SQLAlchemy URL of
-    the ``optuna`` database it makes (trust authentication on loopback: no password)."""
-    env = {**os.environ, "PATH": f"{postgres_bin_dir()}:{os.environ['PATH']}",
+    scripts (psql on PATH, its user and database in the environment), the role ``optuna``
+    getting ``password``; the SQLAlchemy URL of the ``optuna`` database it makes, without the
+    password (none needed with trust authentication)."""
+    env = {**pg.client_env(), "PATH": f"{postgres_bin_dir()}:{os.environ['PATH']}",
            "PGHOST": LOOPBACK, "PGPORT": str(pg.port), "POSTGRES_USER": pg.user,
-           "POSTGRES_DB": pg.database, "OPTUNA_DB_PASSWORD": "not-checked-on-trust"}
+           "POSTGRES_DB": pg.database, "OPTUNA_DB_PASSWORD": password}
     init = subprocess.run(["sh", str(repo / "docker" / "postgres-init-optuna.sh")], env=env,
                           capture_output=True, text=True, timeout=60)
     if init.returncode != 0 or "database optuna, owned by role optuna" not in init.stdout:

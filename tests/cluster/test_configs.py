@@ -7,7 +7,6 @@ import configparser
 import ipaddress
 import json
 import re
-import stat
 import tomllib
 from pathlib import Path
 
@@ -179,7 +178,7 @@ def test_aws_nodes_start_ray_with_token_authentication(kind):
     assert re.search(r"export RAY_AUTH_MODE=token\s*;.*ray start", start, re.S), start
     # The token comes from SSM at setup (setup_commands run on every node, before Ray starts).
     setup = " ".join(config["setup_commands"])
-    assert "cluster/fetch_ray_token.py" in setup
+    assert "cluster/fetch_secrets.py ray-token" in setup
     assert "export RAY_AUTH_MODE=token" in setup  # shells opened by `ray exec` / `ray attach`
     text = (CLUSTER / "aws-gpu.yaml").read_text()
     assert "RAY_AUTH_MODE=disabled" not in text
@@ -236,32 +235,6 @@ def test_kuberay_dashboard_is_not_exposed():
         # RayJob submitters and port-forward all need; only without hostNetwork is it not public.
         assert host == "0.0.0.0"
         assert not any(p["spec"].get("hostNetwork") for p in pods)
-
-
-def test_fetch_ray_token_writes_an_owner_only_file(tmp_path, monkeypatch):
-    import importlib.util
-
-    import boto3
-    from moto import mock_aws
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-west-2"}.items():
-        monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location("fetch_ray_token", CLUSTER / "fetch_ray_token.py")
-    fetch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fetch)
-    # The parameter the AWS config reads is the script's default.
-    assert f"--parameter {fetch.DEFAULT_PARAMETER}" in " ".join(_aws()["setup_commands"])
-    out = tmp_path / "home" / ".ray" / "auth_token"
-    with mock_aws():
-        ssm = boto3.client("ssm")
-        ssm.put_parameter(Name="/team/ray/auth_token", Value="0123abcd" * 8 + "\n", Type="SecureString")
-        assert fetch.main(["--parameter", "/team/ray/auth_token", "--output", str(out)]) == 0
-        with pytest.raises(SystemExit, match="not found"):
-            fetch.main(["--parameter", "/team/ray/missing", "--output", str(tmp_path / "other")])
-    assert out.read_text() == "0123abcd" * 8
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert not (tmp_path / "other").exists()
 
 
 def _compose() -> dict:

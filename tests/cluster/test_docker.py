@@ -154,10 +154,12 @@ def test_secret_scan_passes_references_to_kubernetes_secrets(line):
 
 
 def test_worker_image_has_every_script_the_cluster_launcher_runs():
-    """setup_commands of cluster/aws-gpu.yaml run scripts from the image's source tree."""
+    """The setup commands of cluster/aws-gpu.yaml run scripts from the image's source tree."""
     config = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
     workdir = re.findall(r"^WORKDIR (\S+)", (REPO / "docker" / "worker.Dockerfile").read_text(), re.M)[-1]
-    scripts = re.findall(rf"{re.escape(workdir)}/(cluster/\S+\.py)", " ".join(config["setup_commands"]))
+    commands = " ".join(config["setup_commands"] + config["head_setup_commands"]
+                        + config["worker_setup_commands"])
+    scripts = re.findall(rf"{re.escape(workdir)}/(cluster/\S+\.py)", commands)
     assert scripts
     copies = " ".join(re.findall(r"^COPY (.*)$", (REPO / "docker" / "worker.Dockerfile").read_text(), re.M))
     ignore = (REPO / "docker" / "worker.Dockerfile.dockerignore").read_text().splitlines()

@@ -442,7 +442,8 @@ def open_optuna_storage(config: StudyConfig) -> None:
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ConfigError(f"the Optuna storage {_without_password(url)} cannot be opened: "
                           f"{first[:300]}; allowed: sqlite:///<file> or a database URL "
-                          "(postgresql://user:password@host/db) that this machine can reach "
+                          "(postgresql://user:password@host/db, or postgresql://user@host/db "
+                          "with the password in ~/.pgpass) that this machine can reach "
                           "(--optuna-storage)") from None
 
 
