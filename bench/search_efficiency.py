@@ -371,6 +371,7 @@ def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, in
         *summary_tables(entries), "",
         rung_correlations(entries), "",
         hyperparameter_correlations(entries), "",
+        replayed_asha_table(entries), "",
         "### Per seed", "", *per_seed_table(entries)]
     return "\n".join(lines) + "\n"
 
@@ -429,6 +430,62 @@ def hyperparameter_correlations(entries: list[dict], early: tuple[int, ...] = (1
                       f"{len(runs)} seeds; higher value, higher AUC when positive):", "", *rows])
 
 
+REPLAYED = ((1, 4), (1, 3), (2, 4), (2, 2), (4, 4), (4, 2), (8, 4))  # (grace period, rf)
+
+
+def replay_asha(curves: list[dict], max_epochs: int, grace_period: int,
+                reduction_factor: float) -> dict[str, float]:
+    """ASHA (the rank rule lenstune runs) replayed on recorded full curves: the trials arrive
+    in their order, one at a time, and each goes through the rungs of ``grace_period`` and
+    ``reduction_factor`` until a rung's :func:`~tuner.study.asha.rank_cutoff` stops it. What it
+    would promote (as :func:`promoted`) and the epochs it would have trained."""
+    from tuner.study.asha import rank_cutoff
+    from tuner.study.strategies import rung_epochs
+
+    rungs = rung_epochs(max_epochs, grace_period, reduction_factor)
+    recorded: dict[int, list[float]] = {r: [] for r in rungs}
+    kept, epochs = [], 0
+    for curve in curves:
+        for rung in rungs:
+            score = curve["val_auc"][rung - 1]
+            cutoff = rank_cutoff(recorded[rung], reduction_factor)
+            recorded[rung].append(score)
+            if cutoff is not None and score < cutoff:
+                epochs += rung
+                break
+        else:
+            epochs += max_epochs
+            kept.append(curve)
+    return {**promoted(kept, max_epochs), "epochs": epochs}
+
+
+def replayed_asha_table(entries: list[dict], schedules=REPLAYED) -> str:
+    """ASHA's rungs without any searcher: each schedule replayed on random search's recorded
+    trials (:func:`replay_asha`), paired per seed with random search's full result. What the
+    rungs alone cost, apart from what TPE or GP choose to try."""
+    runs = sorted((e for e in entries if e["method"] == REFERENCE), key=lambda e: e["seed"])
+    if not runs:
+        return ""
+    budget = runs[0]["max_epochs"]
+    rows = ["| grace period | reduction factor | rungs (epochs) | epochs / random "
+            "| test AUC - random [95% CI] |", "|---:|---:|---|---:|---|"]
+    from tuner.study.strategies import rung_epochs
+
+    for grace, rf in schedules:
+        if grace >= budget:
+            continue
+        replays = [replay_asha(r["curves"], budget, grace, rf) for r in runs]
+        full = [summarise(r) for r in runs]
+        mean, lo, hi = t_interval([a["test_auc"] - f["test_auc"] for a, f in zip(replays, full)])
+        ratio = statistics.mean(a["epochs"] for a in replays) / statistics.mean(
+            f["epochs"] for f in full)
+        rows.append(f"| {grace} | {rf:g} | {', '.join(map(str, rung_epochs(budget, grace, rf)))} "
+                    f"| {ratio:.3f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |")
+    return "\n".join([f"ASHA's rungs replayed on random search's recorded trials ({len(runs)} "
+                      "seeds; the rank rule, trials one at a time in their order, no searcher; "
+                      "the same promotion and score):", "", *rows])
+
+
 def read_curves(paths: list[Path]) -> list[dict]:
     """Saved ``--curves`` files, together; a strategy and seed in two files is refused."""
     entries, seen = [], set()
@@ -484,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         text = "\n".join([f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
                           "", *summary_tables(entries), "", rung_correlations(entries), "",
                           hyperparameter_correlations(entries), "",
+                          replayed_asha_table(entries), "",
                           "### Per seed", "", *per_seed_table(entries)]) + "\n"
         print(text)
         if args.out:

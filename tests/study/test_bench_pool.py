@@ -85,3 +85,22 @@ def test_pool_says_which_hyperparameters_the_first_rung_rewards_and_which_the_en
     assert "| train.lr | +0.45 | +1.00 |" in table
     assert "| train.batch_size | -1.00 | -0.45 |" in table
     assert "train.fixed" not in table and "train.opt" not in table
+
+
+def test_asha_replayed_on_recorded_curves_stops_and_promotes_as_the_rank_rule_does(bench):
+    # max 4 epochs, grace 1, rf 2: rungs at 1 and 2.
+    trials = [_trial([0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.75]),  # first at each rung: on
+              _trial([0.6, 0.5, 0.9, 0.9], [0.9] * 4),  # on at 1 (best of 2), below 0.6 at 2
+              _trial([0.4, 0.9, 0.9, 0.9], [0.9] * 4),  # 3rd at rung 1: must be the best; stops
+              _trial([0.9, 0.95, 0.97, 0.96], [0.8, 0.85, 0.88, 0.9])]  # top 2 of 4, best of 3
+    replay = bench.replay_asha(trials, 4, 1, 2)
+    assert replay == {"val_auc": 0.97, "test_auc": 0.88, "epochs": 4 + 2 + 1 + 4}
+    # With rf 4 the one rung is at 1 epoch: the 2nd trial beats the 1st there and completes,
+    # the 3rd is not the best of 3 and stops, the 4th is the best of 4.
+    assert bench.replay_asha(trials, 4, 1, 4)["epochs"] == 4 + 4 + 1 + 4
+    entries = [_study("random", seed, *trials) for seed in (0, 1)]
+    table = bench.replayed_asha_table(entries, schedules=((1, 2), (4, 2)))
+    # random search promotes the same trial: no difference; 11 of 16 epochs. A grace period
+    # at the budget has no rung: left out.
+    assert "| 1 | 2 | 1, 2 | 0.688 | +0.0000 [+0.0000, +0.0000] |" in table
+    assert "| 4 | 2 |" not in table
