@@ -54,11 +54,17 @@ STRATEGIES = ("asha-tpe", "asha-gp", "hyperband-bohb", "pbt", "pb2", "random", "
 
 def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, img_size: int,
                  max_epochs: int, seed: int, class_names: list[str],
-                 checkpoint_epochs: list[int]) -> None:
+                 checkpoint_epochs: list[int], ema_decay: float | None = None) -> None:
     """Ray Tune function trainable: train one sampled config, report ``val_auc_macro`` and
     ``test_auc_macro`` per epoch, and a checkpoint at ``checkpoint_epochs``. A restored trial
     (resumed by HyperBand; or a PBT/PB2 exploit: another trial's checkpoint with a perturbed
-    config) goes on from it."""
+    config) goes on from it.
+
+    With ``ema_decay``, an exponential moving average of the weights is kept beside them
+    (timm's ``ModelEmaV3``, with its warm-up: decay ``1 - (1 + step)^(-2/3)`` up to
+    ``ema_decay``), updated after every optimizer step, and its AUCs are reported too
+    (``val_auc_ema``, ``test_auc_ema``); the trial trains and is judged as without it. The
+    average is not checkpointed: for studies that never restore a trial (random, ASHA)."""
     import ray
     import torch
     from ray import tune
@@ -94,6 +100,18 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
     device = torch.device("cpu")
+    average = None
+    if ema_decay is not None:
+        from timm.utils import ModelEmaV3
+
+        average = ModelEmaV3(model, decay=ema_decay, use_warmup=True)
+        step_schedule = scheduler.step
+
+        def step_and_average(*args, **kwargs):  # the loop steps the scheduler once per batch
+            step_schedule(*args, **kwargs)
+            average.update(model, step=scheduler.last_epoch)
+
+        scheduler.step = step_and_average
     for epoch in range(start + 1, max_epochs + 1):
         loop.train_one_epoch(
             model, x_train, y_train, optimizer=optimizer, scheduler=scheduler, hp=hp,
@@ -103,6 +121,11 @@ def train_config(config: dict[str, Any], *, data: dict[str, Any], family: str, i
         scores = {f"{split}_auc_macro": M.classification_report(
             io.predict_probs(model, x, img_size, device=device), y, class_names)["auc_macro"]
             for split, (x, y) in held_out.items()}
+        if average is not None:
+            average.module.eval()
+            scores.update({f"{split}_auc_ema": M.classification_report(
+                io.predict_probs(average.module, x, img_size, device=device), y,
+                class_names)["auc_macro"] for split, (x, y) in held_out.items()})
         values = {**scores, "epoch": epoch}
         if epoch not in checkpoint_epochs or epoch == max_epochs:
             tune.report(values)
@@ -144,7 +167,7 @@ def run_strategy(name: str, *, seed: int, refs: dict, space, args, class_names: 
     trainable = tune.with_parameters(
         train_config, data=refs, family=args.family, img_size=space.img_size or 32,
         max_epochs=args.max_epochs, seed=seed, class_names=class_names,
-        checkpoint_epochs=checkpoints)
+        checkpoint_epochs=checkpoints, ema_decay=args.ema_decay)
     tuner = build_tuner(
         trainable, space.param_space(), plan, name=f"{name}-s{seed}", storage_path=str(storage),
         seed=seed, max_concurrent=args.max_concurrent, cpus_per_trial=1, gpus_per_trial=0,
@@ -159,10 +182,14 @@ def run_strategy(name: str, *, seed: int, refs: dict, space, args, class_names: 
             raise RuntimeError(f"{name} seed {seed}: a trial failed: {result.error}")
         trained = len(df)  # one report per epoch trained, repeats after a PBT exploit included
         df = df.sort_values("epoch", kind="stable").drop_duplicates("epoch", keep="last")
-        curves.append({"config": result.config, "trained": trained,
-                       "epochs": [int(e) for e in df["epoch"]],
-                       "val_auc": [float(v) for v in df["val_auc_macro"]],
-                       "test_auc": [float(v) for v in df["test_auc_macro"]]})
+        curve = {"config": result.config, "trained": trained,
+                 "epochs": [int(e) for e in df["epoch"]],
+                 "val_auc": [float(v) for v in df["val_auc_macro"]],
+                 "test_auc": [float(v) for v in df["test_auc_macro"]]}
+        if args.ema_decay is not None:
+            curve.update(val_ema=[float(v) for v in df["val_auc_ema"]],
+                         test_ema=[float(v) for v in df["test_auc_ema"]])
+        curves.append(curve)
     return {"method": name, "seed": seed, "seconds": seconds, "max_epochs": args.max_epochs,
             "curves": curves}
 
@@ -366,12 +393,16 @@ def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, in
         f"rank rule (what `lenstune tune` runs); TPE and GP told each trial's "
         f"{'score at the first rung' if args.tpe_told == 'first-rung' else 'last score'}.",
         "Score: the test macro AUC of the model each study would promote (the completed trial "
-        "with the highest best val AUC, at its best epoch).", "",
+        "with the highest best val AUC, at its best epoch).",
+        *([f"Also recorded: the AUCs of each trial's weights' moving average (timm ModelEmaV3, "
+           f"warm-up, decay at most {args.ema_decay}, updated every step); not judged by the "
+           "strategies."] if args.ema_decay is not None else []), "",
         auc_noise_line(n_val), "",
         *summary_tables(entries), "",
         rung_correlations(entries), "",
         hyperparameter_correlations(entries), "",
         replayed_asha_table(entries), "",
+        averaged_weights_section(entries), "",
         "### Per seed", "", *per_seed_table(entries)]
     return "\n".join(lines) + "\n"
 
@@ -486,6 +517,26 @@ def replayed_asha_table(entries: list[dict], schedules=REPLAYED) -> str:
                       "the same promotion and score):", "", *rows])
 
 
+def averaged_weights_section(entries: list[dict]) -> str:
+    """Where random search's curves carry the AUCs of their weights' moving average
+    (``--ema-decay``): how early those rank trials, and ASHA's rungs replayed on them, the
+    average then being what is judged and promoted."""
+    runs = [e for e in entries if e["method"] == REFERENCE and e["curves"]
+            and all("val_ema" in c for c in e["curves"])]
+    if not runs:
+        return ""
+    averaged = [{**e, "curves": [{**c, "val_auc": c["val_ema"], "test_auc": c["test_ema"]}
+                                 for c in e["curves"]]} for e in runs]
+    raw = [summarise(e) for e in runs]
+    ema = [summarise(e) for e in averaged]
+    mean, lo, hi = t_interval([a["test_auc"] - r["test_auc"] for a, r in zip(ema, raw)])
+    return "\n".join([
+        "With the weights' moving average judged instead of the weights (the same trials):",
+        f"random search promotes a model {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] test AUC from the "
+        "one it promotes judging the weights.", "",
+        rung_correlations(averaged), "", replayed_asha_table(averaged)])
+
+
 def read_curves(paths: list[Path]) -> list[dict]:
     """Saved ``--curves`` files, together; a strategy and seed in two files is refused."""
     entries, seen = [], set()
@@ -525,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid-points", type=int, default=3)
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--tpe-told", choices=["last", "first-rung"], default="first-rung")
+    p.add_argument("--ema-decay", type=float, help="also record the AUCs of an exponential "
+                   "moving average of each trial's weights (at most this decay; random search "
+                   "and ASHA only); the summary then replays the rungs on them")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--label", help="name the results '<strategy> (<label>)': a variant (say, "
                    "another grace period) pooled beside the default runs")
@@ -542,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                           "", *summary_tables(entries), "", rung_correlations(entries), "",
                           hyperparameter_correlations(entries), "",
                           replayed_asha_table(entries), "",
+                          averaged_weights_section(entries), "",
                           "### Per seed", "", *per_seed_table(entries)]) + "\n"
         print(text)
         if args.out:

@@ -104,3 +104,18 @@ def test_asha_replayed_on_recorded_curves_stops_and_promotes_as_the_rank_rule_do
     # at the budget has no rung: left out.
     assert "| 1 | 2 | 1, 2 | 0.688 | +0.0000 [+0.0000, +0.0000] |" in table
     assert "| 4 | 2 |" not in table
+
+
+def test_the_weights_moving_average_is_summarised_where_the_curves_carry_it(bench):
+    def averaged(val, test, val_ema, test_ema):
+        return {**_trial(val, test), "val_ema": val_ema, "test_ema": test_ema}
+
+    # Judging the average, the 2nd trial is the better one from its first epoch on.
+    trials = [averaged([0.7, 0.6, 0.8, 0.9], [0.7] * 4, [0.6, 0.6, 0.7, 0.8], [0.75] * 4),
+              averaged([0.6, 0.7, 0.7, 0.8], [0.8] * 4, [0.7, 0.8, 0.9, 0.95], [0.9] * 4)]
+    entries = [_study("random", seed, *trials) for seed in (0, 1)]
+    text = bench.averaged_weights_section(entries)
+    # the average's promotion (test 0.9) against the weights' (0.7)
+    assert "random search promotes a model +0.2000 [+0.2000, +0.2000]" in text
+    assert "after 1 epoch: +1.00, +1.00" in text and "after 2 epochs: +1.00, +1.00" in text
+    assert bench.averaged_weights_section([_study("random", 0, _trial([0.5] * 4, [0.5] * 4))]) == ""
