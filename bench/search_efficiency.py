@@ -14,8 +14,9 @@ study driver calls). Per strategy and seed, measured:
 
 Strategies compare against random search on the same seed (paired), with 95% t intervals over
 the seeds, at full budget and at equal epochs: random search and grid search restricted to
-their first k trials (trials are independent draws in a seeded order, so the first k are a
-study of k trials) for k = the other strategy's epochs / the epoch budget, rounded.
+their first k trials (trials are independent draws, so the first k recorded are a study of
+k trials; curves are recorded in the order the trials first reported) for k = the other
+strategy's epochs / the epoch budget, rounded.
 
 The trainable is the study's training loop (``tuner.training.loop``: AdamW, warmup/cosine,
 augmentation, the same metrics) reporting ``val_auc_macro`` every epoch, saving a checkpoint
@@ -176,7 +177,13 @@ def run_strategy(name: str, *, seed: int, refs: dict, space, args, class_names: 
     results = tuner.fit()
     seconds = time.perf_counter() - start
     curves = []
-    for result in sorted(results, key=lambda r: r.path):  # trial order: Ray numbers them
+    # In the order the trials first reported (then by name: Ray names trials by random ids).
+    def first_report(result) -> tuple:
+        df = result.metrics_dataframe
+        when = df["timestamp"].min() if df is not None and "timestamp" in df else float("inf")
+        return (when, result.path)
+
+    for result in sorted(results, key=first_report):
         df = result.metrics_dataframe
         if result.error is not None or df is None or "val_auc_macro" not in df:
             raise RuntimeError(f"{name} seed {seed}: a trial failed: {result.error}")
@@ -490,31 +497,39 @@ def replay_asha(curves: list[dict], max_epochs: int, grace_period: int,
     return {**promoted(kept, max_epochs), "epochs": epochs}
 
 
-def replayed_asha_table(entries: list[dict], schedules=REPLAYED) -> str:
+def replayed_asha_table(entries: list[dict], schedules=REPLAYED, orders: int = 200) -> str:
     """ASHA's rungs without any searcher: each schedule replayed on random search's recorded
     trials (:func:`replay_asha`), paired per seed with random search's full result. What the
-    rungs alone cost, apart from what TPE or GP choose to try."""
+    rungs alone cost, apart from what TPE or GP choose to try. Which trials a rung stops
+    depends on the order they arrive in, so each seed's result is the mean over ``orders``
+    orders of its trials (the recorded one, then seeded shuffles)."""
+    from tuner.study.strategies import rung_epochs
+
     runs = sorted((e for e in entries if e["method"] == REFERENCE), key=lambda e: e["seed"])
     if not runs:
         return ""
     budget = runs[0]["max_epochs"]
     rows = ["| grace period | reduction factor | rungs (epochs) | epochs / random "
             "| test AUC - random [95% CI] |", "|---:|---:|---|---:|---|"]
-    from tuner.study.strategies import rung_epochs
-
     for grace, rf in schedules:
         if grace >= budget:
             continue
-        replays = [replay_asha(r["curves"], budget, grace, rf) for r in runs]
-        full = [summarise(r) for r in runs]
-        mean, lo, hi = t_interval([a["test_auc"] - f["test_auc"] for a, f in zip(replays, full)])
-        ratio = statistics.mean(a["epochs"] for a in replays) / statistics.mean(
-            f["epochs"] for f in full)
+        diffs, ratios = [], []
+        for run in runs:
+            rng = np.random.default_rng(run["seed"])
+            full = summarise(run)
+            shuffles = [run["curves"]] + [[run["curves"][i] for i in rng.permutation(
+                len(run["curves"]))] for _ in range(orders - 1)]
+            replays = [replay_asha(curves, budget, grace, rf) for curves in shuffles]
+            diffs.append(statistics.mean(a["test_auc"] for a in replays) - full["test_auc"])
+            ratios.append(statistics.mean(a["epochs"] for a in replays) / full["epochs"])
+        mean, lo, hi = t_interval(diffs)
         rows.append(f"| {grace} | {rf:g} | {', '.join(map(str, rung_epochs(budget, grace, rf)))} "
-                    f"| {ratio:.3f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |")
+                    f"| {statistics.mean(ratios):.3f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |")
     return "\n".join([f"ASHA's rungs replayed on random search's recorded trials ({len(runs)} "
-                      "seeds; the rank rule, trials one at a time in their order, no searcher; "
-                      "the same promotion and score):", "", *rows])
+                      f"seeds, each the mean over {orders} orders of its trials; the rank rule, "
+                      "trials one at a time, no searcher; the same promotion and score):", "",
+                      *rows])
 
 
 def averaged_weights_section(entries: list[dict]) -> str:

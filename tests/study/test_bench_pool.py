@@ -99,11 +99,16 @@ def test_asha_replayed_on_recorded_curves_stops_and_promotes_as_the_rank_rule_do
     # the 3rd is not the best of 3 and stops, the 4th is the best of 4.
     assert bench.replay_asha(trials, 4, 1, 4)["epochs"] == 4 + 4 + 1 + 4
     entries = [_study("random", seed, *trials) for seed in (0, 1)]
-    table = bench.replayed_asha_table(entries, schedules=((1, 2), (4, 2)))
-    # random search promotes the same trial: no difference; 11 of 16 epochs. A grace period
-    # at the budget has no rung: left out.
+    table = bench.replayed_asha_table(entries, schedules=((1, 2), (4, 2)), orders=1)
+    # in the recorded order random search promotes the same trial: no difference; 11 of 16
+    # epochs. A grace period at the budget has no rung: left out.
     assert "| 1 | 2 | 1, 2 | 0.688 | +0.0000 [+0.0000, +0.0000] |" in table
     assert "| 4 | 2 |" not in table
+    # Other orders spend otherwise (the best trial first: 4 + 1 + 1 + 2 epochs, the fewest;
+    # every trial through: 16): the mean over orders moves off the recorded order's 11.
+    many = bench.replayed_asha_table(entries, schedules=((1, 2),), orders=50)
+    epochs = float(many.split("| 1 | 2 | 1, 2 | ")[1].split(" |")[0]) * 16
+    assert 8 <= epochs <= 16 and abs(epochs - 11) > 0.1
 
 
 def test_the_weights_moving_average_is_summarised_where_the_curves_carry_it(bench):
