@@ -1,6 +1,7 @@
 """The searchers' Optuna studies in the tracking stack's PostgreSQL: the database that
 ``docker/postgres-init-optuna.sh`` makes, named to the study by ``LENSTUNE_OPTUNA_STORAGE``
-(what ``cluster/kuberay/raycluster.yaml`` sets from its Secret)."""
+(what ``cluster/aws-gpu.yaml`` sets, the password then in ~/.pgpass; and what
+``cluster/kuberay/raycluster.yaml`` sets from its Secret, the password in the URL)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,6 @@ import pytest
 
 from tests import servers
 from tests.study.studies import REPO, run_args, run_study_process, trial_runs
-
-
-@pytest.mark.slow
-def test_a_study_keeps_its_optuna_study_in_the_stacks_postgres_database(micro_dataset, tmp_path):
-    if servers.postgres_bin_dir() is None:
-        pytest.skip("PostgreSQL server binaries missing; run .ci/system-deps")
-    import optuna
-
-    with servers.postgres_server() as pg:
-        url = servers.create_optuna_database(pg, REPO)
-        runs = tmp_path / "runs"
-        proc = run_study_process(run_args(micro_dataset, runs, "scratch", samples=3, extra=(
-            "--study-name", "pg", "--no-promote")), LENSTUNE_OPTUNA_STORAGE=url)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        study = optuna.load_study(study_name="pg/scratch", storage=url)
-        assert len(study.trials) == 3
-        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        assert not (runs / "optuna.db").exists()  # nothing on the driver's disk
-        studies, trials = trial_runs(f"sqlite:///{runs / 'mlflow.db'}")
-        assert studies[0].data.params["optuna_storage_resolved"] == url
-        assert {t.user_attrs["ray_trial_id"] for t in study.trials} == {
-            r.data.tags["trial_id"] for r in trials}
 
 
 def test_the_optuna_storage_is_the_flag_else_the_environment_else_the_runs_folder(
@@ -97,7 +76,14 @@ def test_the_aws_head_reaches_its_optuna_database_with_the_password_from_ssm(
         assert proc.returncode == 0, proc.stderr[-3000:]
         study = optuna.load_study(study_name="aws/scratch", storage=url)
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
-        assert not (runs / "optuna.db").exists()
+        assert not (runs / "optuna.db").exists()  # nothing on the driver's disk
+        studies, trials = trial_runs(f"sqlite:///{runs / 'mlflow.db'}")
+        assert studies[0].data.params["optuna_storage_resolved"] == url
+        assert {t.user_attrs["ray_trial_id"] for t in study.trials} == {
+            r.data.tags["trial_id"] for r in trials}
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass
         with pytest.raises(Exception, match="password"):  # the server does check passwords
-            monkeypatch.setenv("HOME", str(tmp_path))
             optuna.storages.RDBStorage(url)
+        # KubeRay's Secret holds the URL with its password: the same database and study.
+        inline = url.replace("optuna@", "optuna:optuna-pw-from-ssm@", 1)
+        assert len(optuna.load_study(study_name="aws/scratch", storage=inline).trials) == 2
