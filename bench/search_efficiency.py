@@ -404,14 +404,15 @@ def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, in
         *([f"Also recorded: the AUCs of each trial's weights' moving average (timm ModelEmaV3, "
            f"warm-up, decay at most {args.ema_decay}, updated every step); not judged by the "
            "strategies."] if args.ema_decay is not None else []), "",
-        auc_noise_line(n_val), "",
-        *summary_tables(entries), "",
-        rung_correlations(entries), "",
-        hyperparameter_correlations(entries), "",
-        replayed_asha_table(entries), "",
-        averaged_weights_section(entries), "",
-        "### Per seed", "", *per_seed_table(entries)]
+        auc_noise_line(n_val), "", *summary_sections(entries)]
     return "\n".join(lines) + "\n"
+
+
+def summary_sections(entries: list[dict]) -> list[str]:
+    """The summary's lines after its header, for a run and for ``--pool`` alike."""
+    return [*summary_tables(entries), "", rung_correlations(entries), "",
+            hyperparameter_correlations(entries), "", replayed_asha_table(entries), "",
+            averaged_weights_section(entries), "", "### Per seed", "", *per_seed_table(entries)]
 
 
 def rung_correlations(entries: list[dict]) -> str:
@@ -608,11 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool:
         entries = read_curves(args.pool)
         text = "\n".join([f"Command: `.venv/bin/python bench/search_efficiency.py {' '.join(argv)}`",
-                          "", *summary_tables(entries), "", rung_correlations(entries), "",
-                          hyperparameter_correlations(entries), "",
-                          replayed_asha_table(entries), "",
-                          averaged_weights_section(entries), "",
-                          "### Per seed", "", *per_seed_table(entries)]) + "\n"
+                          "", *summary_sections(entries)]) + "\n"
         print(text)
         if args.out:
             args.out.write_text(text)
