@@ -4,6 +4,7 @@ MLflow server with basic auth, all on 127.0.0.1, started and stopped by the test
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -12,11 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import servers
 
 ARTIFACT_BUCKET = "lenstune-artifacts"
 REPO = Path(__file__).resolve().parents[2]
+
+
+def aws_node_env() -> dict[str, str]:
+    """The environment variables that cluster/aws-gpu.yaml sets on every node (its docker run
+    options ``--env NAME=value``), with the values it gives."""
+    config = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
+    found = (re.fullmatch(r"--env (\w+)=(.*)", o.strip()) for o in config["docker"]["run_options"])
+    return {m.group(1): m.group(2) for m in found if m}
 
 
 @dataclass(frozen=True)

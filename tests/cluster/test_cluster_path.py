@@ -34,7 +34,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests import servers
-from tests.cluster.conftest import REPO, ray_env
+from tests.cluster.conftest import REPO, aws_node_env, ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.alone]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -100,12 +100,7 @@ def cluster_environment() -> dict[str, str]:
     """Every environment variable that cluster/aws-gpu.yaml (docker run options) and
     cluster/kuberay/raycluster.yaml (container env) set, with the value each config gives
     (None where it comes from a Secret)."""
-    names: dict[str, str | None] = {}
-    aws = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
-    for option in aws["docker"]["run_options"]:
-        match = re.fullmatch(r"--env (\w+)=(.*)", option.strip())
-        if match:
-            names[match.group(1)] = match.group(2)
+    names: dict[str, str | None] = dict(aws_node_env())
     kuberay = yaml.safe_load((REPO / "cluster" / "kuberay" / "raycluster.yaml").read_text())
     pods = [kuberay["spec"]["headGroupSpec"]["template"]] + [
         g["template"] for g in kuberay["spec"]["workerGroupSpecs"]]

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from moto import mock_aws
 
+from tests.cluster.conftest import aws_node_env
+
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 URL = "postgresql+psycopg2://optuna@db.internal:6543/optuna?sslmode=require"
 
@@ -107,9 +109,7 @@ def test_pgpass_refuses_a_url_without_user(fetch, tmp_path):
 
 def test_pgpass_reads_the_url_the_aws_config_sets(fetch):
     config = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
-    env = dict(o.split("=", 1) for o in (opt.removeprefix("--env ") for opt in config["docker"]["run_options"])
-               if "=" in o and not o.startswith("--"))
-    url = env[fetch.OPTUNA_STORAGE_ENV]
+    url = aws_node_env()[fetch.OPTUNA_STORAGE_ENV]
     assert fetch.pgpass_fields(url) == ("optuna-db.lenstune.internal", "5432", "optuna", "optuna")
     assert "sslmode=require" in url  # the password crosses the network: TLS only
     head = " ".join(config["head_setup_commands"])

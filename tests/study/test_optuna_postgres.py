@@ -41,9 +41,10 @@ def test_the_aws_head_reaches_its_optuna_database_with_the_password_from_ssm(
     import yaml
     from moto import mock_aws
 
+    from tests.cluster.conftest import aws_node_env
+
     config = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
-    options = [o.removeprefix("--env ") for o in config["docker"]["run_options"]]
-    aws_url = next(o.split("=", 1)[1] for o in options if o.startswith("LENSTUNE_OPTUNA_STORAGE="))
+    aws_url = aws_node_env()["LENSTUNE_OPTUNA_STORAGE"]
     head_setup = " ".join(config["head_setup_commands"])
     parameter = re.search(r"fetch_secrets\.py pgpass --parameter (\S+)", head_setup).group(1)
     spec = importlib.util.spec_from_file_location("fetch_secrets", REPO / "cluster" / "fetch_secrets.py")
