@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tuning_overhead import machine  # noqa: E402  (bench/ is not a package)
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 # Best published DeepLense figures (macro one-vs-rest AUC on the test set), as the DeepLense
 # GSoC projects report them: GPUs, 30,000 training and 5,000 test images per class,
@@ -154,7 +153,7 @@ shift suite: [robustness](robustness.md)).
 
 - Command: `.venv/bin/python bench/campaign.py {' '.join(sys.argv[1:])}`, which ran the study
   `{command}` ({wall / 60:.0f} min wall) and then measured each family's best trial.
-- Machine: {machine()}; Python {platform.python_version()}; date {date.today()}.
+- Machine: {machine()}; date {date.today()}.
 - Data: preset `{data_meta.preset}` simulated at {data_meta.image_size} px (native
   {data_meta.native_image_size} px), seed {data_meta.seed}: {n_train} training and {n_test}
   test images (three classes, equal counts). Shift sets: the test split's systems,

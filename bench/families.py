@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from tuner.models import build_model, list_families
 from tuner.study.search_space import load_search_space
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 
 def images_per_second(model: torch.nn.Module, batch: int, size: int, repeats: int, train: bool) -> float:
@@ -51,12 +53,6 @@ def images_per_second(model: torch.nn.Module, batch: int, size: int, repeats: in
     return batch / statistics.median(times)
 
 
-def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-    return f"{name}, {torch.get_num_threads()} torch threads, {platform.python_version()}, torch {torch.__version__}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Family throughput on CPU", "",
         f"Command: `.venv/bin/python bench/families.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-        f"Machine: {machine()}", f"Date: {datetime.date.today().isoformat()}",
+        f"Machine: {machine()}, {torch.get_num_threads()} torch threads", f"Date: {datetime.date.today().isoformat()}",
         f"Setup: {args.size} px, batch {args.batch}, median of {args.repeats} after a warm-up; training = "
         "forward + backward + AdamW step. Ratios are against `scratch` of the same size class in this run.",
         "The machine was shared with other work while measuring: treat differences under ~30% as noise.", "",

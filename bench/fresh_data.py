@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 from tuner.data import load_split, simulate_dataset, split_counts
 from tuner.data.fresh import simulate_training_epoch
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `PYTHONPATH=. python bench/fresh_data.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU used (device cpu), torch "
-        f"{torch.__version__} on {args.threads} thread(s), Python {platform.python_version()}; "
+        f"Machine: {machine()}, no GPU used (device cpu), torch on {args.threads} thread(s); "
         f"{datetime.date.today()}. Load average (1 min) {load_before:.2f} before and {load_after:.2f} after "
         "(other jobs shared the cores when above 1).",
         "",

@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import os
-import platform
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpu.md"
 FAMILIES = ("vit", "swin", "resnet18")
@@ -410,20 +410,6 @@ def simulator(sizes: Sizes, device: torch.device, compile: bool) -> list[dict]:
 
 
 # --- report -------------------------------------------------------------------------------------
-
-def machine(device: torch.device) -> str:
-    """GPU name and memory, CUDA, cuDNN and driver versions, CPU, Python and torch versions."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-    host = f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}"
-    if device.type != "cuda":
-        return f"no GPU (CPU smoke run): {host}"
-    props = torch.cuda.get_device_properties(device)
-    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip().splitlines()
-    return (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
-            f"cuDNN {torch.backends.cudnn.version()}, driver {driver[0] if driver else '?'}; {host}")
-
 
 def render(args, sizes, device, results, seconds) -> str:
     """The markdown report of one run."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tuning_overhead import machine  # noqa: E402  (bench/ is not a package)
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 # The training recipe of the robust arm: per image, noise rms x U_log(0.5, 4), PSF FWHM
 # x U_log(0.75, 1.5), source magnitude + U(-1, 1), centring U(-0.5, 0.5) px.
@@ -146,7 +145,7 @@ def report(args, seeds, results, walls, commands) -> str:
     return f"""# Robust tuning against plain tuning
 
 Command: `.venv/bin/python bench/robustness.py {' '.join(sys.argv[1:])}`
-Machine: {machine()}; Python {platform.python_version()}; date {date.today()}.
+Machine: {machine()}; date {date.today()}.
 Studies (each in its own runs folder, promotion at the end):
 - plain: `{commands.get('plain', '')}`
 - robust: `{commands.get('robust', '')}`, on a dataset of the same size and seed simulated

@@ -36,10 +36,8 @@ import gzip
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 REFERENCE = "random"
 STRATEGIES = ("asha-tpe", "asha-gp", "hyperband-bohb", "pbt", "pb2", "random", "grid")
@@ -265,13 +266,6 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
-def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
-                  if ln.startswith("Model name")), "?")
-    return f"{model}, {os.cpu_count()} cores (shared with other work)"
-
-
 def summary_tables(entries: list[dict]) -> list[str]:
     """Per strategy, over the seeds: test AUC of what it would promote and epochs, paired
     differences from random search at full budget and at equal epochs, 95% intervals."""
@@ -386,7 +380,7 @@ def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, in
     n_train, n_val, n_test = sizes
     lines = [
         "Command: `.venv/bin/python bench/search_efficiency.py " + " ".join(argv) + "`",
-        f"Machine: {machine()}, Python {platform.python_version()}; date {date.today()}; "
+        f"Machine: {machine()}, shared with other work; date {date.today()}; "
         f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min); "
         f"whole benchmark {wall / 60:.1f} min.",
         f"Problem: simulated `model_ii` at 32 px, {n_train} train, {n_val} val and {n_test} "

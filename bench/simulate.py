@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 from tuner.lensing import CLASS_NAMES, get_preset, simulate_batch
 from tuner.lensing.populations import (
@@ -103,16 +105,6 @@ def matmul_gflops(repeats: int = 5) -> float:
     return 2 * 512**3 / cpu / 1e9
 
 
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        cpus = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("CPU(s)"))
-        return f"{name}, {cpus} CPUs"
-    except Exception:  # lscpu missing: fall back to what Python knows
-        return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats (about a minute)")
@@ -169,7 +161,7 @@ def render_markdown(rows, args, peak: float, batch: int, n_lenstronomy: int) -> 
         "# Simulator speed: ours (batched torch) vs lenstronomy 1.14 (one image at a time)",
         "",
         f"- Command: `{cmd.strip()}`",
-        f"- Machine: {_cpu_model()}; torch {torch.__version__} on 1 thread; device for ours: {args.device}",
+        f"- Machine: {machine()}; torch on 1 thread; device for ours: {args.device}",
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Ours: batches of {batch}, full pipeline (draws, ray-tracing, PSF, noise, normalisation);"
         f" lenstronomy: {n_lenstronomy} images one by one, model built once per class, `ImageModel.image`"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tuning_overhead import machine  # noqa: E402  (bench/ is not a package)
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 
 def bare_train_validate(resolved: dict, images, labels, val_images, epochs: int) -> float:
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"""# Study efficiency: how busy a study keeps its trial slots
 
 Command: `.venv/bin/python bench/study_efficiency.py {' '.join(argv)}`
-Machine: {machine()}, Python {platform.python_version()}, torch {torch.__version__}; date {date.today()}.
+Machine: {machine()}; date {date.today()}.
 Load average (1/5/15 min): {load_start[0]:.2f} / {load_start[1]:.2f} / {load_start[2]:.2f} at start, {load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f} at the end.
 Study: families {', '.join(families)} side by side (micro profile), {args.samples} trials each,
 {len(labels)} train and {len(val_images)} validation images at 32 px (simulated `model_ii`),

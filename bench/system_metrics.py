@@ -22,16 +22,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 from tuner.tracking.system_metrics import SAMPLING_INTERVAL_S, start_system_metrics, stop_system_metrics
 
@@ -151,8 +152,7 @@ def main() -> int:
     lines = [
         "# System metrics of a trial: cost", "",
         f"Command: `{command}`", "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}; "
+        f"Machine: {machine()}, numpy {np.__version__}; "
         f"{datetime.date.today()}. Store: embedded sqlite (one MLflow request per sample to "
         f"read the run's status, one to send). Load average (1 min) {load_before:.2f} before "
         f"and {load_after:.2f} after: other jobs shared the cores when above 1.", "",

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 
 def bare_loop(model, images, labels, batch_size: int, epochs: int) -> list[float]:
@@ -64,13 +65,6 @@ def trial_block(train_trial, refs: dict, config: dict, ctx, storage: Path
     if result.error is not None:
         raise RuntimeError(f"the trial failed: {result.error}")
     return [float(v) for v in result.metrics_dataframe["images_per_second"]], wall, cpu
-
-
-def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
-                  if ln.startswith("Model name")), "?")
-    return f"{model}, {os.cpu_count()} cores (shared with other work)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"""# Tuning overhead: trial training throughput vs a bare PyTorch loop
 
 Command: `.venv/bin/python bench/tuning_overhead.py {' '.join(argv)}`
-Machine: {machine()}, Python {platform.python_version()}, torch {torch.__version__}; date {date.today()}.
+Machine: {machine()}, shared with other work; date {date.today()}.
 Load average (1/5/15 min): {load_start[0]:.2f} / {load_start[1]:.2f} / {load_start[2]:.2f} at start, {load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f} at the end.
 Model: `{args.family}` micro profile, sampled config (seed 0), 32 px, batch {bs}, 1 thread, augmentation off in both.
 Data: simulated `model_ii` at 32 px, {n_train} train images per epoch (epochs of {n_train / bare:.1f} s bare).

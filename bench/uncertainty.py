@@ -21,8 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +29,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 from tuner import metrics
 from tuner.uncertainty.conformal import ConformalConfig
@@ -250,10 +252,6 @@ def summary(rows: list[tuple[str, dict]], shifts: list[str], member_ece: list[fl
     return lines
 
 
-def _sh(cmd: str) -> str:
-    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problem", choices=("lensing", "synthetic"), default="lensing")
@@ -277,13 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t_start
     load_after = os.getloadavg()
     cmd = "bench/uncertainty.py" + (" --problem synthetic" if args.problem == "synthetic" else "")
-    cpu = _sh("lscpu | grep 'Model name' | cut -d: -f2")
     text = "\n".join([
         f"# Uncertainty methods on a micro {args.problem} problem (CPU)",
         "",
         f"Command: `.venv/bin/python {cmd}`  ",
-        f"Machine: {cpu}, {os.cpu_count()} cores (shared with other jobs), "
-        f"{args.threads} torch thread(s), torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Machine: {machine()}, shared with other jobs, {args.threads} torch thread(s)  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Load average (1/5/15 min): {' / '.join(f'{x:.2f}' for x in load_before)} before, "
         f"{' / '.join(f'{x:.2f}' for x in load_after)} after; whole run {wall:.0f} s wall, "

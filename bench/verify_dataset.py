@@ -24,9 +24,7 @@ import argparse
 import datetime
 import hashlib
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402  (bench/ is not a package)
 
 from tuner.data.store import (ARRAY_FILES, SPLITS, DatasetMeta, SplitWriter, combine_digests,
                               package_version, staged_dataset, verify_dataset, write_meta)
@@ -162,15 +163,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"peak extra anon {row[4]:7.1f} MiB", flush=True)
     if args.out is None:
         return 0
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True,
-                         text=True).stdout.split(":", 1)[-1].strip()
     lines = [
         "# Dataset verification cost",
         "",
         f"Command: `.venv/bin/python bench/verify_dataset.py --n {args.n} --size {args.size} "
         f"--repeats {args.repeats} --out {args.out}`",
         "",
-        f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy "
+        f"Machine: {machine()}, numpy "
         f"{np.__version__}; {datetime.date.today().isoformat()}. Dataset: {args.n} random "
         f"{args.size}x{args.size} float32 images (train/val/test 70/15/15 %), {size_mb:.0f} MB "
         f"on disk, written through `SplitWriter` in {write_s:.1f} s.",
