@@ -55,8 +55,6 @@ def run_study(args, data: Path, runs: Path) -> tuple[int, float, str]:
 
 def measure(client, uri: str, data: Path, args) -> list[dict]:
     """One row per family: its best completed trial on the test split and the shift suite."""
-    import torch
-
     from tuner.data import load_split
     from tuner.registry.evaluation import evaluate
     from tuner.registry.promotion import load_trial
