@@ -405,7 +405,8 @@ def render(entries: list[dict], args, argv: list[str], sizes: tuple[int, int, in
 def summary_sections(entries: list[dict]) -> list[str]:
     """The summary's lines after its header, for a run and for ``--pool`` alike."""
     return [*summary_tables(entries), "", rung_correlations(entries), "",
-            hyperparameter_correlations(entries), "", replayed_asha_table(entries), "",
+            hyperparameter_correlations(entries), "", where_searched(entries), "",
+            replayed_asha_table(entries), "",
             averaged_weights_section(entries), "", "### Per seed", "", *per_seed_table(entries)]
 
 
@@ -442,10 +443,7 @@ def hyperparameter_correlations(entries: list[dict], early: tuple[int, ...] = (1
     if not runs:
         return ""
     early = tuple(ep for ep in early if ep < runs[0]["max_epochs"])
-    first = runs[0]["curves"][0]["config"]
-    keys = [(part, key) for part in ("train", "model") for key, value in first.get(part, {}).items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)
-            and len({c["config"][part][key] for r in runs for c in r["curves"]}) > 1]
+    keys = numeric_keys(runs)
     if not keys:
         return ""
     rows = ["| hyperparameter | " + " | ".join(f"vs val AUC after {ep} epoch{'s' * (ep > 1)}"
@@ -461,6 +459,64 @@ def hyperparameter_correlations(entries: list[dict], early: tuple[int, ...] = (1
         rows.append(f"| {part}.{key} | " + " | ".join(cells) + " |")
     return "\n".join([f"What the rungs reward (Spearman over random search's trials, mean of "
                       f"{len(runs)} seeds; higher value, higher AUC when positive):", "", *rows])
+
+
+def numeric_keys(runs: list[dict]) -> list[tuple[str, str]]:
+    """The searched hyperparameters with numeric values: (part, key) with more than one value
+    over the trials of ``runs``."""
+    first = runs[0]["curves"][0]["config"]
+    return [(part, key) for part in ("train", "model") for key, value in first.get(part, {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            and len({c["config"][part][key] for r in runs for c in r["curves"]}) > 1]
+
+
+def where_searched(entries: list[dict], method: str = "asha-tpe") -> str:
+    """Where ``method``'s searcher looked, per seed, in the hyperparameter the end rewards most
+    (the largest mean Spearman, in size, of its value with the best val AUC over random
+    search's trials): the value random search promotes, the value ``method`` promotes, the
+    median over the trials the searcher chose after its random start-up, and how many of
+    those fell inside the range of random search's best quarter."""
+    from tuner.study.search import tpe_startup_trials
+
+    runs = {e["seed"]: e for e in entries if e["method"] == REFERENCE}
+    mine = {e["seed"]: e for e in entries if e["method"] == method and e["seed"] in runs}
+    if not mine:
+        return ""
+    keys = numeric_keys(list(runs.values()))
+    if not keys:
+        return ""
+    def end_rho(part, key):
+        return np.nanmean([spearman([c["config"][part][key] for c in r["curves"]],
+                                    [max(c["val_auc"]) for c in r["curves"]])
+                           for r in runs.values()])
+    part, key = max(keys, key=lambda k: abs(end_rho(*k)))
+    value = lambda c: c["config"][part][key]  # noqa: E731
+
+    def promoted_value(curves, max_epochs):
+        done = [c for c in curves if c["epochs"] and c["epochs"][-1] == max_epochs]
+        return value(max(done, key=lambda c: max(c["val_auc"])))
+
+    rows = [f"| seed | {method} - random, test AUC | {key}: random promotes | {method} promotes "
+            f"| median of {method}'s modelled trials | of them in random's best quarter |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    for seed in sorted(mine):
+        ref, own = runs[seed], mine[seed]
+        budget = ref["max_epochs"]
+        ranked = sorted(ref["curves"], key=lambda c: -max(c["val_auc"]))
+        top = [value(c) for c in ranked[:max(1, len(ranked) // 4)]]
+        modelled = own["curves"][tpe_startup_trials(len(own["curves"])):]
+        inside = sum(min(top) <= value(c) <= max(top) for c in modelled)
+        diff = summarise(own)["test_auc"] - summarise(ref)["test_auc"]
+        rows.append(f"| {seed} | {diff:+.4f} | {promoted_value(ref['curves'], budget):.3g} | "
+                    f"{promoted_value(own['curves'], budget):.3g} | "
+                    f"{np.median([value(c) for c in modelled]):.3g} | "
+                    f"{inside} of {len(modelled)} |")
+    return "\n".join([
+        f"Where `{method}` looked, in {part}.{key} (the hyperparameter whose value ranks random "
+        f"search's trials' best val AUC most, Spearman {end_rho(part, key):+.2f}); modelled "
+        "trials: those after the searcher's random start-up, in the order trials first "
+        "reported; best quarter: the range of the value over random search's best quarter of "
+        "trials by best val AUC:", "", *rows])
 
 
 REPLAYED = ((1, 4), (1, 3), (2, 4), (2, 2), (4, 4), (4, 2), (8, 4))  # (grace period, rf)

@@ -124,3 +124,23 @@ def test_the_weights_moving_average_is_summarised_where_the_curves_carry_it(benc
     assert "random search promotes a model +0.2000 [+0.2000, +0.2000]" in text
     assert "after 1 epoch: +1.00, +1.00" in text and "after 2 epochs: +1.00, +1.00" in text
     assert bench.averaged_weights_section([_study("random", 0, _trial([0.5] * 4, [0.5] * 4))]) == ""
+
+
+def test_where_the_searcher_looked_in_the_hyperparameter_the_end_rewards(bench):
+    def trial(lr, wd, best, epochs=4):
+        val = [0.5, 0.6, 0.7, best][:epochs]
+        return {"config": {"train": {"lr": lr, "weight_decay": wd}, "model": {}},
+                "epochs": list(range(1, epochs + 1)), "val_auc": val, "test_auc": val}
+
+    # lr ranks random search's best val AUC (Spearman 1); weight decay does not. Random's best
+    # quarter (1 of 4 trials) has lr 0.04; asha-tpe starts with 2 random trials
+    # (tpe_startup_trials(4)), then chooses lr 0.04 and 0.01, and promotes lr 0.02 (the 0.04
+    # trial stopped at 2 epochs).
+    random = _study("random", 0, trial(0.01, 0.3, 0.80), trial(0.02, 0.1, 0.85),
+                    trial(0.03, 0.4, 0.90), trial(0.04, 0.2, 0.95))
+    asha = _study("asha-tpe", 0, trial(0.03, 0.1, 0.80, epochs=1), trial(0.02, 0.1, 0.90),
+                  trial(0.04, 0.1, 0.99, epochs=2), trial(0.01, 0.1, 0.70))
+    text = bench.where_searched([random, asha])
+    assert "in train.lr (" in text and "Spearman +1.00" in text
+    assert "| 0 | -0.0500 | 0.04 | 0.02 | 0.025 | 1 of 2 |" in text
+    assert bench.where_searched([random]) == ""
