@@ -205,12 +205,18 @@ def run_strategy(name: str, *, seed: int, refs: dict, space, args, class_names: 
 def promoted(curves: list[dict], max_epochs: int) -> dict[str, float]:
     """What promotion would take: among the trials that completed ``max_epochs``, the one with
     the highest best val AUC, at its best epoch (the first, on ties); its val and test AUC."""
+    best = promoted_trial(curves, max_epochs)
+    at = int(np.argmax(best["val_auc"]))
+    return {"val_auc": best["val_auc"][at], "test_auc": best["test_auc"][at]}
+
+
+def promoted_trial(curves: list[dict], max_epochs: int) -> dict:
+    """The trial promotion would take: among those that completed ``max_epochs``, the one with
+    the highest best val AUC."""
     done = [c for c in curves if c["epochs"] and c["epochs"][-1] == max_epochs]
     if not done:
         raise ValueError("no trial completed its epoch budget: nothing to promote")
-    best = max(done, key=lambda c: max(c["val_auc"]))
-    at = int(np.argmax(best["val_auc"]))
-    return {"val_auc": best["val_auc"][at], "test_auc": best["test_auc"][at]}
+    return max(done, key=lambda c: max(c["val_auc"]))
 
 
 def trial_epochs(curve: dict) -> int:
@@ -485,16 +491,11 @@ def where_searched(entries: list[dict], method: str = "asha-tpe") -> str:
     keys = numeric_keys(list(runs.values()))
     if not keys:
         return ""
-    def end_rho(part, key):
-        return np.nanmean([spearman([c["config"][part][key] for c in r["curves"]],
-                                    [max(c["val_auc"]) for c in r["curves"]])
-                           for r in runs.values()])
-    part, key = max(keys, key=lambda k: abs(end_rho(*k)))
+    rho = {(part, key): np.nanmean([spearman([c["config"][part][key] for c in r["curves"]],
+                                             [max(c["val_auc"]) for c in r["curves"]])
+                                    for r in runs.values()]) for part, key in keys}
+    part, key = max(keys, key=lambda k: abs(rho[k]))
     value = lambda c: c["config"][part][key]  # noqa: E731
-
-    def promoted_value(curves, max_epochs):
-        done = [c for c in curves if c["epochs"] and c["epochs"][-1] == max_epochs]
-        return value(max(done, key=lambda c: max(c["val_auc"])))
 
     rows = [f"| seed | {method} - random, test AUC | {key}: random promotes | {method} promotes "
             f"| median of {method}'s modelled trials | of them in random's best quarter |",
@@ -507,13 +508,13 @@ def where_searched(entries: list[dict], method: str = "asha-tpe") -> str:
         modelled = own["curves"][tpe_startup_trials(len(own["curves"])):]
         inside = sum(min(top) <= value(c) <= max(top) for c in modelled)
         diff = summarise(own)["test_auc"] - summarise(ref)["test_auc"]
-        rows.append(f"| {seed} | {diff:+.4f} | {promoted_value(ref['curves'], budget):.3g} | "
-                    f"{promoted_value(own['curves'], budget):.3g} | "
+        theirs, ours = (value(promoted_trial(e["curves"], budget)) for e in (ref, own))
+        rows.append(f"| {seed} | {diff:+.4f} | {theirs:.3g} | {ours:.3g} | "
                     f"{np.median([value(c) for c in modelled]):.3g} | "
                     f"{inside} of {len(modelled)} |")
     return "\n".join([
         f"Where `{method}` looked, in {part}.{key} (the hyperparameter whose value ranks random "
-        f"search's trials' best val AUC most, Spearman {end_rho(part, key):+.2f}); modelled "
+        f"search's trials' best val AUC most, Spearman {rho[part, key]:+.2f}); modelled "
         "trials: those after the searcher's random start-up, in the order trials first "
         "reported; best quarter: the range of the value over random search's best quarter of "
         "trials by best val AUC:", "", *rows])
