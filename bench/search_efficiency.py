@@ -1,8 +1,8 @@
 """Search efficiency: every single-objective strategy against random search, scored on the test split.
 
 Each strategy of ``lenstune tune --strategy`` (:mod:`tuner.study.strategies`) tunes the same
-micro problem (a simulated Model II dataset at 32 px, one micro family's search space with a
-longer epoch budget) on the same seeds, through the project's own hooks
+micro problem (a simulated Model II dataset at 32 px, 2,000 training images a class by
+default, one micro family's search space with a longer epoch budget) on the same seeds, through the project's own hooks
 (``tuner.study.strategies.search_plan`` and ``tuner.study.search.build_tuner``, what the
 study driver calls). Per strategy and seed, measured:
 
@@ -23,8 +23,7 @@ augmentation, the same metrics) reporting ``val_auc_macro`` every epoch, saving 
 where a scheduler may pause or copy it (PBT), without MLflow logging: that costs wall time but
 changes neither the search nor the scores.
 
-    .venv/bin/python bench/search_efficiency.py --out bench/results/search_efficiency.md \\
-        --curves bench/results/curves/search_efficiency.json.gz
+    .venv/bin/python bench/search_efficiency.py --out /tmp/se/run.md --curves /tmp/se/run.json.gz
     # runs with other seeds or strategies, summarised together from their saved curves:
     .venv/bin/python bench/search_efficiency.py --pool run1.json.gz run2.json.gz
 """
@@ -631,7 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="levit")
-    p.add_argument("--n-per-class", type=int, default=500, help="training images per class")
+    p.add_argument("--n-per-class", type=int, default=2000,
+                   help="training images per class (500 makes the data-starved problem of the "
+                   "results file's 1,500-image sections)")
     p.add_argument("--val-per-class", type=int, default=250)
     p.add_argument("--test-per-class", type=int, default=250)
     p.add_argument("--configs", type=int, default=24, help="trials per study")
