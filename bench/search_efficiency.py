@@ -209,13 +209,17 @@ def promoted(curves: list[dict], max_epochs: int) -> dict[str, float]:
     return {"val_auc": best["val_auc"][at], "test_auc": best["test_auc"][at]}
 
 
+def best_val_auc(curve: dict) -> float:
+    return max(curve["val_auc"])
+
+
 def promoted_trial(curves: list[dict], max_epochs: int) -> dict:
     """The trial promotion would take: among those that completed ``max_epochs``, the one with
     the highest best val AUC."""
     done = [c for c in curves if c["epochs"] and c["epochs"][-1] == max_epochs]
     if not done:
         raise ValueError("no trial completed its epoch budget: nothing to promote")
-    return max(done, key=lambda c: max(c["val_auc"]))
+    return max(done, key=best_val_auc)
 
 
 def trial_epochs(curve: dict) -> int:
@@ -427,10 +431,10 @@ def rung_correlations(entries: list[dict]) -> str:
     parts = []
     for ep in epochs:
         values = [spearman([c["val_auc"][ep - 1] for c in r["curves"]],
-                           [max(c["val_auc"]) for c in r["curves"]]) for r in runs]
+                           [best_val_auc(c) for c in r["curves"]]) for r in runs]
         parts.append(f"after {ep} epoch{'s' * (ep > 1)}: "
                      f"{', '.join(f'{v:+.2f}' for v in values)}")
-    val_test = [spearman([max(c["val_auc"]) for c in r["curves"]],
+    val_test = [spearman([best_val_auc(c) for c in r["curves"]],
                          [c["test_auc"][int(np.argmax(c["val_auc"]))] for c in r["curves"]])
                 for r in runs]
     return ("Rank correlation (Spearman, per seed, random search's trials) between a trial's val "
@@ -455,15 +459,19 @@ def hyperparameter_correlations(entries: list[dict], early: tuple[int, ...] = (1
                                                  for ep in early) + " | vs best val AUC |",
             "|---|" + "---:|" * (len(early) + 1)]
     for part, key in keys:
-        cells = []
-        for target in [*(lambda c, ep=ep: c["val_auc"][ep - 1] for ep in early),
-                       lambda c: max(c["val_auc"])]:
-            values = [spearman([c["config"][part][key] for c in r["curves"]],
-                               [target(c) for c in r["curves"]]) for r in runs]
-            cells.append(f"{np.nanmean(values):+.2f}")
+        cells = [f"{value_correlation(runs, part, key, target):+.2f}"
+                 for target in [*(lambda c, ep=ep: c["val_auc"][ep - 1] for ep in early),
+                                best_val_auc]]
         rows.append(f"| {part}.{key} | " + " | ".join(cells) + " |")
     return "\n".join([f"What the rungs reward (Spearman over random search's trials, mean of "
                       f"{len(runs)} seeds; higher value, higher AUC when positive):", "", *rows])
+
+
+def value_correlation(runs: list[dict], part: str, key: str, target) -> float:
+    """Mean over ``runs`` (seeds) of the Spearman correlation, over a run's trials, of
+    hyperparameter ``part.key`` with ``target(curve)``."""
+    return float(np.nanmean([spearman([c["config"][part][key] for c in r["curves"]],
+                                      [target(c) for c in r["curves"]]) for r in runs]))
 
 
 def numeric_keys(runs: list[dict]) -> list[tuple[str, str]]:
@@ -490,9 +498,8 @@ def where_searched(entries: list[dict], method: str = "asha-tpe") -> str:
     keys = numeric_keys(list(runs.values()))
     if not keys:
         return ""
-    rho = {(part, key): np.nanmean([spearman([c["config"][part][key] for c in r["curves"]],
-                                             [max(c["val_auc"]) for c in r["curves"]])
-                                    for r in runs.values()]) for part, key in keys}
+    rho = {(part, key): value_correlation(list(runs.values()), part, key, best_val_auc)
+           for part, key in keys}
     part, key = max(keys, key=lambda k: abs(rho[k]))
     value = lambda c: c["config"][part][key]  # noqa: E731
 
@@ -502,7 +509,7 @@ def where_searched(entries: list[dict], method: str = "asha-tpe") -> str:
     for seed in sorted(mine):
         ref, own = runs[seed], mine[seed]
         budget = ref["max_epochs"]
-        ranked = sorted(ref["curves"], key=lambda c: -max(c["val_auc"]))
+        ranked = sorted(ref["curves"], key=best_val_auc, reverse=True)
         top = [value(c) for c in ranked[:max(1, len(ranked) // 4)]]
         modelled = own["curves"][tpe_startup_trials(len(own["curves"])):]
         inside = sum(min(top) <= value(c) <= max(top) for c in modelled)
