@@ -2,9 +2,9 @@
 
 Each strategy of ``lenstune tune --strategy`` (:mod:`tuner.study.strategies`) tunes the same
 micro problem (a simulated Model II dataset at 32 px, 2,000 training images a class by
-default, one micro family's search space with a longer epoch budget) on the same seeds, through the project's own hooks
-(``tuner.study.strategies.search_plan`` and ``tuner.study.search.build_tuner``, what the
-study driver calls). Per strategy and seed, measured:
+default, one micro family's search space with a longer epoch budget) on the same seeds,
+through the project's own hooks (``tuner.study.strategies.search_plan`` and
+``tuner.study.search.build_tuner``, what the study driver calls). Per strategy and seed, measured:
 
 - **what it would promote**: promotion takes the trial that completed its epoch budget with
   the highest best validation macro AUC, at its best epoch (``tuner.registry.promotion``);
